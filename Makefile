@@ -1,0 +1,38 @@
+# tchcv: every target runs the idempotent set-up first (project venv with torch 2.11.0).
+VENV ?= $(CURDIR)/.venv
+export VIRTUAL_ENV := $(VENV)
+export PATH := $(VENV)/bin:$(PATH)
+export LIBTORCH_USE_PYTORCH := 1
+export TCHCV_PYTHON := $(VENV)/bin/python
+CARGO ?= cargo
+
+.PHONY: all setup build test demo fmt clippy lint clean
+
+all: build
+
+setup:
+	@scripts/setup
+
+build: setup
+	$(CARGO) build --release
+
+# Every test, in release (they do real tensor work), including the PyTorch parity suites.
+test: setup
+	$(CARGO) test --release -- --test-threads 1
+	$(TCHCV_PYTHON) tests/reference/losses.py selftest
+
+demo: build
+	scripts/demo.sh
+
+fmt:
+	$(CARGO) fmt --all
+
+clippy: setup
+	$(CARGO) clippy --release --all-targets -- -D warnings
+
+lint: setup
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --release --all-targets -- -D warnings
+
+clean:
+	$(CARGO) clean

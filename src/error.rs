@@ -1,0 +1,38 @@
+//! Error conventions.
+//!
+//! Library functions return [`anyhow::Result`] with context naming the file, field or tensor.
+//! Errors caused by what the user gave us (a malformed file, a tensor of the wrong shape, a label
+//! out of range) carry a [`BadInput`] in their chain, so the CLI can exit with status 2 for them
+//! and 1 for everything else.
+
+use std::fmt;
+
+/// Marker error: the user's input is invalid. The message names the file, field or tensor.
+#[derive(Debug, Clone)]
+pub struct BadInput(pub String);
+
+impl fmt::Display for BadInput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadInput {}
+
+/// An [`anyhow::Error`] marked as bad input.
+pub fn bad_input(msg: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(BadInput(msg.into()))
+}
+
+/// True when any error in the chain is a [`BadInput`].
+pub fn is_bad_input(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| e.is::<BadInput>())
+}
+
+/// Return early with a [`BadInput`] error built like `format!`.
+#[macro_export]
+macro_rules! bail_input {
+    ($($arg:tt)*) => {
+        return Err($crate::error::bad_input(format!($($arg)*)))
+    };
+}

@@ -1,0 +1,152 @@
+//! Sigmoid focal loss for RetinaNet heads: torchcv `loss/focal_loss.py` `FocalLoss`, with the
+//! fvcore/torchvision formula.
+//!
+//! ```text
+//! torchcv (pre-41dcece semantics)                     tchcv
+//! pos = cls_targets > 0                               pos = cls_targets.gt(0)
+//! loc_loss = smooth_l1_loss(loc_preds[mask], ..)      loc_sum = smooth_l1_over_positives(..)
+//! pos_neg = cls_targets > -1                          valid = cls_targets.gt(-1)
+//! x = cls_preds[pos_neg].view(-1, C)                  x = cls_preds.masked_select(valid).view([-1, C])
+//! t = one_hot(y, 1+C)[:, 1:]                          t = y.one_hot(C + 1).narrow(1, 1, C)
+//! p = x.sigmoid()                                     p = x.sigmoid()
+//! pt = p*t + (1-p)*(1-t)                              p_t = &p * &t + (1 - &p) * (1 - &t)
+//! w = alpha*t + (1-alpha)*(1-t)                       alpha_t = alpha * &t + (1 - alpha) * (1 - &t)
+//! w = w * (1-pt).pow(gamma)                           ce * (1 - p_t).pow(gamma) * alpha_t
+//! loss = bce_with_logits(x, t, w, sum)                cls_sum = (..).sum()
+//! return (loc_loss + cls_loss) / num_pos              (loc_sum + cls_sum) / max(1, num_pos)
+//! ```
+//!
+//! Two torchcv defects are not ported: HEAD's `one_hot_embedding(y - 1, C)` turns background
+//! (y = 0) into a one-hot on the *last* class, and passing the focal weight as BCE's `weight=`
+//! (which modern ATen refuses to differentiate). The weight multiplies the elementwise BCE, so
+//! gradients flow through `(1 - p_t)^gamma` as in fvcore and torchvision.
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Reduction, Tensor};
+
+use super::inputs::LabelRule;
+use super::{
+    in_compute_kind, smooth_l1_over_positives, DetectionLoss, LossInputs, LossSums, Normalization,
+};
+
+/// Options of [`FocalLoss`]; the JSON names are those of the parity reference.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FocalLossConfig {
+    /// Weight of positives (negatives get `1 - alpha`); `None` disables the weighting
+    /// (fvcore's `alpha = -1`). torchcv: 0.25.
+    pub alpha: Option<f64>,
+    /// Focusing exponent (torchcv: 2). 0 gives the alpha-balanced cross entropy.
+    pub gamma: f64,
+    /// The loss is divided by `max(normalizer_min, num_pos)`.
+    pub normalizer_min: f64,
+    /// Smooth-L1 transition point (torchcv: 1).
+    pub beta: f64,
+    /// torchcv behaviour on a batch without positives: an error instead of a finite loss.
+    pub strict: bool,
+    /// Check that predictions (and targets at positives) hold no NaN or inf.
+    pub check_finite: bool,
+}
+
+impl Default for FocalLossConfig {
+    fn default() -> Self {
+        Self {
+            alpha: Some(0.25),
+            gamma: 2.0,
+            normalizer_min: 1.0,
+            beta: 1.0,
+            strict: false,
+            check_finite: true,
+        }
+    }
+}
+
+/// Sigmoid focal loss `FL = -alpha_t (1 - p_t)^gamma log(p_t)` over every non-ignored anchor
+/// and class, plus Smooth-L1 over positives, divided by the batch's positives.
+#[derive(Debug, Clone)]
+pub struct FocalLoss {
+    pub config: FocalLossConfig,
+}
+
+impl FocalLoss {
+    pub fn new(config: FocalLossConfig) -> Result<Self> {
+        if let Some(alpha) = config.alpha {
+            if !(0.0..=1.0).contains(&alpha) {
+                crate::bail_input!(
+                    "alpha: expected a number in [0, 1] or null (disabled), got {alpha}"
+                );
+            }
+        }
+        if !(config.gamma >= 0.0 && config.gamma.is_finite()) {
+            crate::bail_input!("gamma: expected a finite number >= 0, got {}", config.gamma);
+        }
+        if !(config.normalizer_min > 0.0) {
+            crate::bail_input!(
+                "normalizer_min: expected > 0, got {}",
+                config.normalizer_min
+            );
+        }
+        Ok(Self { config })
+    }
+}
+
+/// `sigmoid_focal_loss(x, t)` elementwise: x, t `[V, C]`, t in {0, 1}. Returns `[V, C]`.
+pub fn sigmoid_focal_loss(x: &Tensor, t: &Tensor, alpha: Option<f64>, gamma: f64) -> Tensor {
+    let p = x.sigmoid();
+    let ce = x.binary_cross_entropy_with_logits::<Tensor>(t, None, None, Reduction::None);
+    let p_t = &p * t + (1.0 - &p) * (1.0 - t);
+    let one_minus_p_t: Tensor = 1.0 - p_t;
+    let loss = ce * one_minus_p_t.pow_tensor_scalar(gamma);
+    match alpha {
+        Some(alpha) => loss * (alpha * t + (1.0 - alpha) * (1.0 - t)),
+        None => loss,
+    }
+}
+
+impl DetectionLoss for FocalLoss {
+    /// loc_preds, loc_targets: `[N, A, 4]`; cls_preds: `[N, A, C]` with **no** background
+    /// column; cls_targets: `[N, A]` int64, 0 = background, k in 1..=C = column k-1, -1 = ignore.
+    fn sums(&self, inputs: &LossInputs) -> Result<LossSums> {
+        let rule = LabelRule {
+            max_label: inputs.cls_preds.size().last().copied().unwrap_or(0),
+            meaning:
+                "focal loss: no background column, 0 = background, k = column k-1, -1 = ignore",
+        };
+        let dims = inputs.validate(&rule, self.config.check_finite)?;
+        let c = dims.c;
+        let loc_preds = in_compute_kind(inputs.loc_preds);
+        let loc_targets = in_compute_kind(inputs.loc_targets).to_kind(loc_preds.kind());
+        let cls_preds = in_compute_kind(inputs.cls_preds);
+        let cls_targets = inputs.cls_targets;
+
+        let pos = cls_targets.gt(0);
+        let loc_sum = smooth_l1_over_positives(&loc_preds, &loc_targets, &pos, self.config.beta);
+
+        let valid = cls_targets.gt(-1);
+        let x = cls_preds.masked_select(&valid.unsqueeze(2)).view([-1, c]);
+        let y = cls_targets.masked_select(&valid);
+        let t = y.one_hot(c + 1).narrow(1, 1, c).to_kind(x.kind());
+        let cls_sum =
+            sigmoid_focal_loss(&x, &t, self.config.alpha, self.config.gamma).sum(x.kind());
+
+        let num_pos = pos.sum(Kind::Int64).int64_value(&[]);
+        let num_valid = y.numel() as i64;
+        Ok(LossSums {
+            loc_sum,
+            cls_sum,
+            num_pos,
+            num_neg: num_valid - num_pos,
+            num_valid,
+            cls_mean: false,
+            neg_mask: None,
+        })
+    }
+
+    fn normalization(&self) -> Normalization {
+        Normalization {
+            min: self.config.normalizer_min,
+            strict: self.config.strict,
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! Detection losses: torchcv's `loss/` on `tch::Tensor`.
+//!
+//! | torchcv | here |
+//! |---|---|
+//! | `loss/ssd_loss.py` `SSDLoss` | [`SsdLoss`] (mining in [`mining`]) |
+//! | `loss/focal_loss.py` `FocalLoss` | [`FocalLoss`] (sigmoid, fvcore semantics) |
+//! | softmax focal loss (Faster R-CNN heads) | [`SoftmaxFocalLoss`] |
+//!
+//! Every loss takes the same four tensors ([`LossInputs`]) and returns a [`LossOutput`]: the
+//! differentiable `total` plus the summed parts and counts that torchcv only printed. The
+//! normaliser is the batch-total number of positives, `D = max(normalizer_min, num_pos)`; a loss
+//! in `strict` mode returns an error where torchcv would have crashed (no positives).
+//!
+//! Losses are pure tensor code: they know nothing of files, datasets or networks.
+
+mod focal;
+mod inputs;
+pub mod mining;
+mod softmax_focal;
+mod ssd;
+
+pub use focal::{FocalLoss, FocalLossConfig};
+pub use inputs::LossInputs;
+pub use mining::NegativeMining;
+pub use softmax_focal::{
+    class_weights_from_histogram, BackgroundWeight, ClassWeighting, ClsReduction, SoftmaxFocalLoss,
+    SoftmaxFocalLossConfig,
+};
+pub use ssd::{SsdLoss, SsdLossConfig};
+
+use anyhow::Result;
+use serde::Serialize;
+use tch::{Kind, Reduction, Tensor};
+
+/// The label that marks an anchor to be ignored (neither positive nor negative).
+pub const IGNORE_LABEL: i64 = -1;
+
+/// A detection loss over dense anchors.
+pub trait DetectionLoss {
+    /// The un-normalised parts of the loss (what a distributed run all-reduces).
+    fn sums(&self, inputs: &LossInputs) -> Result<LossSums>;
+
+    /// Normalise the parts by this batch's own positives (or fail in strict mode).
+    fn forward(&self, inputs: &LossInputs) -> Result<LossOutput> {
+        let sums = self.sums(inputs)?;
+        let normalizer = self.normalization().normalizer(sums.num_pos)?;
+        let valid = sums.num_valid.max(1) as f64;
+        Ok(sums.finish(normalizer, valid))
+    }
+
+    /// How `num_pos` becomes the normaliser.
+    fn normalization(&self) -> Normalization;
+}
+
+/// How the batch-total positive count becomes the loss normaliser.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Normalization {
+    /// `D = max(min, num_pos)`. torchcv divides by `num_pos` itself (min 1 keeps it when > 0).
+    pub min: f64,
+    /// Fail on a batch without positives, as torchcv does (`ZeroDivisionError`).
+    pub strict: bool,
+}
+
+impl Normalization {
+    /// The normaliser for `num_pos` positives.
+    pub fn normalizer(&self, num_pos: i64) -> Result<f64> {
+        if self.strict && num_pos == 0 {
+            crate::bail_input!(
+                "strict (torchcv) mode: the batch has no positive anchors, so the loss \
+                 would divide by zero (cls_targets has no label > 0)"
+            );
+        }
+        Ok((num_pos as f64).max(self.min))
+    }
+}
+
+/// Un-normalised loss parts of one batch.
+#[derive(Debug)]
+pub struct LossSums {
+    /// Smooth-L1 summed over positive anchors, scalar f32 (differentiable).
+    pub loc_sum: Tensor,
+    /// Classification loss summed over the anchors the loss keeps, scalar f32 (differentiable).
+    pub cls_sum: Tensor,
+    /// Positive anchors in the batch.
+    pub num_pos: i64,
+    /// Negative anchors that entered the classification loss.
+    pub num_neg: i64,
+    /// Anchors that are not ignored (label != -1).
+    pub num_valid: i64,
+    /// Whether `cls_sum` is normalised by the valid anchors (`mean`) instead of by `D`.
+    pub cls_mean: bool,
+    /// The negatives kept by mining, `[N, A]` bool (SSD loss only).
+    pub neg_mask: Option<Tensor>,
+}
+
+impl LossSums {
+    /// Divide by `normalizer` (`D`, usually the batch positives) and, for a `mean` classification
+    /// reduction, the classification part by `cls_mean_normalizer` (the valid anchors).
+    pub fn finish(self, normalizer: f64, cls_mean_normalizer: f64) -> LossOutput {
+        let cls_normalizer = if self.cls_mean {
+            cls_mean_normalizer
+        } else {
+            normalizer
+        };
+        let total = &self.loc_sum / normalizer + &self.cls_sum / cls_normalizer;
+        LossOutput {
+            total,
+            loc_sum: self.loc_sum,
+            cls_sum: self.cls_sum,
+            num_pos: self.num_pos,
+            num_neg: self.num_neg,
+            normalizer,
+            neg_mask: self.neg_mask,
+        }
+    }
+}
+
+/// A normalised loss.
+#[derive(Debug)]
+pub struct LossOutput {
+    /// The loss to backpropagate, scalar f32.
+    pub total: Tensor,
+    /// Smooth-L1 summed over positives, scalar f32.
+    pub loc_sum: Tensor,
+    /// Classification loss summed over kept anchors, scalar f32.
+    pub cls_sum: Tensor,
+    /// Positive anchors in the batch.
+    pub num_pos: i64,
+    /// Negative anchors that entered the classification loss.
+    pub num_neg: i64,
+    /// `D = max(normalizer_min, num_pos)`.
+    pub normalizer: f64,
+    /// The negatives kept by mining, `[N, A]` bool (SSD loss only).
+    pub neg_mask: Option<Tensor>,
+}
+
+impl LossOutput {
+    /// Plain numbers for logging (reads the scalars back from the device).
+    pub fn stats(&self) -> LossStats {
+        let loc_sum = self.loc_sum.double_value(&[]);
+        let cls_sum = self.cls_sum.double_value(&[]);
+        LossStats {
+            total: self.total.double_value(&[]),
+            loc_sum,
+            cls_sum,
+            num_pos: self.num_pos,
+            num_neg: self.num_neg,
+            loc_per_pos: loc_sum / self.normalizer,
+            cls_per_pos: cls_sum / self.normalizer,
+        }
+    }
+}
+
+/// What torchcv printed each step, and more, as plain numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
+pub struct LossStats {
+    pub total: f64,
+    pub loc_sum: f64,
+    pub cls_sum: f64,
+    pub num_pos: i64,
+    pub num_neg: i64,
+    /// `loc_sum / D`: torchcv's printed `loc_loss`.
+    pub loc_per_pos: f64,
+    /// `cls_sum / D`: torchcv's printed `cls_loss`.
+    pub cls_per_pos: f64,
+}
+
+/// `F.smooth_l1_loss(loc_preds[mask], loc_targets[mask], reduction='sum', beta)` with
+/// `mask = pos.unsqueeze(2).expand_as(loc_preds)`.
+///
+/// loc_preds, loc_targets: `[N, A, 4]`; pos: `[N, A]` bool. Returns a scalar. Only positive
+/// anchors are read, so targets of other anchors may hold anything (even inf).
+pub(crate) fn smooth_l1_over_positives(
+    loc_preds: &Tensor,
+    loc_targets: &Tensor,
+    pos: &Tensor,
+    beta: f64,
+) -> Tensor {
+    let mask = pos.unsqueeze(2).expand_as(loc_preds);
+    let preds = loc_preds.masked_select(&mask);
+    let targets = loc_targets.masked_select(&mask);
+    preds.smooth_l1_loss(&targets, Reduction::Sum, beta)
+}
+
+/// The kind losses compute in: f64 stays f64, everything else (f32, f16, bf16) becomes f32.
+pub(crate) fn compute_kind(t: &Tensor) -> Kind {
+    if t.kind() == Kind::Double {
+        Kind::Double
+    } else {
+        Kind::Float
+    }
+}
+
+/// `t` in its compute kind; gradients flow back to the original (possibly half) tensor.
+pub(crate) fn in_compute_kind(t: &Tensor) -> Tensor {
+    let kind = compute_kind(t);
+    if t.kind() == kind {
+        t.shallow_clone()
+    } else {
+        t.to_kind(kind)
+    }
+}
+
+/// The losses by name, as the CLI and the parity reference name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossKind {
+    /// [`SsdLoss`]: softmax CE with hard negative mining.
+    Ssd,
+    /// [`FocalLoss`]: sigmoid focal loss (no background column).
+    Focal,
+    /// [`SoftmaxFocalLoss`]: softmax focal loss with histogram class weights.
+    SoftmaxFocal,
+}
+
+impl std::str::FromStr for LossKind {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "ssd" => Ok(Self::Ssd),
+            "focal" => Ok(Self::Focal),
+            "softmax-focal" | "softmax_focal" => Ok(Self::SoftmaxFocal),
+            _ => Err(crate::bad_input(format!(
+                "loss {s:?}: expected ssd, focal or softmax-focal"
+            ))),
+        }
+    }
+}
+
+impl LossKind {
+    /// Whether `cls_preds` carries a background column 0 (SSD, softmax focal) or not (focal).
+    pub fn has_background_column(self) -> bool {
+        self != Self::Focal
+    }
+
+    /// Build the loss from its JSON options (missing keys take their defaults; unknown keys
+    /// are an error naming the key).
+    pub fn build(self, options: serde_json::Value) -> Result<Box<dyn DetectionLoss + Send + Sync>> {
+        fn parse<T: serde::de::DeserializeOwned>(
+            kind: LossKind,
+            v: serde_json::Value,
+        ) -> Result<T> {
+            serde_json::from_value(v)
+                .map_err(|e| crate::bad_input(format!("{kind:?} loss options: {e}")))
+        }
+        Ok(match self {
+            Self::Ssd => Box::new(SsdLoss::new(parse(self, options)?)?),
+            Self::Focal => Box::new(FocalLoss::new(parse(self, options)?)?),
+            Self::SoftmaxFocal => Box::new(SoftmaxFocalLoss::new(parse(self, options)?)?),
+        })
+    }
+}

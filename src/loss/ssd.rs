@@ -1,0 +1,193 @@
+//! SSD multibox loss with hard negative mining: torchcv `loss/ssd_loss.py` `SSDLoss`.
+//!
+//! ```text
+//! torchcv                                             tchcv
+//! pos = cls_targets > 0                               pos = cls_targets.gt(0)
+//! num_pos = pos.sum().item()                          num_pos = pos.sum()        (batch total)
+//! loc_loss = smooth_l1_loss(loc_preds[mask],          loc_sum = smooth_l1_over_positives(..)
+//!                           loc_targets[mask], sum)
+//! cls_loss = cross_entropy(cls_preds.view(-1,C),      ce = cross_entropy_loss(.., None,
+//!                          cls_targets.view(-1))            ignore_index = -1)
+//! neg = _hard_negative_mining(cls_loss, pos)          neg = mine_negatives(ce, targets, num_pos_i)
+//! cls_loss = cls_loss[pos|neg].sum()                  cls_sum = ce.masked_select(pos | neg).sum()
+//! return (loc_loss + cls_loss) / num_pos              (loc_sum + cls_sum) / max(1, num_pos)
+//! ```
+//!
+//! Beyond torchcv: ignored anchors (-1) take no part in the CE, the mining or `num_pos`; a batch
+//! without positives gives a finite loss (or an error in `strict` mode); `min_negatives` keeps
+//! background training in such batches; the negatives may be `hard` (default), `random` or `all`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Reduction, Tensor};
+
+use super::inputs::LabelRule;
+use super::mining::{top_k_per_row, NegativeMining};
+use super::{
+    in_compute_kind, smooth_l1_over_positives, DetectionLoss, LossInputs, LossSums, Normalization,
+    IGNORE_LABEL,
+};
+use crate::rng::Rng;
+
+/// Options of [`SsdLoss`]; the JSON names are those of the parity reference.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SsdLossConfig {
+    /// Negatives kept per positive in each image (torchcv: 3).
+    pub neg_pos_ratio: f64,
+    /// How negatives are chosen.
+    pub mining: NegativeMining,
+    /// At least this many negatives per image (when it has that many), so images without
+    /// positives still train the background. torchcv: 0.
+    pub min_negatives: i64,
+    /// The loss is divided by `max(normalizer_min, num_pos)`.
+    pub normalizer_min: f64,
+    /// Smooth-L1 transition point (torchcv: 1).
+    pub beta: f64,
+    /// torchcv behaviour on a batch without positives: an error instead of a finite loss.
+    pub strict: bool,
+    /// Seed of `random` mining; each call draws from the next stream.
+    pub seed: u64,
+    /// Check that predictions (and targets at positives) hold no NaN or inf.
+    pub check_finite: bool,
+}
+
+impl Default for SsdLossConfig {
+    fn default() -> Self {
+        Self {
+            neg_pos_ratio: 3.0,
+            mining: NegativeMining::Hard,
+            min_negatives: 0,
+            normalizer_min: 1.0,
+            beta: 1.0,
+            strict: false,
+            seed: 0,
+            check_finite: true,
+        }
+    }
+}
+
+/// torchcv `SSDLoss`: Smooth-L1 over positives plus cross entropy over positives and mined
+/// negatives, divided by the batch's positives.
+#[derive(Debug)]
+pub struct SsdLoss {
+    pub config: SsdLossConfig,
+    /// Calls made so far: the stream index of `random` mining.
+    calls: AtomicU64,
+}
+
+impl SsdLoss {
+    pub fn new(config: SsdLossConfig) -> Result<Self> {
+        let c = &config;
+        if !(c.neg_pos_ratio >= 0.0 && c.neg_pos_ratio.is_finite()) {
+            crate::bail_input!(
+                "neg_pos_ratio: expected a finite number >= 0, got {}",
+                c.neg_pos_ratio
+            );
+        }
+        if c.min_negatives < 0 {
+            crate::bail_input!("min_negatives: expected >= 0, got {}", c.min_negatives);
+        }
+        if !(c.beta >= 0.0) {
+            crate::bail_input!("beta: expected >= 0, got {}", c.beta);
+        }
+        if !(c.normalizer_min > 0.0) {
+            crate::bail_input!("normalizer_min: expected > 0, got {}", c.normalizer_min);
+        }
+        Ok(Self {
+            config,
+            calls: AtomicU64::new(0),
+        })
+    }
+
+    /// Continue the `random` mining streams from call `calls` (for an exact resume).
+    pub fn set_calls(&self, calls: u64) {
+        self.calls.store(calls, Ordering::Relaxed);
+    }
+
+    /// `neg = _hard_negative_mining(cls_loss, pos)`, generalised.
+    ///
+    /// ce: `[N, A]` per-anchor cross entropy; cls_targets: `[N, A]`; num_pos: `[N]` int64.
+    /// Per image `k = min(#negatives, max(floor(ratio * num_pos), min_negatives))` negatives.
+    /// Returns `[N, A]` bool.
+    fn mine_negatives(&self, ce: &Tensor, cls_targets: &Tensor, num_pos: &Tensor) -> Tensor {
+        let _no_grad = tch::no_grad_guard();
+        let candidates = cls_targets.eq(0);
+        let c = &self.config;
+        if c.mining == NegativeMining::All {
+            return candidates;
+        }
+        let num_candidates = candidates.sum_dim_intlist(1, false, Kind::Int64);
+        let k = (num_pos.to_kind(Kind::Double) * c.neg_pos_ratio)
+            .floor()
+            .to_kind(Kind::Int64)
+            .clamp_min(c.min_negatives)
+            .minimum(&num_candidates);
+        let scores = match c.mining {
+            NegativeMining::Hard => ce.detach(),
+            _ => {
+                let call = self.calls.load(Ordering::Relaxed);
+                let mut rng = Rng::keyed(c.seed, &[call]);
+                let keys: Vec<f32> = (0..ce.numel()).map(|_| rng.next_f32()).collect();
+                Tensor::from_slice(&keys)
+                    .view(ce.size().as_slice())
+                    .to_device(ce.device())
+            }
+        };
+        top_k_per_row(&scores, &candidates, &k)
+    }
+}
+
+impl DetectionLoss for SsdLoss {
+    /// loc_preds, loc_targets: `[N, A, 4]`; cls_preds: `[N, A, C]` with background column 0;
+    /// cls_targets: `[N, A]` int64 in `-1 ..= C-1`.
+    fn sums(&self, inputs: &LossInputs) -> Result<LossSums> {
+        let rule = LabelRule {
+            max_label: inputs.cls_preds.size().last().copied().unwrap_or(0) - 1,
+            meaning: "SSD loss: 0 = background column, 1..C-1 = classes, -1 = ignore",
+        };
+        let dims = inputs.validate(&rule, self.config.check_finite)?;
+        let (n, a, c) = (dims.n, dims.a, dims.c);
+        let loc_preds = in_compute_kind(inputs.loc_preds);
+        let loc_targets = in_compute_kind(inputs.loc_targets).to_kind(loc_preds.kind());
+        let cls_preds = in_compute_kind(inputs.cls_preds);
+        let cls_targets = inputs.cls_targets;
+
+        let pos = cls_targets.gt(0);
+        let num_pos = pos.sum_dim_intlist(1, false, Kind::Int64);
+        let loc_sum = smooth_l1_over_positives(&loc_preds, &loc_targets, &pos, self.config.beta);
+
+        let ce = cls_preds
+            .view([n * a, c])
+            .cross_entropy_loss::<Tensor>(
+                &cls_targets.view([n * a]),
+                None,
+                Reduction::None,
+                IGNORE_LABEL,
+                0.0,
+            )
+            .view([n, a]);
+        let neg = self.mine_negatives(&ce, cls_targets, &num_pos);
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let cls_sum = ce.masked_select(&pos.logical_or(&neg)).sum(ce.kind());
+
+        Ok(LossSums {
+            loc_sum,
+            cls_sum,
+            num_pos: num_pos.sum(Kind::Int64).int64_value(&[]),
+            num_neg: neg.sum(Kind::Int64).int64_value(&[]),
+            num_valid: cls_targets.ge(0).sum(Kind::Int64).int64_value(&[]),
+            cls_mean: false,
+            neg_mask: Some(neg),
+        })
+    }
+
+    fn normalization(&self) -> Normalization {
+        Normalization {
+            min: self.config.normalizer_min,
+            strict: self.config.strict,
+        }
+    }
+}
