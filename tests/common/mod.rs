@@ -1,0 +1,124 @@
+//! Helpers shared by the integration tests: the reference Python, scratch directories, the
+//! shared datasets and the CUDA device.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The Python that runs the PyTorch references: `TCHCV_PYTHON`, else the project venv's.
+/// Panics with the fix when it is missing: parity tests never skip silently.
+pub fn python() -> PathBuf {
+    let python = std::env::var_os("TCHCV_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".venv/bin/python"));
+    assert!(
+        python.exists(),
+        "reference Python {} not found: run scripts/setup (make test does), or set TCHCV_PYTHON",
+        python.display()
+    );
+    python
+}
+
+/// Run `tests/reference/<script>` with `args`; panics with its stderr when it fails.
+/// Returns stdout.
+pub fn run_reference(script: &str, args: &[&str]) -> String {
+    let path = repo().join("tests/reference").join(script);
+    let out = Command::new(python())
+        .arg(&path)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", path.display()));
+    assert!(
+        out.status.success(),
+        "{} {:?} failed ({}):\n{}",
+        path.display(),
+        args,
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A fresh, empty scratch directory under `target/test-scratch/<name>`.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = repo().join("target/test-scratch").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+/// A seed for fresh random cases: `TCHCV_TEST_SEED` when set, else from the clock. Printed,
+/// so a failure can be replayed.
+pub fn fresh_seed(what: &str) -> u64 {
+    let seed = std::env::var("TCHCV_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64 % 1_000_000_007)
+                .unwrap_or(1)
+        });
+    eprintln!("{what}: seed {seed} (replay with TCHCV_TEST_SEED={seed})");
+    seed
+}
+
+/// `../shared/data/<name>` beside the repository, or None with a printed reason.
+pub fn shared_dataset(name: &str) -> Option<PathBuf> {
+    let dir = repo().join("../shared/data").join(name);
+    if dir.is_dir() {
+        Some(dir)
+    } else {
+        eprintln!("SKIPPED: {} is absent (tests on the shared datasets need ../shared/data)", dir.display());
+        None
+    }
+}
+
+/// CUDA device 0, or None with a printed reason (CUDA tests skip on machines without a GPU).
+pub fn cuda_or_skip(what: &str) -> Option<tch::Device> {
+    if tch::Cuda::is_available() {
+        Some(tch::Device::Cuda(0))
+    } else {
+        eprintln!("SKIPPED (no GPU): {what}: CUDA is not available on this machine");
+        None
+    }
+}
+
+/// Read a safetensors file as a name -> tensor map.
+pub fn read_safetensors(path: &Path) -> std::collections::HashMap<String, tch::Tensor> {
+    tch::Tensor::read_safetensors(path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+        .into_iter()
+        .collect()
+}
+
+/// The path of the built `tchcv` binary.
+pub fn tchcv_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tchcv"))
+}
+
+/// Max |a - b| over all elements (as f64).
+pub fn max_abs_diff(a: &tch::Tensor, b: &tch::Tensor) -> f64 {
+    (a.to_kind(tch::Kind::Double) - b.to_kind(tch::Kind::Double))
+        .abs()
+        .max()
+        .double_value(&[])
+}
+
+/// Assert `|a - b| <= atol + rtol * |b|` elementwise, naming what is compared.
+pub fn assert_close(what: &str, a: &tch::Tensor, b: &tch::Tensor, rtol: f64, atol: f64) {
+    assert_eq!(a.size(), b.size(), "{what}: shapes differ");
+    let a64 = a.to_kind(tch::Kind::Double).to_device(tch::Device::Cpu);
+    let b64 = b.to_kind(tch::Kind::Double).to_device(tch::Device::Cpu);
+    let excess = ((&a64 - &b64).abs() - (b64.abs() * rtol + atol)).max().double_value(&[]);
+    assert!(
+        excess <= 0.0 || a64.numel() == 0,
+        "{what}: max |a-b| = {:.3e} exceeds atol {atol:e} + rtol {rtol:e} * |b| (by {excess:.3e})",
+        max_abs_diff(&a64, &b64)
+    );
+}
