@@ -3,6 +3,7 @@
 //! Floors (each imports only from floors below it): `train` > `eval` > `models` > `data` >
 //! `loss`, `bbox` > `spec`, with `error`, `rng` and `io` at the bottom. See the README.
 
+pub mod bench;
 pub mod device;
 pub mod error;
 pub mod info;

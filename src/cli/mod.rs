@@ -1,6 +1,7 @@
 //! Subcommands: each parses its flags, calls the library and prints. No logic lives here that
 //! a library user would need.
 
+mod bench;
 mod info;
 mod loss;
 
@@ -23,12 +24,15 @@ enum Command {
     Info(info::Args),
     /// Evaluate a loss on tensors from a file (check tchcv against your PyTorch code).
     Loss(loss::Args),
+    /// Time tchcv against its PyTorch counterpart, side by side.
+    Bench(bench::Args),
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Info(args) => info::run(args),
         Command::Loss(args) => loss::run(args),
+        Command::Bench(args) => bench::run(args),
     }
 }
 

@@ -1,0 +1,117 @@
+//! `tchcv bench loss`: loss forward + backward, tchcv against the torchcv/torchvision-style
+//! PyTorch implementations (`bench/loss_reference.py`) on the same tensors.
+
+use anyhow::Result;
+use tch::{Device, Kind, Tensor};
+
+use super::{median_ms, run_reference, Comparison};
+use crate::loss::{LossInputs, LossKind};
+
+/// What to time.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LossBench {
+    /// ssd, focal or softmax-focal.
+    #[arg(long, default_value = "ssd")]
+    pub loss: LossKind,
+    /// Images per batch.
+    #[arg(long, default_value_t = 32)]
+    pub n: i64,
+    /// Anchors per image (8732: SSD300, 24564: SSD512, 49104: RetinaNet at 512).
+    #[arg(long, default_value_t = 8732)]
+    pub a: i64,
+    /// Classes (with the background column for ssd and softmax-focal).
+    #[arg(long, default_value_t = 21)]
+    pub c: i64,
+    /// Fraction of anchors that are positive.
+    #[arg(long, default_value_t = 0.01)]
+    pub pos_fraction: f64,
+    /// Timed repetitions (median reported).
+    #[arg(long, default_value_t = 20)]
+    pub repeat: usize,
+    /// Only time tchcv.
+    #[arg(long)]
+    pub no_reference: bool,
+}
+
+/// Random inputs with `pos_fraction` positives: `[N,A,4]`, `[N,A,4]`, `[N,A,C]`, `[N,A]`.
+fn random_case(b: &LossBench, device: Device) -> [Tensor; 4] {
+    tch::manual_seed(0);
+    let (n, a, c) = (b.n, b.a, b.c);
+    let loc_targets = Tensor::randn([n, a, 4], (Kind::Float, device));
+    let loc_preds = &loc_targets + Tensor::randn([n, a, 4], (Kind::Float, device)) * 0.5;
+    let cls_preds = Tensor::randn([n, a, c], (Kind::Float, device));
+    let max_label = if b.loss.has_background_column() {
+        c - 1
+    } else {
+        c
+    };
+    let is_pos = Tensor::rand([n, a], (Kind::Float, device)).lt(b.pos_fraction);
+    let labels = Tensor::randint_low(1, max_label + 1, [n, a], (Kind::Int64, device));
+    let cls_targets = labels * is_pos.to_kind(Kind::Int64);
+    [loc_preds, loc_targets, cls_preds, cls_targets]
+}
+
+/// Time tchcv (and the reference on the same tensors) on `device`.
+pub fn run(b: &LossBench, device: Device) -> Result<Comparison> {
+    let [loc_preds, loc_targets, cls_preds, cls_targets] = random_case(b, device);
+    let loss = b.loss.build(serde_json::json!({ "check_finite": false }))?;
+    let loc_preds = loc_preds.set_requires_grad(true);
+    let cls_preds = cls_preds.set_requires_grad(true);
+    let inputs = LossInputs {
+        loc_preds: &loc_preds,
+        loc_targets: &loc_targets,
+        cls_preds: &cls_preds,
+        cls_targets: &cls_targets,
+    };
+    let tchcv_ms = median_ms(3, b.repeat, || {
+        let out = loss.forward(&inputs)?;
+        Tensor::f_run_backward(&[&out.total], &[&loc_preds, &cls_preds], false, false)?;
+        crate::device::synchronize(device);
+        Ok(())
+    })?;
+    let device_name = crate::device::device_name(device);
+    let pytorch_ms = if b.no_reference {
+        None
+    } else {
+        let dir = std::env::temp_dir().join(format!("tchcv-bench-loss-{}", std::process::id()));
+        let case = dir.join("case.safetensors");
+        crate::io::write_safetensors(
+            &case,
+            &[
+                ("loc_preds", &loc_preds.detach()),
+                ("loc_targets", &loc_targets),
+                ("cls_preds", &cls_preds.detach()),
+                ("cls_targets", &cls_targets),
+            ],
+        )?;
+        let kind = serde_json::to_value(b.loss)?;
+        let args: Vec<String> = vec![
+            "--case".into(),
+            case.display().to_string(),
+            "--loss".into(),
+            kind.as_str().unwrap_or("ssd").into(),
+            "--device".into(),
+            if device.is_cuda() {
+                "cuda".into()
+            } else {
+                "cpu".into()
+            },
+            "--repeat".into(),
+            b.repeat.to_string(),
+            "--threads".into(),
+            tch::get_num_threads().to_string(),
+        ];
+        let report = run_reference("loss_reference.py", &args);
+        let _ = std::fs::remove_dir_all(&dir);
+        Some(report?["median_ms"].as_f64().unwrap_or(f64::NAN))
+    };
+    let size = format!("N={} A={} C={} pos={}", b.n, b.a, b.c, b.pos_fraction);
+    let work = format!("{:?} loss fwd+bwd", b.loss).to_lowercase();
+    Ok(Comparison::new(
+        &work,
+        &size,
+        &device_name,
+        tchcv_ms,
+        pytorch_ms,
+    ))
+}

@@ -1,0 +1,39 @@
+//! `tchcv bench <work>`: tchcv and its PyTorch counterpart timed side by side.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use tchcv::bench::{write_report, Comparison};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    work: Work,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, global = true, default_value = "cpu")]
+    device: String,
+    /// Also write the rows as JSON here.
+    #[arg(long, global = true)]
+    json: Option<PathBuf>,
+}
+
+#[derive(clap::Subcommand)]
+enum Work {
+    /// Loss forward + backward (SSD with hard negative mining, focal, softmax focal).
+    Loss(tchcv::bench::loss::LossBench),
+}
+
+pub fn run(args: Args) -> Result<ExitCode> {
+    let device = tchcv::device::parse_device(&args.device)?;
+    let rows: Vec<Comparison> = match &args.work {
+        Work::Loss(b) => vec![tchcv::bench::loss::run(b, device)?],
+    };
+    for row in &rows {
+        println!("{}", row.line());
+    }
+    if let Some(path) = &args.json {
+        write_report(path, &rows)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
