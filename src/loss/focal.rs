@@ -5,8 +5,8 @@
 //! torchcv (pre-41dcece semantics)                     tchcv
 //! pos = cls_targets > 0                               pos = cls_targets.gt(0)
 //! loc_loss = smooth_l1_loss(loc_preds[mask], ..)      loc_sum = smooth_l1_over_positives(..)
-//! pos_neg = cls_targets > -1                          valid = cls_targets.gt(-1)
-//! x = cls_preds[pos_neg].view(-1, C)                  x = cls_preds.masked_select(valid).view([-1, C])
+//! pos_neg = cls_targets > -1
+//! x = cls_preds[pos_neg].view(-1, C)                  (x, y) = valid_rows(cls_preds, cls_targets)
 //! t = one_hot(y, 1+C)[:, 1:]                          t = y.one_hot(C + 1).narrow(1, 1, C)
 //! p = x.sigmoid()                                     p = x.sigmoid()
 //! pt = p*t + (1-p)*(1-t)                              p_t = &p * &t + (1 - &p) * (1 - &t)
@@ -27,7 +27,8 @@ use tch::{Kind, Reduction, Tensor};
 
 use super::inputs::LabelRule;
 use super::{
-    in_compute_kind, smooth_l1_over_positives, DetectionLoss, LossInputs, LossSums, Normalization,
+    check_option, in_compute_kind, smooth_l1_over_positives, valid_rows, DetectionLoss, LossInputs,
+    LossSums, Normalization,
 };
 
 /// Options of [`FocalLoss`]; the JSON names are those of the parity reference.
@@ -78,15 +79,9 @@ impl FocalLoss {
                 );
             }
         }
-        if !(config.gamma >= 0.0 && config.gamma.is_finite()) {
-            crate::bail_input!("gamma: expected a finite number >= 0, got {}", config.gamma);
-        }
-        if !(config.normalizer_min > 0.0) {
-            crate::bail_input!(
-                "normalizer_min: expected > 0, got {}",
-                config.normalizer_min
-            );
-        }
+        check_option("gamma", config.gamma, 0.0, true)?;
+        check_option("beta", config.beta, 0.0, true)?;
+        check_option("normalizer_min", config.normalizer_min, 0.0, false)?;
         Ok(Self { config })
     }
 }
@@ -123,9 +118,7 @@ impl DetectionLoss for FocalLoss {
         let pos = cls_targets.gt(0);
         let loc_sum = smooth_l1_over_positives(&loc_preds, &loc_targets, &pos, self.config.beta);
 
-        let valid = cls_targets.gt(-1);
-        let x = cls_preds.masked_select(&valid.unsqueeze(2)).view([-1, c]);
-        let y = cls_targets.masked_select(&valid);
+        let (x, y) = valid_rows(&cls_preds, cls_targets, dims.has_ignored);
         let t = y.one_hot(c + 1).narrow(1, 1, c).to_kind(x.kind());
         let cls_sum =
             sigmoid_focal_loss(&x, &t, self.config.alpha, self.config.gamma).sum(x.kind());

@@ -23,6 +23,8 @@ pub(crate) struct BatchDims {
     pub n: i64,
     pub a: i64,
     pub c: i64,
+    /// Whether any anchor is labelled -1 (ignore).
+    pub has_ignored: bool,
 }
 
 /// The labels a loss accepts: `-1 ..= max_label`.
@@ -104,8 +106,10 @@ impl LossInputs<'_> {
         check_device("loc_targets", self.loc_targets, device)?;
         check_device("cls_preds", self.cls_preds, device)?;
         check_device("cls_targets", self.cls_targets, device)?;
+        let mut has_ignored = false;
         if self.cls_targets.numel() > 0 {
             let lo = self.cls_targets.min().int64_value(&[]);
+            has_ignored = lo == -1;
             let hi = self.cls_targets.max().int64_value(&[]);
             if lo < -1 || hi > labels.max_label {
                 let bad = if lo < -1 { lo } else { hi };
@@ -138,6 +142,11 @@ impl LossInputs<'_> {
                 );
             }
         }
-        Ok(BatchDims { n, a, c })
+        Ok(BatchDims {
+            n,
+            a,
+            c,
+            has_ignored,
+        })
     }
 }

@@ -36,7 +36,7 @@ use tch::{Kind, Reduction, Tensor};
 pub const IGNORE_LABEL: i64 = -1;
 
 /// A detection loss over dense anchors.
-pub trait DetectionLoss {
+pub trait DetectionLoss: std::fmt::Debug {
     /// The un-normalised parts of the loss (what a distributed run all-reduces).
     fn sums(&self, inputs: &LossInputs) -> Result<LossSums>;
 
@@ -180,6 +180,36 @@ pub(crate) fn smooth_l1_over_positives(
     let preds = loc_preds.masked_select(&mask);
     let targets = loc_targets.masked_select(&mask);
     preds.smooth_l1_loss(&targets, Reduction::Sum, beta)
+}
+
+/// `(cls_preds[valid].view(-1, C), cls_targets[valid])` with `valid = cls_targets > -1`.
+///
+/// cls_preds: `[N, A, C]`; cls_targets: `[N, A]`. Returns `[V, C]` and `[V]` in anchor order.
+/// Rows are gathered with `index_select` (whose backward is a cheap `index_add`), and not at
+/// all when nothing is ignored.
+pub(crate) fn valid_rows(
+    cls_preds: &Tensor,
+    cls_targets: &Tensor,
+    has_ignored: bool,
+) -> (Tensor, Tensor) {
+    let c = cls_preds.size()[2];
+    let rows = cls_preds.reshape([-1, c]);
+    let labels = cls_targets.reshape([-1]);
+    if !has_ignored {
+        return (rows, labels);
+    }
+    let keep = labels.gt(IGNORE_LABEL).nonzero().squeeze_dim(1);
+    (rows.index_select(0, &keep), labels.index_select(0, &keep))
+}
+
+/// An option that must be a finite number above `min` (`>= min` when `inclusive`).
+pub(crate) fn check_option(name: &str, value: f64, min: f64, inclusive: bool) -> Result<()> {
+    let above = if inclusive { value >= min } else { value > min };
+    if !(above && value.is_finite()) {
+        let op = if inclusive { ">=" } else { ">" };
+        crate::bail_input!("{name}: expected a finite number {op} {min}, got {value}");
+    }
+    Ok(())
 }
 
 /// The kind losses compute in: f64 stays f64, everything else (f32, f16, bf16) becomes f32.

@@ -19,7 +19,8 @@ use tch::{Kind, Tensor};
 
 use super::inputs::LabelRule;
 use super::{
-    in_compute_kind, smooth_l1_over_positives, DetectionLoss, LossInputs, LossSums, Normalization,
+    check_option, in_compute_kind, smooth_l1_over_positives, valid_rows, DetectionLoss, LossInputs,
+    LossSums, Normalization,
 };
 
 /// Where the class weights come from.
@@ -43,6 +44,7 @@ pub enum BackgroundWeight {
     #[default]
     Histogram,
     /// The sum of the foreground weights divided by 3.
+    #[serde(rename = "fg_sum_over_3")]
     FgSumOver3,
 }
 
@@ -118,15 +120,9 @@ pub struct SoftmaxFocalLoss {
 
 impl SoftmaxFocalLoss {
     pub fn new(config: SoftmaxFocalLossConfig) -> Result<Self> {
-        if !(config.gamma >= 0.0 && config.gamma.is_finite()) {
-            crate::bail_input!("gamma: expected a finite number >= 0, got {}", config.gamma);
-        }
-        if !(config.normalizer_min > 0.0) {
-            crate::bail_input!(
-                "normalizer_min: expected > 0, got {}",
-                config.normalizer_min
-            );
-        }
+        check_option("gamma", config.gamma, 0.0, true)?;
+        check_option("beta", config.beta, 0.0, true)?;
+        check_option("normalizer_min", config.normalizer_min, 0.0, false)?;
         match (&config.class_weights, &config.class_counts) {
             (ClassWeighting::Static, None) => {
                 crate::bail_input!("class_counts: required when class_weights is \"static\"")
@@ -191,9 +187,7 @@ impl DetectionLoss for SoftmaxFocalLoss {
         let pos = cls_targets.gt(0);
         let loc_sum = smooth_l1_over_positives(&loc_preds, &loc_targets, &pos, self.config.beta);
 
-        let valid = cls_targets.gt(-1);
-        let x = cls_preds.masked_select(&valid.unsqueeze(2)).view([-1, c]);
-        let y = cls_targets.masked_select(&valid);
+        let (x, y) = valid_rows(&cls_preds, cls_targets, dims.has_ignored);
         let log_p_t = x
             .log_softmax(1, x.kind())
             .gather(1, &y.unsqueeze(1), false)

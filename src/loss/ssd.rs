@@ -26,8 +26,8 @@ use tch::{Kind, Reduction, Tensor};
 use super::inputs::LabelRule;
 use super::mining::{top_k_per_row, NegativeMining};
 use super::{
-    in_compute_kind, smooth_l1_over_positives, DetectionLoss, LossInputs, LossSums, Normalization,
-    IGNORE_LABEL,
+    check_option, in_compute_kind, smooth_l1_over_positives, DetectionLoss, LossInputs, LossSums,
+    Normalization, IGNORE_LABEL,
 };
 use crate::rng::Rng;
 
@@ -81,21 +81,10 @@ pub struct SsdLoss {
 impl SsdLoss {
     pub fn new(config: SsdLossConfig) -> Result<Self> {
         let c = &config;
-        if !(c.neg_pos_ratio >= 0.0 && c.neg_pos_ratio.is_finite()) {
-            crate::bail_input!(
-                "neg_pos_ratio: expected a finite number >= 0, got {}",
-                c.neg_pos_ratio
-            );
-        }
-        if c.min_negatives < 0 {
-            crate::bail_input!("min_negatives: expected >= 0, got {}", c.min_negatives);
-        }
-        if !(c.beta >= 0.0) {
-            crate::bail_input!("beta: expected >= 0, got {}", c.beta);
-        }
-        if !(c.normalizer_min > 0.0) {
-            crate::bail_input!("normalizer_min: expected > 0, got {}", c.normalizer_min);
-        }
+        check_option("neg_pos_ratio", c.neg_pos_ratio, 0.0, true)?;
+        check_option("min_negatives", c.min_negatives as f64, 0.0, true)?;
+        check_option("beta", c.beta, 0.0, true)?;
+        check_option("normalizer_min", c.normalizer_min, 0.0, false)?;
         Ok(Self {
             config,
             calls: AtomicU64::new(0),
