@@ -89,3 +89,59 @@ pub fn write_safetensors(path: &Path, tensors: &[(&str, &Tensor)]) -> Result<()>
         Tensor::write_safetensors(&cpu, tmp).with_context(|| format!("writing {}", tmp.display()))
     })
 }
+
+/// Copy named tensors into a VarStore's variables, by name.
+///
+/// Every variable must be present with its shape, and (unless `allow_extra`) every tensor must
+/// name a variable; otherwise the error lists the missing, unexpected and mismatched names.
+/// `origin` names the source in messages (a file path).
+pub fn load_into_varstore(
+    vs: &tch::nn::VarStore,
+    named: &HashMap<String, Tensor>,
+    allow_extra: bool,
+    origin: &str,
+) -> Result<()> {
+    let variables = vs.variables();
+    let mut missing: Vec<&String> = variables
+        .keys()
+        .filter(|k| !named.contains_key(*k))
+        .collect();
+    let mut unexpected: Vec<&String> = if allow_extra {
+        Vec::new()
+    } else {
+        named
+            .keys()
+            .filter(|k| !variables.contains_key(*k))
+            .collect()
+    };
+    let mut mismatched: Vec<String> = variables
+        .iter()
+        .filter_map(|(k, v)| {
+            let t = named.get(k)?;
+            (t.size() != v.size())
+                .then(|| format!("{k} (file {:?}, model {:?})", t.size(), v.size()))
+        })
+        .collect();
+    if !(missing.is_empty() && unexpected.is_empty() && mismatched.is_empty()) {
+        missing.sort();
+        unexpected.sort();
+        mismatched.sort();
+        let list = |v: &[&String]| v.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
+        crate::bail_input!(
+            "{origin}: weights do not fit the model: {} missing [{}], {} unexpected [{}], {} with another shape [{}]",
+            missing.len(),
+            list(&missing),
+            unexpected.len(),
+            list(&unexpected),
+            mismatched.len(),
+            mismatched.join(", ")
+        );
+    }
+    let _no_grad = tch::no_grad_guard();
+    for (name, var) in variables {
+        let mut var = var;
+        var.f_copy_(&named[&name])
+            .with_context(|| format!("{origin}: copying {name}"))?;
+    }
+    Ok(())
+}

@@ -10,6 +10,7 @@ pub mod info;
 pub mod io;
 pub mod loss;
 pub mod rng;
+pub mod train;
 
 pub use error::{bad_input, is_bad_input, BadInput};
 

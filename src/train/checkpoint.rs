@@ -1,0 +1,110 @@
+//! Checkpoints: one safetensors file holding the weights, the optimizer state and the run state
+//! (JSON, as a u8 tensor), written atomically, plus a readable JSON copy of the state beside it.
+//!
+//! Because everything needed to resume lives in one file that is replaced by a rename, a crash
+//! or Ctrl-C at any moment leaves the previous checkpoint whole.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use tch::Tensor;
+
+use crate::io::{read_tensors, write_bytes_atomic, write_safetensors};
+
+const MODEL: &str = "model.";
+const OPTIM: &str = "optim.";
+const STATE: &str = "meta.state_json";
+
+/// Where a run stands, and what it needs to resume or to be evaluated.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunState {
+    pub tchcv_version: String,
+    /// Iterations completed.
+    pub iteration: u64,
+    /// Epoch of the next iteration.
+    pub epoch: u64,
+    /// Calls made to the loss (the random-mining stream).
+    pub loss_calls: u64,
+    /// Steps skipped because the loss was NaN or inf.
+    pub nonfinite_skips: u64,
+    /// The best evaluation (or loss) so far and its iteration.
+    pub best: Option<(f64, u64)>,
+    /// Class names, index = 0-based label.
+    pub classes: Vec<String>,
+    /// The model spec as loaded (so a checkpoint evaluates without the original file).
+    pub spec: serde_json::Value,
+    /// The training configuration.
+    pub config: serde_json::Value,
+}
+
+/// A loaded checkpoint.
+pub struct Checkpoint {
+    pub state: RunState,
+    /// Model variables by VarStore name.
+    pub model: HashMap<String, Tensor>,
+    /// Optimizer state by key.
+    pub optim: BTreeMap<String, Tensor>,
+}
+
+/// The readable copy of a checkpoint's state: `last.safetensors` -> `last.json`.
+pub fn state_json_path(path: &Path) -> PathBuf {
+    path.with_extension("json")
+}
+
+/// Save atomically. model: the VarStore's variables; optim: the optimizer's state tensors.
+pub fn save(
+    path: &Path,
+    model: &HashMap<String, Tensor>,
+    optim: &[(String, Tensor)],
+    state: &RunState,
+) -> Result<()> {
+    let state_json = serde_json::to_string_pretty(state)?;
+    let state_tensor = Tensor::from_slice(state_json.as_bytes());
+    let mut names: Vec<(String, &Tensor)> = Vec::with_capacity(model.len() + optim.len() + 1);
+    let mut model_names: Vec<&String> = model.keys().collect();
+    model_names.sort();
+    for name in model_names {
+        names.push((format!("{MODEL}{name}"), &model[name]));
+    }
+    for (key, t) in optim {
+        names.push((format!("{OPTIM}{key}"), t));
+    }
+    names.push((STATE.to_string(), &state_tensor));
+    let named: Vec<(&str, &Tensor)> = names.iter().map(|(n, t)| (n.as_str(), *t)).collect();
+    write_safetensors(path, &named)
+        .with_context(|| format!("saving checkpoint {}", path.display()))?;
+    write_bytes_atomic(&state_json_path(path), state_json.as_bytes())
+}
+
+/// Load a checkpoint written by [`save`].
+pub fn load(path: &Path) -> Result<Checkpoint> {
+    let tensors = read_tensors(path)?;
+    let mut model = HashMap::new();
+    let mut optim = BTreeMap::new();
+    let mut state = None;
+    for (name, t) in tensors {
+        if let Some(n) = name.strip_prefix(MODEL) {
+            model.insert(n.to_string(), t);
+        } else if let Some(k) = name.strip_prefix(OPTIM) {
+            optim.insert(k.to_string(), t);
+        } else if name == STATE {
+            let bytes = Vec::<u8>::try_from(&t).context("reading the run state")?;
+            let parsed: RunState = serde_json::from_slice(&bytes)
+                .map_err(|e| crate::bad_input(format!("{}: run state: {e}", path.display())))?;
+            state = Some(parsed);
+        }
+    }
+    let state = state.ok_or_else(|| {
+        crate::bad_input(format!(
+            "{}: not a tchcv checkpoint (no {STATE}); weights alone load with --init",
+            path.display()
+        ))
+    })?;
+    Ok(Checkpoint {
+        state,
+        model,
+        optim,
+    })
+}
