@@ -66,7 +66,7 @@ fn run(opt: &mut Optimizer, c: &Case, steps: std::ops::Range<usize>) {
                 (&p.tensor * g).sum(Kind::Float).backward();
                 continue;
             }
-            let _ = grad.copy_(g);
+            grad.copy_(g);
         }
         opt.step(c.lrs[s]);
     }
@@ -146,7 +146,7 @@ fn check(config: OptimizerConfig, name: &str) {
         .collect();
     let mut resumed = optimizer(&config, &c);
     for (dst, src) in resumed.params().iter().zip(first.params()) {
-        let _ = tch::no_grad(|| dst.tensor.shallow_clone().copy_(&src.tensor));
+        tch::no_grad(|| dst.tensor.shallow_clone().copy_(&src.tensor));
     }
     resumed.load_state(saved).unwrap();
     // The fresh parameters have no gradient yet; `run` creates them with a backward pass.

@@ -104,7 +104,7 @@ impl Optimizer {
                 } => {
                     let mut d_p = grad;
                     if p.decay && weight_decay != 0.0 {
-                        d_p = d_p + &p.tensor * weight_decay;
+                        d_p = d_p.g_add(&(&p.tensor * weight_decay));
                     }
                     if momentum != 0.0 {
                         let key = format!("momentum.{}", p.name);
@@ -135,7 +135,7 @@ impl Optimizer {
                         if decoupled {
                             let _ = p.tensor.g_mul_scalar_(1.0 - lr * weight_decay);
                         } else {
-                            g = g + &p.tensor * weight_decay;
+                            g = g.g_add(&(&p.tensor * weight_decay));
                         }
                     }
                     let m_key = format!("exp_avg.{}", p.name);

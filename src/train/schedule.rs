@@ -116,7 +116,7 @@ mod tests {
     fn cosine_ends_at_min() {
         let s = schedule("cosine:0.01".parse().unwrap());
         assert!((s.lr(100) - 0.001).abs() < 1e-12);
-        assert!((s.lr(55) - 0.1 * (0.01 + 0.99 * 0.5)).abs() < 1e-12);
+        assert!((s.lr(50) - 0.1 * (0.01 + 0.99 * 0.5)).abs() < 1e-12);
     }
 
     #[test]
