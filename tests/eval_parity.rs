@@ -190,21 +190,14 @@ fn random_case(seed: u64, case: u64) -> (Vec<String>, Vec<GroundTruth>, Vec<Dete
             gt.boxes.push(b);
             gt.labels.push(label);
             gt.difficult.push(label == 5 || rng.chance(0.2));
-            if label != 4 {
-                if rng.chance(0.75) {
+            // Found (loosely) with p 0.75, found again (a duplicate, tighter) with p 0.25.
+            for (p, amount) in [(0.75, 0.25), (0.25, 0.1)] {
+                if label != 4 && rng.chance(p) {
                     dets.push(Detection {
                         image_id: image_id.clone(),
                         class: label,
                         score: tied_score(&mut rng),
-                        bbox: jitter(&mut rng, b, 0.25, free),
-                    });
-                }
-                if rng.chance(0.25) {
-                    dets.push(Detection {
-                        image_id: image_id.clone(),
-                        class: label,
-                        score: tied_score(&mut rng),
-                        bbox: jitter(&mut rng, b, 0.1, free),
+                        bbox: jitter(&mut rng, b, amount, free),
                     });
                 }
             }

@@ -16,6 +16,8 @@ use std::sync::OnceLock;
 
 use anyhow::{anyhow, Context, Result};
 use image::{ImageFormat, RgbImage};
+use plotters::chart::DualCoordChartContext;
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use serde_json::Value;
@@ -299,6 +301,58 @@ fn iteration_range(metrics: &Metrics) -> std::ops::Range<f64> {
     lo..hi.max(lo + 1.0)
 }
 
+type IterationChart<'a, 'b> = DualCoordChartContext<
+    'a,
+    BitMapBackend<'b>,
+    Cartesian2d<RangedCoordf64, RangedCoordf64>,
+    Cartesian2d<RangedCoordf64, RangedCoordf64>,
+>;
+
+/// A chart over the run's iterations with `0..y_top` on the left (labelled `y_desc`, mesh
+/// drawn) and `0..right_top` on the right (axes drawn by the caller, if at all). Every panel
+/// keeps a right label area, so stacked panels share their x scale.
+fn iteration_chart<'a, 'b>(
+    area: &'a Area<'b>,
+    metrics: &Metrics,
+    y_top: f64,
+    y_desc: &str,
+    right_top: f64,
+) -> Result<IterationChart<'a, 'b>> {
+    let mut chart = ChartBuilder::on(area)
+        .margin(16)
+        .x_label_area_size(50)
+        .y_label_area_size(80)
+        .right_y_label_area_size(90)
+        .build_cartesian_2d(iteration_range(metrics), 0.0..y_top)
+        .map_err(plot_err)?
+        .set_secondary_coord(iteration_range(metrics), 0.0..right_top);
+    chart
+        .configure_mesh()
+        .x_desc("iteration")
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_desc(y_desc)
+        .label_style(font(15.0))
+        .axis_desc_style(font(18.0))
+        .light_line_style(RGBColor(244, 244, 244))
+        .draw()
+        .map_err(plot_err)?;
+    Ok(chart)
+}
+
+fn draw_legend<'a, 'b: 'a>(
+    chart: &mut IterationChart<'a, 'b>,
+    position: SeriesLabelPosition,
+) -> Result<()> {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .label_font(font(16.0))
+        .background_style(WHITE.mix(0.85))
+        .border_style(RGBColor(160, 160, 160))
+        .draw()
+        .map_err(plot_err)
+}
+
 fn draw_loss_panel(area: &Area, metrics: &Metrics) -> Result<()> {
     let x: Vec<f64> = metrics.steps.iter().map(|s| s.iter as f64).collect();
     let series: [(&str, RGBColor, Vec<f64>); 3] = [
@@ -334,26 +388,7 @@ fn draw_loss_panel(area: &Area, metrics: &Metrics) -> Result<()> {
     };
     let y_top = if y_top > 0.0 { y_top } else { 1.0 };
     let lr_top = quantile(metrics.steps.iter().map(|s| s.lr), 1.0).filter(|&v| v > 0.0);
-    let x_range = iteration_range(metrics);
-
-    let mut chart = ChartBuilder::on(area)
-        .margin(16)
-        .x_label_area_size(50)
-        .y_label_area_size(80)
-        .right_y_label_area_size(if lr_top.is_some() { 90 } else { 10 })
-        .build_cartesian_2d(x_range.clone(), 0.0..y_top)
-        .map_err(plot_err)?
-        .set_secondary_coord(x_range, 0.0..lr_top.unwrap_or(1.0) * 1.1);
-    chart
-        .configure_mesh()
-        .x_desc("iteration")
-        .x_label_formatter(&|v| format!("{v:.0}"))
-        .y_desc("loss")
-        .label_style(font(15.0))
-        .axis_desc_style(font(18.0))
-        .light_line_style(RGBColor(244, 244, 244))
-        .draw()
-        .map_err(plot_err)?;
+    let mut chart = iteration_chart(area, metrics, y_top, "loss", lr_top.unwrap_or(1.0) * 1.1)?;
     let clip = |v: f64| v.min(y_top);
     for (_, color, raw) in &series {
         let points = x
@@ -398,15 +433,7 @@ fn draw_loss_panel(area: &Area, metrics: &Metrics) -> Result<()> {
             .label("learning rate (right axis)")
             .legend(legend_line(LR_COLOR));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .label_font(font(16.0))
-        .background_style(WHITE.mix(0.85))
-        .border_style(RGBColor(160, 160, 160))
-        .draw()
-        .map_err(plot_err)?;
-    Ok(())
+    draw_legend(&mut chart, SeriesLabelPosition::UpperRight)
 }
 
 fn draw_map_panel(area: &Area, metrics: &Metrics) -> Result<()> {
@@ -416,26 +443,9 @@ fn draw_map_panel(area: &Area, metrics: &Metrics) -> Result<()> {
     )
     .unwrap_or(1.0);
     let y_top = (top * 1.15).clamp(0.05, 1.0);
-    let mut chart = ChartBuilder::on(area)
-        .margin(16)
-        .x_label_area_size(50)
-        .y_label_area_size(80)
-        .right_y_label_area_size(90)
-        .build_cartesian_2d(iteration_range(metrics), 0.0..y_top)
-        .map_err(plot_err)?
-        // The same plot width as the loss panel above, with no labels on the right.
-        .set_secondary_coord(iteration_range(metrics), 0.0..y_top);
-    chart
-        .configure_mesh()
-        .x_desc("iteration")
-        .x_label_formatter(&|v| format!("{v:.0}"))
-        .y_desc("mAP")
-        .label_style(font(15.0))
-        .axis_desc_style(font(18.0))
-        .light_line_style(RGBColor(244, 244, 244))
-        .draw()
-        .map_err(plot_err)?;
-    let metrics_of: [(&str, RGBColor, fn(&EvalRecord) -> f64); 2] = [
+    let mut chart = iteration_chart(area, metrics, y_top, "mAP", y_top)?;
+    type Series = (&'static str, RGBColor, fn(&EvalRecord) -> f64);
+    let metrics_of: [Series; 2] = [
         ("mAP VOC07 11-point", MAP07_COLOR, |e| e.map_voc07),
         ("mAP area", MAP_AREA_COLOR, |e| e.map_area),
     ];
@@ -459,15 +469,7 @@ fn draw_map_panel(area: &Area, metrics: &Metrics) -> Result<()> {
             )
             .map_err(plot_err)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .label_font(font(16.0))
-        .background_style(WHITE.mix(0.85))
-        .border_style(RGBColor(160, 160, 160))
-        .draw()
-        .map_err(plot_err)?;
-    Ok(())
+    draw_legend(&mut chart, SeriesLabelPosition::LowerRight)
 }
 
 /// The class colour of the drawn boxes, darkened where it would be too light on white.
