@@ -24,13 +24,18 @@ enum MatchingArg {
     Unmatched,
 }
 
-/// Score detections against VOC ground truth with the VOC devkit algorithm: prints AP per
-/// class (with ground truths and detections) and the mAP over classes that have ground truth.
-///
-/// Detections sorted by score (ties keep file order), each matched to the object of highest
-/// IoU; a true positive when IoU >= --iou; matches to difficult objects are ignored; duplicates
-/// are false positives. Boxes are inclusive pixel ranges (width = x2 - x1 + 1) as in the devkit,
-/// unless --no-legacy-plus-one.
+/// What `tchcv eval --help` says about the algorithm.
+pub const ABOUT: &str = "Score detections against VOC ground truth with the VOC devkit algorithm: \
+prints AP per class (with ground truths and detections) and the mAP over the classes that have \
+ground truth.
+
+A class's detections are sorted by score (ties keep file order); each is matched to the object \
+of its class with the highest IoU in its image; a true positive when IoU >= --iou and the object \
+was not taken yet; matches to difficult objects are ignored (neither TP nor FP); duplicates are \
+false positives. AP by the VOC2007 11-point rule and by the area under the precision envelope. \
+Boxes are inclusive pixel ranges (width = x2 - x1 + 1) as in the devkit, unless \
+--no-legacy-plus-one.";
+
 #[derive(clap::Args)]
 pub struct Args {
     /// VOC root: ROOT/VOC<YEAR>/{Annotations,ImageSets} for YEAR:NAME sets, or

@@ -29,6 +29,7 @@ enum Command {
     /// Time tchcv against its PyTorch counterpart, side by side.
     Bench(bench::Args),
     /// Score detections (VOC devkit results files) against VOC ground truth: AP per class, mAP.
+    #[command(long_about = eval::ABOUT)]
     Eval(eval::Args),
     /// Write a run's loss.png (from metrics.jsonl) and pr.png (from eval.json).
     Plot(plot::Args),

@@ -510,11 +510,16 @@ pub fn plot_pr(result: &VocEvalResult, path: &Path, title: &str) -> Result<()> {
             if curve.recall.is_empty() {
                 continue;
             }
-            let points = curve
-                .recall
-                .iter()
-                .copied()
-                .zip(curve.precision.iter().copied());
+            // Drawn from recall 0 at the first precision, so a class found by its first
+            // detection (a single point) still shows as a line.
+            let start = (0.0, curve.precision[0]);
+            let points = std::iter::once(start).chain(
+                curve
+                    .recall
+                    .iter()
+                    .copied()
+                    .zip(curve.precision.iter().copied()),
+            );
             chart
                 .draw_series(LineSeries::new(points, plot_color(i).stroke_width(2)))
                 .map_err(plot_err)?;
