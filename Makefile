@@ -20,6 +20,7 @@ build: setup
 test: setup
 	$(CARGO) test --release -- --test-threads 1
 	$(TCHCV_PYTHON) tests/reference/losses.py selftest
+	$(TCHCV_PYTHON) tests/reference/voc_eval.py selftest
 
 demo: build
 	scripts/demo.sh

@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod device;
 pub mod error;
+pub mod eval;
 pub mod info;
 pub mod io;
 pub mod loss;

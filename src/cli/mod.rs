@@ -2,8 +2,10 @@
 //! a library user would need.
 
 mod bench;
+mod eval;
 mod info;
 mod loss;
+mod plot;
 
 use std::process::ExitCode;
 
@@ -28,6 +30,11 @@ enum Command {
     Loss(loss::Args),
     /// Time tchcv against its PyTorch counterpart, side by side.
     Bench(bench::Args),
+    /// Score detections (VOC devkit results files) against VOC ground truth: AP per class, mAP.
+    #[command(long_about = eval::ABOUT)]
+    Eval(eval::Args),
+    /// Write a run's loss.png (from metrics.jsonl) and pr.png (from eval.json).
+    Plot(plot::Args),
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -35,6 +42,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Info(args) => info::run(args),
         Command::Loss(args) => loss::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Eval(args) => eval::run(args),
+        Command::Plot(args) => plot::run(args),
     }
 }
 
