@@ -1,7 +1,9 @@
 //! Subcommands: each parses its flags, calls the library and prints. No logic lives here that
 //! a library user would need.
 
+mod anchors;
 mod bench;
+mod encode;
 mod info;
 mod loss;
 
@@ -26,6 +28,10 @@ enum Command {
     Loss(loss::Args),
     /// Time tchcv against its PyTorch counterpart, side by side.
     Bench(bench::Args),
+    /// A model spec's anchors to a file, and their count per feature map.
+    Anchors(anchors::Args),
+    /// One image's ground-truth boxes to training targets (loc_targets, cls_targets).
+    Encode(encode::Args),
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -33,6 +39,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Info(args) => info::run(args),
         Command::Loss(args) => loss::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Anchors(args) => anchors::run(args),
+        Command::Encode(args) => encode::run(args),
     }
 }
 
