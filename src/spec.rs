@@ -59,18 +59,43 @@ pub struct ModelSpec {
     pub coder: CoderSpec,
 }
 
-/// A feature map's size in cells.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// A feature map's size in cells (JSON: `n` for a square map, else `[h, w]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GridSize {
     pub h: i64,
     pub w: i64,
 }
 
-/// The pixel distance between neighbouring cell centres (`cx = (col + 0.5) * x`).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+/// The pixel distance between neighbouring cell centres (`cx = (col + 0.5) * x`; JSON: one
+/// number, or `[y, x]`).
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Step {
     pub y: f64,
     pub x: f64,
+}
+
+/// A number when both are equal, else the pair (the form the parser reads).
+fn serialize_one_or_pair<S: serde::Serializer, T: Serialize + PartialEq>(
+    pair: [T; 2],
+    serializer: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    if pair[0] == pair[1] {
+        pair[0].serialize(serializer)
+    } else {
+        pair.serialize(serializer)
+    }
+}
+
+impl Serialize for GridSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        serialize_one_or_pair([self.h, self.w], s)
+    }
+}
+
+impl Serialize for Step {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        serialize_one_or_pair([self.y, self.x], s)
+    }
 }
 
 /// How anchors are laid out, tagged by `"style"`.

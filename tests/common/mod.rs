@@ -74,7 +74,10 @@ pub fn shared_dataset(name: &str) -> Option<PathBuf> {
     if dir.is_dir() {
         Some(dir)
     } else {
-        eprintln!("SKIPPED: {} is absent (tests on the shared datasets need ../shared/data)", dir.display());
+        eprintln!(
+            "SKIPPED: {} is absent (tests on the shared datasets need ../shared/data)",
+            dir.display()
+        );
         None
     }
 }
@@ -115,7 +118,9 @@ pub fn assert_close(what: &str, a: &tch::Tensor, b: &tch::Tensor, rtol: f64, ato
     assert_eq!(a.size(), b.size(), "{what}: shapes differ");
     let a64 = a.to_kind(tch::Kind::Double).to_device(tch::Device::Cpu);
     let b64 = b.to_kind(tch::Kind::Double).to_device(tch::Device::Cpu);
-    let excess = ((&a64 - &b64).abs() - (b64.abs() * rtol + atol)).max().double_value(&[]);
+    let excess = ((&a64 - &b64).abs() - (b64.abs() * rtol + atol))
+        .max()
+        .double_value(&[]);
     assert!(
         excess <= 0.0 || a64.numel() == 0,
         "{what}: max |a-b| = {:.3e} exceeds atol {atol:e} + rtol {rtol:e} * |b| (by {excess:.3e})",
