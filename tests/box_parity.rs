@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 use tchcv::bbox::{nms, BoxCoder, DecodeConfig, NmsMethod};
-use tchcv::spec::ModelSpec;
+use tchcv::spec::{IgnoreBand, MatchingSpec, ModelSpec};
 
 const LOC_RTOL: f64 = 1e-5;
 const LOC_ATOL: f64 = 1e-6;
@@ -57,13 +57,23 @@ fn host_i64(t: &Tensor) -> Vec<i64> {
     Vec::<i64>::try_from(t.to_kind(Kind::Int64).contiguous().view(-1)).expect("i64")
 }
 
-/// A copy of a shipped spec with some fields replaced, written into `dir`.
+/// `patch` merged into `target` (objects recursively, anything else replaced).
+fn merge(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                merge(t.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}
+
+/// A copy of a shipped spec with `patch` merged in, written into `dir`.
 fn patched_spec(dir: &Path, name: &str, patch: Value) -> PathBuf {
     let text = std::fs::read_to_string(model(name)).expect("spec");
     let mut spec: Value = serde_json::from_str(&text).expect("spec JSON");
-    for (k, v) in patch.as_object().expect("patch object") {
-        spec[k] = v.clone();
-    }
+    merge(&mut spec, &patch);
     let path = dir.join(format!("patched_{name}"));
     std::fs::write(&path, serde_json::to_string_pretty(&spec).unwrap()).expect("write spec");
     path
@@ -170,25 +180,23 @@ fn check_named_case(
                 Some(0.4f32 as f64),
                 "{ctx}: lost its 0.4"
             );
-            match &spec.matching {
-                tchcv::spec::MatchingSpec::MaxIou {
-                    band,
-                    allow_low_quality: false,
-                    ..
-                } => {
-                    let want = match band {
-                        tchcv::spec::IgnoreBand::Torchvision => -1,
-                        tchcv::spec::IgnoreBand::Torchcv => 0,
-                    };
-                    assert_eq!(cls[a], want, "{ctx}: IoU == neg_iou with band {band:?}");
-                }
-                _ => {}
+            if let MatchingSpec::MaxIou {
+                band,
+                allow_low_quality: false,
+                ..
+            } = &spec.matching
+            {
+                let want = match band {
+                    IgnoreBand::Torchvision => -1,
+                    IgnoreBand::Torchcv => 0,
+                };
+                assert_eq!(cls[a], want, "{ctx}: IoU == neg_iou with band {band:?}");
             }
         }
         "same_anchor" => {
             let a = case["shared_anchor"].as_u64().unwrap() as usize;
             assert!(cls[a] > 0, "{ctx}: the shared anchor is not positive");
-            if matches!(spec.matching, tchcv::spec::MatchingSpec::Bipartite { .. }) {
+            if matches!(spec.matching, MatchingSpec::Bipartite { .. }) {
                 assert!(
                     per_box.iter().all(|&n| n >= 1),
                     "{ctx}: a GT without anchors {per_box:?}"
@@ -200,13 +208,11 @@ fn check_named_case(
                 assert_eq!(num_pos as u64, n, "{ctx}: reference-semantics E9 says {n}");
             }
         }
-        "two_over_half" => {
-            if !matches!(spec.matching, tchcv::spec::MatchingSpec::MaxIou { .. }) {
-                assert!(
-                    num_pos >= 2,
-                    "{ctx}: two anchors >= 0.5 give >= 2 positives"
-                )
-            }
+        "two_over_half" if !matches!(spec.matching, MatchingSpec::MaxIou { .. }) => {
+            assert!(
+                num_pos >= 2,
+                "{ctx}: two anchors >= 0.5 give >= 2 positives"
+            )
         }
         _ => {}
     }
@@ -226,6 +232,12 @@ fn encode_parity(spec_path: &Path, what: &str) {
     check_encode_cases(&coder, &spec, &t, &meta, what);
 }
 
+/// [`encode_parity`] on a shipped spec with `patch` merged in.
+fn encode_parity_patched(name: &str, patch: Value, what: &str) {
+    let dir = common::scratch(&format!("{what}_spec"));
+    encode_parity(&patched_spec(&dir, name, patch), what);
+}
+
 #[test]
 fn encode_matches_reference_ssd300_bipartite() {
     encode_parity(&model("ssd300.json"), "box_encode_ssd300");
@@ -233,13 +245,8 @@ fn encode_matches_reference_ssd300_bipartite() {
 
 #[test]
 fn encode_matches_reference_ssd300_forced_best() {
-    let dir = common::scratch("box_encode_ssd300_forced_spec");
-    let spec = patched_spec(
-        &dir,
-        "ssd300.json",
-        json!({"matching": {"rule": "forced_best", "threshold": 0.5}}),
-    );
-    encode_parity(&spec, "box_encode_ssd300_forced");
+    let patch = json!({"matching": {"rule": "forced_best", "threshold": 0.5}});
+    encode_parity_patched("ssd300.json", patch, "box_encode_ssd300_forced");
 }
 
 #[test]
@@ -259,25 +266,14 @@ fn encode_matches_reference_retinanet_torchvision_band() {
 
 #[test]
 fn encode_matches_reference_retinanet_torchcv_band_low_quality() {
-    let dir = common::scratch("box_encode_retina_torchcv_spec");
-    let spec = patched_spec(
-        &dir,
-        "retinanet.json",
-        json!({"matching": {"rule": "max_iou", "pos_iou": 0.5, "neg_iou": 0.4,
-                            "band": "torchcv", "allow_low_quality": true}}),
-    );
-    encode_parity(&spec, "box_encode_retina_torchcv");
+    let patch = json!({"matching": {"band": "torchcv", "allow_low_quality": true}});
+    encode_parity_patched("retinanet.json", patch, "box_encode_retina_torchcv");
 }
 
 #[test]
 fn encode_matches_reference_clipped_ssd300() {
-    let dir = common::scratch("box_encode_clip_spec");
-    let text = std::fs::read_to_string(model("ssd300.json")).unwrap();
-    let mut v: Value = serde_json::from_str(&text).unwrap();
-    v["anchors"]["clip"] = json!(true);
-    let path = dir.join("ssd300_clip.json");
-    std::fs::write(&path, v.to_string()).unwrap();
-    encode_parity(&path, "box_encode_ssd300_clip");
+    let patch = json!({"anchors": {"clip": true}});
+    encode_parity_patched("ssd300.json", patch, "box_encode_ssd300_clip");
 }
 
 /// ssd.pytorch clamps its priors (clip); reference-semantics E13 counts 134 of SSD300's 8732
@@ -285,13 +281,9 @@ fn encode_matches_reference_clipped_ssd300() {
 #[test]
 fn clipped_ssd300_changes_134_boxes() {
     let dir = common::scratch("box_clip_count");
-    let text = std::fs::read_to_string(model("ssd300.json")).unwrap();
-    let mut v: Value = serde_json::from_str(&text).unwrap();
-    v["anchors"]["clip"] = json!(true);
-    let clipped = ModelSpec::from_json_str(&v.to_string(), "clip").unwrap();
-    let plain = ModelSpec::load(&model("ssd300.json")).unwrap();
-    let a = tchcv::bbox::Anchors::from_spec(&clipped);
-    let b = tchcv::bbox::Anchors::from_spec(&plain);
+    let clipped = patched_spec(&dir, "ssd300.json", json!({"anchors": {"clip": true}}));
+    let a = tchcv::bbox::Anchors::from_spec(&ModelSpec::load(&clipped).unwrap());
+    let b = tchcv::bbox::Anchors::from_spec(&ModelSpec::load(&model("ssd300.json")).unwrap());
     let changed = a
         .cxcywh
         .iter()
@@ -299,7 +291,6 @@ fn clipped_ssd300_changes_134_boxes() {
         .filter(|(x, y)| x != y)
         .count();
     assert_eq!(changed, 134);
-    let _ = dir;
 }
 
 #[test]

@@ -72,33 +72,51 @@ impl EncodeStats {
     }
 }
 
-/// Check one image's ground truth; returns the kept boxes, their labels and original indices.
-fn valid_ground_truth(
-    boxes: &[[f32; 4]],
-    labels: &[i64],
-) -> Result<(Vec<[f32; 4]>, Vec<i64>, Vec<usize>)> {
-    if boxes.len() != labels.len() {
-        bail_input!(
-            "ground truth: {} boxes but {} labels",
-            boxes.len(),
-            labels.len()
-        );
+/// One image's usable ground truth: the boxes that are not degenerate.
+struct GroundTruth {
+    boxes: Vec<[f32; 4]>,
+    labels: Vec<i64>,
+    /// The input index of each kept box.
+    input_index: Vec<usize>,
+    /// Input indices of dropped (degenerate) boxes.
+    dropped: Vec<usize>,
+}
+
+impl GroundTruth {
+    /// Check one image's boxes and labels; drop degenerate boxes.
+    fn new(boxes: &[[f32; 4]], labels: &[i64]) -> Result<Self> {
+        if boxes.len() != labels.len() {
+            bail_input!(
+                "ground truth: {} boxes but {} labels",
+                boxes.len(),
+                labels.len()
+            );
+        }
+        let mut gt = GroundTruth {
+            boxes: Vec::with_capacity(boxes.len()),
+            labels: Vec::with_capacity(boxes.len()),
+            input_index: Vec::with_capacity(boxes.len()),
+            dropped: Vec::new(),
+        };
+        for (i, (b, &label)) in boxes.iter().zip(labels).enumerate() {
+            if !b.iter().all(|x| x.is_finite()) {
+                bail_input!("ground truth box {i}: non-finite coordinate in {b:?}");
+            }
+            if label < 0 {
+                bail_input!(
+                    "ground truth box {i}: label {label} is negative (labels are 0-based class indices)"
+                );
+            }
+            if ops::is_degenerate(b) {
+                gt.dropped.push(i);
+            } else {
+                gt.boxes.push(*b);
+                gt.labels.push(label);
+                gt.input_index.push(i);
+            }
+        }
+        Ok(gt)
     }
-    let mut kept = (Vec::new(), Vec::new(), Vec::new());
-    for (i, (b, &label)) in boxes.iter().zip(labels).enumerate() {
-        if !b.iter().all(|x| x.is_finite()) {
-            bail_input!("ground truth box {i}: non-finite coordinate in {b:?}");
-        }
-        if label < 0 {
-            bail_input!("ground truth box {i}: label {label} is negative (labels are 0-based class indices)");
-        }
-        if !ops::is_degenerate(b) {
-            kept.0.push(*b);
-            kept.1.push(label);
-            kept.2.push(i);
-        }
-    }
-    Ok(kept)
 }
 
 impl BoxCoder {
@@ -179,22 +197,20 @@ impl BoxCoder {
                 a_count * 4
             );
         }
-        let (gt, gt_labels, kept_index) = valid_ground_truth(boxes, labels)?;
+        let gt = GroundTruth::new(boxes, labels)?;
         let mut stats = EncodeStats {
             num_pos_per_box: vec![0; boxes.len()],
-            dropped: (0..boxes.len())
-                .filter(|i| !kept_index.contains(i))
-                .collect(),
+            dropped: gt.dropped.clone(),
             num_ignored: 0,
         };
         loc_out.fill(0.0);
         cls_out.fill(0);
-        if gt.is_empty() {
+        if gt.boxes.is_empty() {
             return Ok(stats);
         }
-        let ious = IouTable::new(&self.anchors.xyxy, &self.anchor_areas, &gt);
+        let ious = IouTable::new(&self.anchors.xyxy, &self.anchor_areas, &gt.boxes);
         let matched = self.matcher.assign(&ious);
-        let gt_cxcywh: Vec<[f32; 4]> = gt.iter().map(ops::to_cxcywh).collect();
+        let gt_cxcywh: Vec<[f32; 4]> = gt.boxes.iter().map(ops::to_cxcywh).collect();
         let [v_xy, v_wh] = self.variance_pair();
         for (a, &m) in matched.iter().enumerate() {
             if m == IGNORED {
@@ -212,8 +228,8 @@ impl BoxCoder {
             loc[1] = (g[1] - d[1]) / d[3] / v_xy;
             loc[2] = (g[2] / d[2]).ln() / v_wh;
             loc[3] = (g[3] / d[3]).ln() / v_wh;
-            cls_out[a] = gt_labels[m as usize] + 1;
-            stats.num_pos_per_box[kept_index[m as usize]] += 1;
+            cls_out[a] = gt.labels[m as usize] + 1;
+            stats.num_pos_per_box[gt.input_index[m as usize]] += 1;
         }
         Ok(stats)
     }

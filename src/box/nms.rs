@@ -110,11 +110,11 @@ pub fn batched_nms_with(
     Ok(order.index_select(0, &kept))
 }
 
+/// Boxes and (optional) classes on the host.
+type HostBoxes = (Vec<[f32; 4]>, Option<Vec<i64>>);
+
 /// Sorted boxes `[K, 4]` f32 and classes `[K]` i64 copied to the host.
-fn host_boxes(
-    boxes: &Tensor,
-    classes: Option<&Tensor>,
-) -> Result<(Vec<[f32; 4]>, Option<Vec<i64>>)> {
+fn host_boxes(boxes: &Tensor, classes: Option<&Tensor>) -> Result<HostBoxes> {
     let flat = Vec::<f32>::try_from(boxes.to_device(Device::Cpu).contiguous().view(-1))?;
     let boxes = flat
         .chunks_exact(4)
