@@ -376,6 +376,11 @@ fn decode_edge_cases() {
     let dets = coder.decode(&loc, &scores, &cfg).unwrap();
     assert_eq!(dets[0].len(), 7);
     assert!(i64s(&dets[0].labels).iter().all(|&l| l == 1));
+    let host = dets[0].to_host().unwrap();
+    assert_eq!(host.boxes.len(), 7);
+    assert_eq!(host.boxes.as_flattened(), f32s(&dets[0].boxes).as_slice());
+    assert_eq!(host.scores, vec![0.5; 7]);
+    assert_eq!(host.labels, vec![1; 7]);
     cfg.top_k = None;
     cfg.max_detections = 11;
     assert_eq!(coder.decode(&loc, &scores, &cfg).unwrap()[1].len(), 11);

@@ -47,10 +47,7 @@ fn take<'a>(t: &'a Tensors, name: &str) -> &'a Tensor {
 }
 
 fn host_boxes(t: &Tensor) -> Vec<[f32; 4]> {
-    let flat = Vec::<f32>::try_from(t.contiguous().view(-1)).expect("f32 boxes");
-    flat.chunks_exact(4)
-        .map(|c| [c[0], c[1], c[2], c[3]])
-        .collect()
+    tchcv::bbox::ops::host_boxes(t).expect("f32 boxes")
 }
 
 fn host_i64(t: &Tensor) -> Vec<i64> {

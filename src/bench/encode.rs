@@ -96,7 +96,7 @@ pub fn run(b: &EncodeBench, device: Device) -> Result<Comparison> {
         crate::io::write_safetensors(
             &case,
             &[
-                ("boxes", &crate::bbox::anchors::boxes_tensor(&flat)),
+                ("boxes", &crate::bbox::ops::boxes_tensor(&flat)),
                 ("labels", &Tensor::from_slice(&labels)),
                 ("counts", &Tensor::from_slice(&counts)),
             ],

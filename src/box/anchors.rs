@@ -57,18 +57,13 @@ impl Anchors {
 
     /// `[A, 4]` f32 cxcywh on the CPU.
     pub fn to_tensor(&self) -> Tensor {
-        boxes_tensor(&self.cxcywh)
+        ops::boxes_tensor(&self.cxcywh)
     }
 
     /// `[A, 4]` f32 xyxy on the CPU.
     pub fn to_xyxy_tensor(&self) -> Tensor {
-        boxes_tensor(&self.xyxy)
+        ops::boxes_tensor(&self.xyxy)
     }
-}
-
-/// `[K, 4]` f32 CPU tensor from host boxes.
-pub fn boxes_tensor(boxes: &[[f32; 4]]) -> Tensor {
-    Tensor::from_slice(boxes.as_flattened()).view([boxes.len() as i64, 4])
 }
 
 /// Collects boxes cell by cell, in f64, and rounds them to f32 once.

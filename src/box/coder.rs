@@ -22,7 +22,7 @@
 use anyhow::{Context, Result};
 use tch::{Kind, Tensor};
 
-use super::anchors::{boxes_tensor, Anchors};
+use super::anchors::Anchors;
 use super::matcher::{IouTable, Matcher, BACKGROUND, IGNORED};
 use super::ops;
 use crate::bail_input;
@@ -287,7 +287,7 @@ impl BoxCoder {
             Kind::Float
         };
         let loc = loc_preds.to_kind(kind);
-        let anchors = boxes_tensor(&self.anchors.cxcywh)
+        let anchors = ops::boxes_tensor(&self.anchors.cxcywh)
             .to_device(loc.device())
             .to_kind(kind);
         let (a_xy, a_wh) = (anchors.narrow(1, 0, 2), anchors.narrow(1, 2, 2));

@@ -114,6 +114,26 @@ impl Detections {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The detections copied to the host.
+    pub fn to_host(&self) -> Result<HostDetections> {
+        let cpu = |t: &Tensor| t.to_device(Device::Cpu).contiguous();
+        Ok(HostDetections {
+            boxes: ops::host_boxes(&self.boxes)?,
+            scores: Vec::<f32>::try_from(cpu(&self.scores))?,
+            labels: Vec::<i64>::try_from(cpu(&self.labels))?,
+        })
+    }
+}
+
+/// One image's detections on the host, best first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostDetections {
+    /// xyxy in model-input pixels.
+    pub boxes: Vec<[f32; 4]>,
+    pub scores: Vec<f32>,
+    /// 0-based class indices.
+    pub labels: Vec<i64>,
 }
 
 /// Candidate indices `[K]` reordered so that each class keeps at most `k` of its best scores.

@@ -21,6 +21,6 @@ pub mod ops;
 
 pub use anchors::Anchors;
 pub use coder::{BoxCoder, EncodeStats, Encoded};
-pub use decode::{DecodeConfig, Detections};
+pub use decode::{DecodeConfig, Detections, HostDetections};
 pub use matcher::Matcher;
 pub use nms::{batched_nms, nms, NmsMethod};

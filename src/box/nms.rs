@@ -110,25 +110,12 @@ pub fn batched_nms_with(
     Ok(order.index_select(0, &kept))
 }
 
-/// Boxes and (optional) classes on the host.
-type HostBoxes = (Vec<[f32; 4]>, Option<Vec<i64>>);
-
-/// Sorted boxes `[K, 4]` f32 and classes `[K]` i64 copied to the host.
-fn host_boxes(boxes: &Tensor, classes: Option<&Tensor>) -> Result<HostBoxes> {
-    let flat = Vec::<f32>::try_from(boxes.to_device(Device::Cpu).contiguous().view(-1))?;
-    let boxes = flat
-        .chunks_exact(4)
-        .map(|c| [c[0], c[1], c[2], c[3]])
-        .collect();
+/// Greedy scan over sorted boxes with IoUs on demand. Returns kept positions.
+fn keep_on_host(boxes: &Tensor, classes: Option<&Tensor>, threshold: f32) -> Result<Vec<i64>> {
+    let boxes = ops::host_boxes(boxes)?;
     let classes = classes
         .map(|c| Vec::<i64>::try_from(c.to_device(Device::Cpu).contiguous()))
         .transpose()?;
-    Ok((boxes, classes))
-}
-
-/// Greedy scan over sorted boxes with IoUs on demand. Returns kept positions.
-fn keep_on_host(boxes: &Tensor, classes: Option<&Tensor>, threshold: f32) -> Result<Vec<i64>> {
-    let (boxes, classes) = host_boxes(boxes, classes)?;
     let areas: Vec<f32> = boxes.iter().map(ops::area).collect();
     let same_class = |i: usize, j: usize| classes.as_ref().is_none_or(|c| c[i] == c[j]);
     let mut suppressed = vec![false; boxes.len()];

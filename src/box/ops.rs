@@ -16,7 +16,7 @@
 //! The last line is the one change: degenerate boxes give IoU 0, never NaN.
 
 use anyhow::Result;
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::bail_input;
 
@@ -80,6 +80,27 @@ pub fn scale_boxes(boxes: &[[f32; 4]], from: [f64; 2], to: [f64; 2]) -> Result<V
     Ok(boxes
         .iter()
         .map(|b| [b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy])
+        .collect())
+}
+
+/// `[K, 4]` f32 CPU tensor from host boxes.
+pub fn boxes_tensor(boxes: &[[f32; 4]]) -> Tensor {
+    Tensor::from_slice(boxes.as_flattened()).view([boxes.len() as i64, 4])
+}
+
+/// `[..., 4]` boxes (any device, any float kind) copied to the host as f32.
+pub fn host_boxes(boxes: &Tensor) -> Result<Vec<[f32; 4]>> {
+    check_boxes("boxes", boxes, None)?;
+    let flat = Vec::<f32>::try_from(
+        boxes
+            .to_device(Device::Cpu)
+            .to_kind(Kind::Float)
+            .contiguous()
+            .view(-1),
+    )?;
+    Ok(flat
+        .chunks_exact(4)
+        .map(|c| [c[0], c[1], c[2], c[3]])
         .collect())
 }
 
