@@ -32,6 +32,9 @@ use json::{Node, Obj};
 /// `log(1000 / 16)`: torchvision's default cap on decoded `dw`, `dh` (`exp` of at most 62.5).
 pub const DEFAULT_DECODE_CLAMP: f64 = 4.135_166_556_742_356;
 
+/// At most this many anchors per spec (a guard against a typo such as a 3000x3000 map).
+pub const MAX_ANCHORS: i64 = 1 << 24;
+
 /// The loss names a spec may give (`tchcv::loss::LossKind` parses them).
 pub const LOSS_NAMES: [&str; 3] = ["ssd", "focal", "softmax_focal"];
 
@@ -248,6 +251,13 @@ impl ModelSpec {
             matching,
             coder,
         };
+        let total = spec.num_anchors();
+        if total > MAX_ANCHORS {
+            return Err(crate::bad_input(format!(
+                "{origin}: anchors: {total} anchors ({}) is more than the {MAX_ANCHORS} tchcv accepts",
+                spec.count_breakdown()
+            )));
+        }
         root.optional("num_anchors", |n| {
             let declared = n.count()?;
             let computed = spec.num_anchors();

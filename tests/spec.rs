@@ -230,6 +230,15 @@ fn malformed_specs_name_the_file_and_field() {
         &["models/x.json: anchors: give strides or steps, not both"],
     );
 
+    let mut v = ssd300_json();
+    // 3800 * 3800 * 4 + 2166 + 600 + 150 + 36 + 4 = 57762956
+    v["anchors"]["feature_maps"][0] = json!(3800);
+    v.as_object_mut().unwrap().remove("num_anchors");
+    assert_error(
+        &v,
+        &["models/x.json: anchors: 57762956 anchors (3800x3800x4"],
+    );
+
     let v = json!([1, 2]);
     assert_error(&v, &["models/x.json: expected an object"]);
 }
