@@ -128,8 +128,7 @@ impl BoxCoder {
             .position(|c| !(c[2] > 0.0 && c[3] > 0.0))
         {
             bail_input!(
-                "model spec {:?}: anchor {i} has no area ({:?}); with clip, a feature map's boxes \
-                 may not lie outside the input",
+                "model spec {:?}: anchor {i} has no area (cx, cy, w, h = {:?})",
                 spec.name,
                 anchors.cxcywh[i]
             );
