@@ -3,6 +3,8 @@
 //! Floors (each imports only from floors below it): `train` > `eval` > `models` > `data` >
 //! `loss`, `bbox` > `spec`, with `error`, `rng` and `io` at the bottom. See the README.
 
+#[path = "box/mod.rs"]
+pub mod bbox;
 pub mod bench;
 pub mod device;
 pub mod error;
@@ -11,6 +13,7 @@ pub mod info;
 pub mod io;
 pub mod loss;
 pub mod rng;
+pub mod spec;
 pub mod train;
 
 pub use error::{bad_input, is_bad_input, BadInput};

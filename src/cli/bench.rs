@@ -22,12 +22,15 @@ pub struct Args {
 enum Work {
     /// Loss forward + backward (SSD with hard negative mining, focal, softmax focal).
     Loss(tchcv::bench::loss::LossBench),
+    /// Encoding ground truth into anchor targets (32 images x up to 20 boxes, SSD300).
+    Encode(tchcv::bench::encode::EncodeBench),
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
     let device = tchcv::device::parse_device(&args.device)?;
     let rows: Vec<Comparison> = match &args.work {
         Work::Loss(b) => vec![tchcv::bench::loss::run(b, device)?],
+        Work::Encode(b) => vec![tchcv::bench::encode::run(b, device)?],
     };
     for row in &rows {
         println!("{}", row.line());

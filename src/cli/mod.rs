@@ -1,7 +1,9 @@
 //! Subcommands: each parses its flags, calls the library and prints. No logic lives here that
 //! a library user would need.
 
+mod anchors;
 mod bench;
+mod encode;
 mod eval;
 mod info;
 mod loss;
@@ -35,6 +37,10 @@ enum Command {
     Eval(eval::Args),
     /// Write a run's loss.png (from metrics.jsonl) and pr.png (from eval.json).
     Plot(plot::Args),
+    /// A model spec's anchors to a file, and their count per feature map.
+    Anchors(anchors::Args),
+    /// One image's ground-truth boxes to training targets (loc_targets, cls_targets).
+    Encode(encode::Args),
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -44,6 +50,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(args) => bench::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Plot(args) => plot::run(args),
+        Command::Anchors(args) => anchors::run(args),
+        Command::Encode(args) => encode::run(args),
     }
 }
 

@@ -1,0 +1,26 @@
+//! Boxes: anchors, matching, target coding, decoding and NMS (torchcv `models/*/box_coder.py`
+//! and `utils/box.py`). Module `tchcv::bbox` (`box` is a Rust keyword).
+//!
+//! | torchcv | here |
+//! |---|---|
+//! | `utils/box.py` `box_iou`, `change_box_order`, `box_clamp` | [`ops`] |
+//! | `SSDBoxCoder._get_default_boxes`, `RetinaBoxCoder._get_anchor_boxes` | [`anchors`] |
+//! | the matching inside `encode` | [`matcher`] |
+//! | `encode` | [`BoxCoder::encode`] ([`coder`]) |
+//! | `decode` | [`BoxCoder::decode`] ([`decode`]) |
+//! | `utils/box.py` `box_nms` | [`nms`] |
+//!
+//! Coordinates are model-input pixels; boxes are xyxy unless a name says cxcywh.
+
+pub mod anchors;
+pub mod coder;
+pub mod decode;
+pub mod matcher;
+pub mod nms;
+pub mod ops;
+
+pub use anchors::Anchors;
+pub use coder::{BoxCoder, EncodeStats, Encoded};
+pub use decode::{DecodeConfig, Detections, HostDetections};
+pub use matcher::Matcher;
+pub use nms::{batched_nms, nms, NmsMethod};
