@@ -9,6 +9,7 @@ pub mod error;
 pub mod info;
 pub mod io;
 pub mod loss;
+pub mod models;
 pub mod rng;
 pub mod train;
 

@@ -11,6 +11,7 @@ use std::process::Command;
 use std::time::Instant;
 
 pub mod loss;
+pub mod model;
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;

@@ -22,12 +22,15 @@ pub struct Args {
 enum Work {
     /// Loss forward + backward (SSD with hard negative mining, focal, softmax focal).
     Loss(tchcv::bench::loss::LossBench),
+    /// A detector's training-mode forward + backward on one batch.
+    Model(tchcv::bench::model::ModelBench),
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
     let device = tchcv::device::parse_device(&args.device)?;
     let rows: Vec<Comparison> = match &args.work {
         Work::Loss(b) => vec![tchcv::bench::loss::run(b, device)?],
+        Work::Model(b) => vec![tchcv::bench::model::run(b, device)?],
     };
     for row in &rows {
         println!("{}", row.line());
