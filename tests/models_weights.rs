@@ -54,6 +54,17 @@ fn convert(arch: &str, input: &Path, output: &Path) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// A random torchvision `arch` converted by the script: (converted file, torchvision tensors).
+fn converted(arch: &str) -> (PathBuf, HashMap<String, Tensor>) {
+    let seed = common::fresh_seed(&format!("{arch} conversion"));
+    let dir = common::scratch(&format!("models_weights/{arch}"));
+    let (pth, tv) = torchvision_random(arch, &dir, seed);
+    let out = dir.join(format!("{arch}_backbone.safetensors"));
+    let (ok, text) = convert(arch, &pth, &out);
+    assert!(ok, "convert_weights.py failed: {text}");
+    (out, tv)
+}
+
 fn assert_same(what: &str, got: &Tensor, want: &Tensor) {
     assert_eq!(got.size(), want.size(), "{what}: shape");
     assert_eq!(
@@ -65,13 +76,7 @@ fn assert_same(what: &str, got: &Tensor, want: &Tensor) {
 
 #[test]
 fn converted_torchvision_vgg16_loads_as_the_ssd_backbone() {
-    let seed = common::fresh_seed("vgg16 conversion");
-    let dir = common::scratch("models_weights/vgg16");
-    let (pth, tv) = torchvision_random("vgg16", &dir, seed);
-    let converted = dir.join("vgg16_backbone.safetensors");
-    let (ok, text) = convert("vgg16", &pth, &converted);
-    assert!(ok, "convert_weights.py failed: {text}");
-
+    let (converted, tv) = converted("vgg16");
     let spec = spec("ssd300.json");
     let vs = nn::VarStore::new(Device::Cpu);
     let detector = build(vs.root(), &spec, 20).unwrap();
@@ -132,13 +137,7 @@ fn converted_torchvision_vgg16_loads_as_the_ssd_backbone() {
 
 #[test]
 fn converted_torchvision_resnet50_loads_as_the_retinanet_backbone() {
-    let seed = common::fresh_seed("resnet50 conversion");
-    let dir = common::scratch("models_weights/resnet50");
-    let (pth, tv) = torchvision_random("resnet50", &dir, seed);
-    let converted = dir.join("resnet50_backbone.safetensors");
-    let (ok, text) = convert("resnet50", &pth, &converted);
-    assert!(ok, "convert_weights.py failed: {text}");
-
+    let (converted, tv) = converted("resnet50");
     let spec = spec("retinanet.json");
     let vs = nn::VarStore::new(Device::Cpu);
     build(vs.root(), &spec, 20).unwrap();

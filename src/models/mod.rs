@@ -181,27 +181,11 @@ pub fn build_spec_detector(
     }
     let columns = num_classes + i64::from(spec.has_background_column());
     let net: Box<dyn MultiBoxNet> = match (spec.head.as_str(), spec.backbone.as_str()) {
-        ("ssd", "vgg16") => Box::new(ssd::SsdVgg::new(
-            path,
-            spec,
-            columns,
-            network_options(spec, origin)?,
-            origin,
-        )?),
-        ("ssd", "small") => Box::new(small::SmallSsd::new(
-            path,
-            spec,
-            columns,
-            network_options(spec, origin)?,
-            origin,
-        )?),
-        ("retina", backbone) if backbone.starts_with("resnet") => Box::new(retina::RetinaNet::new(
-            path,
-            spec,
-            columns,
-            network_options(spec, origin)?,
-            origin,
-        )?),
+        ("ssd", "vgg16") => make(ssd::SsdVgg::new, path, spec, columns, origin)?,
+        ("ssd", "small") => make(small::SmallSsd::new, path, spec, columns, origin)?,
+        ("retina", b) if b.starts_with("resnet") => {
+            make(retina::RetinaNet::new, path, spec, columns, origin)?
+        }
         (head, backbone) => crate::bail_input!(
             "{origin}: head {head:?} with backbone {backbone:?} is not a network tchcv builds \
              (known: \"ssd\" with \"vgg16\" or \"small\", \"retina\" with \"resnet18\", \
@@ -217,6 +201,21 @@ pub fn build_spec_detector(
     };
     check_feature_maps(&detector, spec, origin)?;
     Ok(detector)
+}
+
+/// The signature of every network's constructor: `(path, spec, columns, options, origin)`.
+type NetConstructor<N, O> = fn(&nn::Path, &ModelSpec, i64, O, &str) -> Result<N>;
+
+/// Parse the spec's `network` options for `new` and build the network.
+fn make<N: MultiBoxNet + 'static, O: DeserializeOwned + Default>(
+    new: NetConstructor<N, O>,
+    path: &nn::Path,
+    spec: &ModelSpec,
+    columns: i64,
+    origin: &str,
+) -> Result<Box<dyn MultiBoxNet>> {
+    let options = network_options(spec, origin)?;
+    Ok(Box::new(new(path, spec, columns, options, origin)?))
 }
 
 /// Run a zero image through the network and compare each map with the spec.
