@@ -101,7 +101,16 @@ pub fn load_into_varstore(
     allow_extra: bool,
     origin: &str,
 ) -> Result<()> {
-    let variables = vs.variables();
+    load_into_variables(vs.variables(), named, allow_extra, origin)
+}
+
+/// [`load_into_varstore`] for a chosen set of a VarStore's variables (e.g. a backbone's).
+pub fn load_into_variables(
+    variables: HashMap<String, Tensor>,
+    named: &HashMap<String, Tensor>,
+    allow_extra: bool,
+    origin: &str,
+) -> Result<()> {
     let mut missing: Vec<&String> = variables
         .keys()
         .filter(|k| !named.contains_key(*k))

@@ -12,6 +12,7 @@ pub mod eval;
 pub mod info;
 pub mod io;
 pub mod loss;
+pub mod models;
 pub mod rng;
 pub mod spec;
 pub mod train;

@@ -12,6 +12,7 @@ use std::time::Instant;
 
 pub mod encode;
 pub mod loss;
+pub mod model;
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;

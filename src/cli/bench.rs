@@ -24,6 +24,8 @@ enum Work {
     Loss(tchcv::bench::loss::LossBench),
     /// Encoding ground truth into anchor targets (32 images x up to 20 boxes, SSD300).
     Encode(tchcv::bench::encode::EncodeBench),
+    /// A detector's training-mode forward + backward on one batch.
+    Model(tchcv::bench::model::ModelBench),
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
@@ -31,6 +33,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let rows: Vec<Comparison> = match &args.work {
         Work::Loss(b) => vec![tchcv::bench::loss::run(b, device)?],
         Work::Encode(b) => vec![tchcv::bench::encode::run(b, device)?],
+        Work::Model(b) => vec![tchcv::bench::model::run(b, device)?],
     };
     for row in &rows {
         println!("{}", row.line());
