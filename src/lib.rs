@@ -4,6 +4,7 @@
 //! `loss`, `bbox` > `spec`, with `error`, `rng` and `io` at the bottom. See the README.
 
 pub mod bench;
+pub mod data;
 pub mod device;
 pub mod error;
 pub mod info;

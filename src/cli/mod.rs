@@ -2,6 +2,7 @@
 //! a library user would need.
 
 mod bench;
+mod check_data;
 mod info;
 mod loss;
 
@@ -26,6 +27,8 @@ enum Command {
     Loss(loss::Args),
     /// Time tchcv against its PyTorch counterpart, side by side.
     Bench(bench::Args),
+    /// Read a VOC dataset and report images, objects per class and every problem.
+    CheckData(check_data::Args),
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -33,6 +36,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Info(args) => info::run(args),
         Command::Loss(args) => loss::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::CheckData(args) => check_data::run(args),
     }
 }
 
