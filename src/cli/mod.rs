@@ -5,6 +5,7 @@ mod bench;
 mod check_data;
 mod info;
 mod loss;
+mod synth;
 
 use std::process::ExitCode;
 
@@ -29,6 +30,8 @@ enum Command {
     Bench(bench::Args),
     /// Read a VOC dataset and report images, objects per class and every problem.
     CheckData(check_data::Args),
+    /// Write a synthetic VOC-format dataset of drawn shapes (what `make demo` trains on).
+    Synth(synth::Args),
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -37,6 +40,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Loss(args) => loss::run(args),
         Command::Bench(args) => bench::run(args),
         Command::CheckData(args) => check_data::run(args),
+        Command::Synth(args) => synth::run(args),
     }
 }
 

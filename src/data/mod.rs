@@ -18,6 +18,7 @@ pub mod check;
 pub mod classes;
 pub mod image;
 pub mod loader;
+pub mod synth;
 
 pub mod transforms;
 pub mod voc;
