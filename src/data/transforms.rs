@@ -197,12 +197,13 @@ fn rgb_to_hsv(r: u8, g: u8, b: u8) -> (u8, u8, u8) {
     let rc = (maxc - r) as f32 / cr;
     let gc = (maxc - g) as f32 / cr;
     let bc = (maxc - b) as f32 / cr;
+    // As PIL: float intermediates, the constants 2.0 and 4.0 (and the rest) in double.
     let h = if r == maxc {
         bc - gc
     } else if g == maxc {
-        2.0 + rc - bc
+        (2.0 + rc as f64 - bc as f64) as f32
     } else {
-        4.0 + gc - rc
+        (4.0 + gc as f64 - rc as f64) as f32
     };
     let h = ((h as f64 / 6.0 + 1.0) % 1.0) as f32;
     let uh = ((h as f64 * 255.0) as i32).clamp(0, 255) as u8;
@@ -460,8 +461,14 @@ pub fn resize(
         width as f32 / image.width() as f32,
         height as f32 / image.height() as f32,
     );
+    let (wf, hf) = (width as f32, height as f32);
     for b in &mut objects.boxes {
-        *b = [b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy];
+        *b = [
+            (b[0] * sx).min(wf),
+            (b[1] * sy).min(hf),
+            (b[2] * sx).min(wf),
+            (b[3] * sy).min(hf),
+        ];
     }
     img::resize(image, width, height)
 }

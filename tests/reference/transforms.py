@@ -12,7 +12,6 @@ usage: transforms.py OP IN OUT ARG
 import sys
 
 import numpy as np
-import torch
 from PIL import Image, ImageEnhance
 
 MEAN = (0.485, 0.456, 0.406)
@@ -44,6 +43,8 @@ def main():
     elif op == "hue":
         out = adjust_hue(img, float(arg))
     elif op == "normalize":
+        import torch
+
         x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
         x = (x - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
         with open(dst, "wb") as f:
