@@ -11,22 +11,47 @@ use tchcv::data::check::problem_of;
 use tchcv::data::image::{self as img, Format, SourceColor};
 use tchcv::data::{ImageCheck, ProblemKind, ReadOptions, SetSpec, VocDataset};
 use tchcv::rng::Rng;
-use voc_fixture::{grey_jpeg_bytes, image_with_rect, jpeg_bytes, obj, png_bytes, with_exif_orientation, VocDir};
+use voc_fixture::{
+    grey_jpeg_bytes, image_with_rect, jpeg_bytes, obj, png_bytes, with_exif_orientation, VocDir,
+};
 
 /// Decode `path` with PIL: upright RGB8.
 fn pil_decode(path: &Path) -> RgbImage {
     let out = path.with_extension("pil.rgb");
-    let meta = common::run_reference("image_decode.py", &[path.to_str().unwrap(), out.to_str().unwrap()]);
+    let meta = common::run_reference(
+        "image_decode.py",
+        &[path.to_str().unwrap(), out.to_str().unwrap()],
+    );
     let meta: serde_json::Value = serde_json::from_str(meta.trim()).unwrap();
-    let (w, h) = (meta["width"].as_u64().unwrap() as u32, meta["height"].as_u64().unwrap() as u32);
+    let (w, h) = (
+        meta["width"].as_u64().unwrap() as u32,
+        meta["height"].as_u64().unwrap() as u32,
+    );
     RgbImage::from_raw(w, h, std::fs::read(&out).unwrap()).unwrap()
 }
 
 /// (max, mean) absolute difference of two equal-sized images.
 fn diff(a: &RgbImage, b: &RgbImage) -> (u8, f64) {
     assert_eq!(a.dimensions(), b.dimensions(), "sizes differ");
-    let d: Vec<u8> = a.as_raw().iter().zip(b.as_raw()).map(|(x, y)| x.abs_diff(*y)).collect();
-    (*d.iter().max().unwrap(), d.iter().map(|&v| v as f64).sum::<f64>() / d.len() as f64)
+    let d: Vec<u8> = a
+        .as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| x.abs_diff(*y))
+        .collect();
+    (
+        *d.iter().max().unwrap(),
+        d.iter().map(|&v| v as f64).sum::<f64>() / d.len() as f64,
+    )
+}
+
+/// Assert that `ours` is within `max` levels (and `mean` on average) of PIL's decoding of `path`.
+fn assert_like_pil(ours: &RgbImage, path: &Path, max: u8, mean: f64, what: &str) {
+    let (worst, average) = diff(ours, &pil_decode(path));
+    assert!(
+        worst <= max && average < mean,
+        "{what} vs PIL: max {worst}, mean {average:.3}"
+    );
 }
 
 /// A smooth random colour image (JPEG-friendly, so decoders agree closely).
@@ -35,7 +60,9 @@ fn smooth_image(seed: u64, (w, h): (u32, u32)) -> RgbImage {
     let c: Vec<f32> = (0..9).map(|_| rng.next_f32() * 255.0).collect();
     RgbImage::from_fn(w, h, |x, y| {
         let (u, v) = (x as f32 / w as f32, y as f32 / h as f32);
-        Rgb([0, 1, 2].map(|k| (c[k] * (1.0 - u) + c[3 + k] * u * (1.0 - v) + c[6 + k] * u * v).clamp(0.0, 255.0) as u8))
+        Rgb([0, 1, 2].map(|k| {
+            (c[k] * (1.0 - u) + c[3 + k] * u * (1.0 - v) + c[6 + k] * u * v).clamp(0.0, 255.0) as u8
+        }))
     })
 }
 
@@ -48,9 +75,11 @@ fn jpeg_png_and_greyscale_decode_like_pil() {
     let path = dir.join("colour.jpg");
     std::fs::write(&path, jpeg_bytes(&original)).unwrap();
     let ours = img::read(&path).unwrap();
-    assert_eq!((ours.format, ours.color, ours.orientation), (Format::Jpeg, SourceColor::Rgb, 1));
-    let (max, mean) = diff(&ours.image, &pil_decode(&path));
-    assert!(max <= 6 && mean < 1.0, "colour JPEG vs PIL: max {max}, mean {mean:.3}");
+    assert_eq!(
+        (ours.format, ours.color, ours.orientation),
+        (Format::Jpeg, SourceColor::Rgb, 1)
+    );
+    assert_like_pil(&ours.image, &path, 6, 1.0, "colour JPEG");
     // PNG is lossless: exactly the original.
     let path = dir.join("image.png");
     std::fs::write(&path, png_bytes(&original)).unwrap();
@@ -69,8 +98,7 @@ fn jpeg_png_and_greyscale_decode_like_pil() {
     let ours = img::read(&path).unwrap();
     assert_eq!(ours.color, SourceColor::Grey);
     assert!(ours.image.pixels().all(|p| p[0] == p[1] && p[1] == p[2]));
-    let (max, mean) = diff(&ours.image, &pil_decode(&path));
-    assert!(max <= 6 && mean < 1.0, "grey JPEG vs PIL: max {max}, mean {mean:.3}");
+    assert_like_pil(&ours.image, &path, 6, 1.0, "grey JPEG");
 }
 
 #[test]
@@ -80,13 +108,25 @@ fn cmyk_jpeg_converts_to_rgb_like_pil() {
     assert_eq!(ours.color, SourceColor::Cmyk);
     assert_eq!(ours.image.dimensions(), (32, 24));
     // The fixture's quadrants (make_fixtures.py): red, green, blue, white.
-    for ((x, y), want) in [((4, 4), [255, 0, 0]), ((20, 4), [0, 255, 0]), ((4, 16), [0, 0, 255]), ((20, 16), [255, 255, 255])] {
+    for ((x, y), want) in [
+        ((4, 4), [255, 0, 0]),
+        ((20, 4), [0, 255, 0]),
+        ((4, 16), [0, 0, 255]),
+        ((20, 16), [255, 255, 255]),
+    ] {
         let got = ours.image.get_pixel(x, y).0;
-        let off = got.iter().zip(want).map(|(g, w)| g.abs_diff(w)).max().unwrap();
-        assert!(off <= 12, "pixel ({x}, {y}) is {got:?}, expected about {want:?}");
+        let off = got
+            .iter()
+            .zip(want)
+            .map(|(g, w)| g.abs_diff(w))
+            .max()
+            .unwrap();
+        assert!(
+            off <= 12,
+            "pixel ({x}, {y}) is {got:?}, expected about {want:?}"
+        );
     }
-    let (max, mean) = diff(&ours.image, &pil_decode(&path));
-    assert!(max <= 12 && mean < 2.0, "CMYK vs PIL: max {max}, mean {mean:.3}");
+    assert_like_pil(&ours.image, &path, 12, 2.0, "CMYK");
 }
 
 #[test]
@@ -99,9 +139,11 @@ fn exif_orientation_is_applied_to_pixels_for_all_eight_codes() {
         let ours = img::read(&path).unwrap();
         assert_eq!(ours.orientation, code as u8);
         assert_eq!(ours.stored_size, (40, 24));
-        assert_eq!(ours.image.dimensions(), img::oriented_size((40, 24), code as u8));
-        let (max, mean) = diff(&ours.image, &pil_decode(&path));
-        assert!(max <= 40 && mean < 1.5, "orientation {code} vs PIL: max {max}, mean {mean:.3}");
+        assert_eq!(
+            ours.image.dimensions(),
+            img::oriented_size((40, 24), code as u8)
+        );
+        assert_like_pil(&ours.image, &path, 40, 1.5, &format!("orientation {code}"));
         assert_eq!(img::probe(&path).unwrap().size(), ours.image.dimensions());
     }
 }
@@ -128,33 +170,46 @@ fn exif_rotated_images_keep_boxes_on_their_objects() {
         let id = format!("o{code}");
         // Annotated on the stored pixels: <size> is the stored size.
         let xml = voc_fixture::xml(&id, Some((40, 24)), &[obj("cat", [4.0, 3.0, 15.0, 9.0])]);
-        voc.add_raw(&id, &xml, Some(("jpg", &with_exif_orientation(&jpeg, code))));
+        voc.add_raw(
+            &id,
+            &xml,
+            Some(("jpg", &with_exif_orientation(&jpeg, code))),
+        );
     }
     // Annotated upright (the <size> is the rotated one): boxes are taken as they are.
     let upright = image::imageops::rotate90(&stored);
-    let xml = voc_fixture::xml("up6", Some((24, 40)), &[obj("cat", [16.0, 4.0, 22.0, 15.0])]);
+    let xml = voc_fixture::xml(
+        "up6",
+        Some((24, 40)),
+        &[obj("cat", [16.0, 4.0, 22.0, 15.0])],
+    );
     let mut stored_bytes = jpeg.clone();
     stored_bytes = with_exif_orientation(&stored_bytes, 6);
     voc.add_raw("up6", &xml, Some(("jpg", &stored_bytes)));
     voc.write_set("trainval");
-    let (ds, report) = VocDataset::open(
-        &root,
-        &SetSpec::parse_list("trainval").unwrap(),
-        &ReadOptions {
-            classes: None,
-            check_images: ImageCheck::Decode,
-        },
-    )
-    .unwrap();
+    let (ds, report) = voc_fixture::open_voc(&root, "trainval", ImageCheck::Decode);
     assert_eq!(ds.len(), 9);
-    assert_eq!(report.count(ProblemKind::ExifOrientation), 8, "{:?}", report.problems);
+    assert_eq!(
+        report.count(ProblemKind::ExifOrientation),
+        8,
+        "{:?}",
+        report.problems
+    );
     assert_eq!(report.count(ProblemKind::SizeMismatch), 0);
     for (i, r) in ds.records.iter().enumerate() {
         let sample = ds.load(i, false).unwrap();
         let want = red_extent(&sample.image);
         let got = sample.boxes[0];
-        let off = got.iter().zip(want).map(|(g, w)| (g - w).abs()).fold(0f32, f32::max);
-        assert!(off <= 1.0, "{}: box {got:?} but the object spans {want:?}", r.id);
+        let off = got
+            .iter()
+            .zip(want)
+            .map(|(g, w)| (g - w).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            off <= 1.0,
+            "{}: box {got:?} but the object spans {want:?}",
+            r.id
+        );
     }
     assert_eq!(red_extent(&upright), [15.0, 3.0, 22.0, 15.0]);
 }
@@ -165,20 +220,40 @@ fn corrupt_and_truncated_files_give_named_errors() {
     let jpeg = jpeg_bytes(&smooth_image(3, (64, 64)));
     let cases: Vec<(&str, Vec<u8>, ProblemKind)> = vec![
         ("empty.jpg", vec![], ProblemKind::CorruptImage),
-        ("text.jpg", b"hello, not an image".to_vec(), ProblemKind::CorruptImage),
-        ("truncated.jpg", jpeg[..jpeg.len() * 6 / 10].to_vec(), ProblemKind::TruncatedImage),
-        ("header_only.jpg", jpeg[..40].to_vec(), ProblemKind::TruncatedImage),
-        ("garbage_header.jpg", {
-            let mut b = jpeg.clone();
-            for v in &mut b[4..200] {
-                *v = 0x5A;
-            }
-            b
-        }, ProblemKind::CorruptImage),
-        ("truncated.png", {
-            let png = png_bytes(&smooth_image(4, (64, 64)));
-            png[..png.len() / 2].to_vec()
-        }, ProblemKind::TruncatedImage),
+        (
+            "text.jpg",
+            b"hello, not an image".to_vec(),
+            ProblemKind::CorruptImage,
+        ),
+        (
+            "truncated.jpg",
+            jpeg[..jpeg.len() * 6 / 10].to_vec(),
+            ProblemKind::TruncatedImage,
+        ),
+        (
+            "header_only.jpg",
+            jpeg[..40].to_vec(),
+            ProblemKind::TruncatedImage,
+        ),
+        (
+            "garbage_header.jpg",
+            {
+                let mut b = jpeg.clone();
+                for v in &mut b[4..200] {
+                    *v = 0x5A;
+                }
+                b
+            },
+            ProblemKind::CorruptImage,
+        ),
+        (
+            "truncated.png",
+            {
+                let png = png_bytes(&smooth_image(4, (64, 64)));
+                png[..png.len() / 2].to_vec()
+            },
+            ProblemKind::TruncatedImage,
+        ),
         ("missing.jpg", Vec::new(), ProblemKind::MissingImage),
     ];
     for (name, bytes, want) in cases {
@@ -205,26 +280,27 @@ fn check_data_counts_decode_failures_and_conversions() {
         ("truncated", "jpg", good[..good.len() / 2].to_vec()),
         ("corrupt", "jpg", b"GIF89a nonsense".to_vec()),
         ("png", "png", png_bytes(&smooth_image(6, (32, 32)))),
-        ("grey", "jpg", grey_jpeg_bytes(&GrayImage::from_pixel(32, 32, Luma([77])))),
-        ("cmyk", "jpg", std::fs::read(common::repo().join("tests/fixtures/data/cmyk.jpg")).unwrap()),
+        (
+            "grey",
+            "jpg",
+            grey_jpeg_bytes(&GrayImage::from_pixel(32, 32, Luma([77]))),
+        ),
+        (
+            "cmyk",
+            "jpg",
+            std::fs::read(common::repo().join("tests/fixtures/data/cmyk.jpg")).unwrap(),
+        ),
         ("rotated", "jpg", with_exif_orientation(&good, 3)),
         ("wrongsize", "jpg", jpeg_bytes(&smooth_image(7, (20, 16)))),
     ];
     for (id, ext, bytes) in &cases {
         let size = if *id == "cmyk" { (32, 24) } else { (32, 32) };
-        let xml = voc_fixture::xml(id, Some(size), &o).replace(&format!("{id}.jpg"), &format!("{id}.{ext}"));
+        let xml = voc_fixture::xml(id, Some(size), &o)
+            .replace(&format!("{id}.jpg"), &format!("{id}.{ext}"));
         voc.add_raw(id, &xml, Some((ext, bytes)));
     }
     voc.write_set("trainval");
-    let (ds, report) = VocDataset::open(
-        &root,
-        &SetSpec::parse_list("trainval").unwrap(),
-        &ReadOptions {
-            classes: None,
-            check_images: ImageCheck::Decode,
-        },
-    )
-    .unwrap();
+    let (ds, report) = voc_fixture::open_voc(&root, "trainval", ImageCheck::Decode);
     let kinds = |id: &str| -> Vec<ProblemKind> {
         report
             .problems
@@ -262,10 +338,18 @@ fn resize_is_close_to_pil_bilinear() {
         let out = dir.join(format!("pil_{w}x{h}.rgb"));
         common::run_reference(
             "transforms.py",
-            &["resize", path.to_str().unwrap(), out.to_str().unwrap(), &format!("{w}x{h}")],
+            &[
+                "resize",
+                path.to_str().unwrap(),
+                out.to_str().unwrap(),
+                &format!("{w}x{h}"),
+            ],
         );
         let pil = RgbImage::from_raw(w, h, std::fs::read(&out).unwrap()).unwrap();
         let (max, mean) = diff(&ours, &pil);
-        assert!(max <= 3 && mean < 0.6, "resize to {w}x{h} vs PIL bilinear: max {max}, mean {mean:.3}");
+        assert!(
+            max <= 3 && mean < 0.6,
+            "resize to {w}x{h} vs PIL bilinear: max {max}, mean {mean:.3}"
+        );
     }
 }

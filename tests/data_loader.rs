@@ -2,6 +2,7 @@
 //! shuffling, sharding, drop-last, skipping unreadable images, and thread use.
 
 mod common;
+mod voc_fixture;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -9,7 +10,9 @@ use std::sync::Arc;
 use anyhow::Result;
 use tch::{Device, Kind, Tensor};
 use tchcv::data::synth::{write_dataset, SynthConfig};
-use tchcv::data::{Batch, ImageCheck, Loader, LoaderConfig, ReadOptions, SetSpec, Shard, TargetEncoder, VocDataset};
+use tchcv::data::{
+    Batch, ImageCheck, Loader, LoaderConfig, ReadOptions, SetSpec, Shard, TargetEncoder, VocDataset,
+};
 use tchcv::loss::{DetectionLoss, LossInputs, SsdLoss, SsdLossConfig};
 
 /// A small stand-in for the box coder: a grid of square anchors; an anchor takes the label
@@ -89,7 +92,12 @@ fn synth(name: &str, train: usize) -> std::path::PathBuf {
 }
 
 fn dataset(root: &Path) -> Arc<VocDataset> {
-    let (ds, _) = VocDataset::open(root, &SetSpec::parse_list("trainval").unwrap(), &ReadOptions::default()).unwrap();
+    let (ds, _) = VocDataset::open(
+        root,
+        &SetSpec::parse_list("trainval").unwrap(),
+        &ReadOptions::default(),
+    )
+    .unwrap();
     Arc::new(ds)
 }
 
@@ -135,15 +143,35 @@ fn loader_yields_the_shapes_the_losses_expect() {
         assert_eq!(b.loc_targets.kind(), Kind::Float);
         assert_eq!(b.cls_targets.size(), [n, a]);
         assert_eq!(b.cls_targets.kind(), Kind::Int64);
-        assert_eq!((b.boxes.len(), b.labels.len(), b.difficult.len(), b.indices.len(), b.original_sizes.len()), (b.len(), b.len(), b.len(), b.len(), b.len()));
+        assert_eq!(
+            (
+                b.boxes.len(),
+                b.labels.len(),
+                b.difficult.len(),
+                b.indices.len(),
+                b.original_sizes.len()
+            ),
+            (b.len(), b.len(), b.len(), b.len(), b.len())
+        );
         for (boxes, labels) in b.boxes.iter().zip(&b.labels) {
             assert_eq!(boxes.len(), labels.len());
             for bx in boxes {
-                assert!(bx[0] >= 0.0 && bx[1] >= 0.0 && bx[2] <= 64.0 && bx[3] <= 48.0 && bx[2] > bx[0] && bx[3] > bx[1], "{bx:?}");
+                assert!(
+                    bx[0] >= 0.0
+                        && bx[1] >= 0.0
+                        && bx[2] <= 64.0
+                        && bx[3] <= 48.0
+                        && bx[2] > bx[0]
+                        && bx[3] > bx[1],
+                    "{bx:?}"
+                );
             }
             assert!(labels.iter().all(|&l| l >= 0 && l < classes - 1));
         }
-        assert!(b.difficult.iter().flatten().all(|d| !d), "difficult objects are left out of training");
+        assert!(
+            b.difficult.iter().flatten().all(|d| !d),
+            "difficult objects are left out of training"
+        );
         assert!(b.original_sizes.iter().all(|s| *s == [96, 80]));
         // The loss takes the batch as it is.
         let loc_preds = Tensor::randn([n, a, 4], (Kind::Float, Device::Cpu));
@@ -159,7 +187,10 @@ fn loader_yields_the_shapes_the_losses_expect() {
         assert!(out.total.double_value(&[]).is_finite());
     }
     let normalised_mean = batches[0].images.mean(Kind::Float).double_value(&[]);
-    assert!(normalised_mean.abs() < 1.5, "images are mean/std normalised ({normalised_mean})");
+    assert!(
+        normalised_mean.abs() < 1.5,
+        "images are mean/std normalised ({normalised_mean})"
+    );
 }
 
 fn assert_same_batches(a: &[Batch], b: &[Batch], what: &str) {
@@ -168,9 +199,19 @@ fn assert_same_batches(a: &[Batch], b: &[Batch], what: &str) {
         assert_eq!(x.ids, y.ids, "{what}");
         assert_eq!(x.boxes, y.boxes, "{what}");
         assert_eq!(x.labels, y.labels, "{what}");
-        assert!(x.images.equal(&y.images), "{what}: images differ in batch {:?}", x.ids);
-        assert!(x.loc_targets.equal(&y.loc_targets), "{what}: loc targets differ");
-        assert!(x.cls_targets.equal(&y.cls_targets), "{what}: cls targets differ");
+        assert!(
+            x.images.equal(&y.images),
+            "{what}: images differ in batch {:?}",
+            x.ids
+        );
+        assert!(
+            x.loc_targets.equal(&y.loc_targets),
+            "{what}: loc targets differ"
+        );
+        assert!(
+            x.cls_targets.equal(&y.cls_targets),
+            "{what}: cls targets differ"
+        );
     }
 }
 
@@ -186,8 +227,14 @@ fn batches_are_identical_whatever_the_worker_count() {
             assert_same_batches(&one, &many, &format!("epoch {epoch}, {workers} workers"));
         }
     }
-    let e0: Vec<String> = collect(&loader(&ds, config(2, seed)), 0).into_iter().flat_map(|b| b.ids).collect();
-    let e1: Vec<String> = collect(&loader(&ds, config(2, seed)), 1).into_iter().flat_map(|b| b.ids).collect();
+    let e0: Vec<String> = collect(&loader(&ds, config(2, seed)), 0)
+        .into_iter()
+        .flat_map(|b| b.ids)
+        .collect();
+    let e1: Vec<String> = collect(&loader(&ds, config(2, seed)), 1)
+        .into_iter()
+        .flat_map(|b| b.ids)
+        .collect();
     assert_ne!(e0, e1, "each epoch has its own order");
     let (mut s0, mut s1) = (e0.clone(), e1.clone());
     s0.sort();
@@ -210,7 +257,10 @@ fn shards_split_an_epoch_evenly_and_deterministically() {
             loader(&ds, c).epoch_order(2)
         })
         .collect();
-    assert!(orders.iter().all(|o| o.len() == 4), "11 images over 3 ranks: 4 each (padded)");
+    assert!(
+        orders.iter().all(|o| o.len() == 4),
+        "11 images over 3 ranks: 4 each (padded)"
+    );
     let mut all: Vec<usize> = orders.concat();
     all.sort();
     all.dedup();
@@ -218,7 +268,14 @@ fn shards_split_an_epoch_evenly_and_deterministically() {
     let full = loader(&ds, config(1, 9)).epoch_order(2);
     assert_eq!(orders[1], vec![full[1], full[4], full[7], full[10]]);
     assert_eq!(orders[2][3], full[0], "padding wraps around");
-    let bad = Loader::new(Arc::clone(&ds), Arc::new(GridEncoder::new((64, 48))), LoaderConfig { shard: Shard { rank: 3, world: 3 }, ..config(1, 9) });
+    let bad = Loader::new(
+        Arc::clone(&ds),
+        Arc::new(GridEncoder::new((64, 48))),
+        LoaderConfig {
+            shard: Shard { rank: 3, world: 3 },
+            ..config(1, 9)
+        },
+    );
     assert!(bad.is_err());
 }
 
@@ -255,7 +312,12 @@ fn unreadable_images_are_skipped_and_counted() {
     assert_eq!(l.stats().skipped(), 2);
     assert_eq!(l.stats().loaded(), 8);
     let problems = l.stats().problems();
-    assert!(problems.iter().all(|p| p.kind == tchcv::data::ProblemKind::TruncatedImage), "{problems:?}");
+    assert!(
+        problems
+            .iter()
+            .all(|p| p.kind == tchcv::data::ProblemKind::TruncatedImage),
+        "{problems:?}"
+    );
     std::fs::remove_file(&ds.records[0].image_path).unwrap();
     let _ = collect(&l, 1);
     assert_eq!(l.stats().skipped(), 5, "two more truncated and one missing");
@@ -264,7 +326,7 @@ fn unreadable_images_are_skipped_and_counted() {
 #[test]
 fn eval_config_keeps_order_difficult_and_original_geometry() {
     let root = synth("data_loader_eval", 9);
-    let (ds, _) = VocDataset::open(&root, &SetSpec::parse_list("trainval").unwrap(), &ReadOptions { classes: None, check_images: ImageCheck::Header }).unwrap();
+    let (ds, _) = voc_fixture::open_voc(&root, "trainval", ImageCheck::Header);
     let ds = Arc::new(ds);
     let l = loader(&ds, LoaderConfig::eval(INPUT, 4, 2));
     let batches = collect(&l, 0);
@@ -273,13 +335,32 @@ fn eval_config_keeps_order_difficult_and_original_geometry() {
     for b in &batches {
         for (k, &i) in b.indices.iter().enumerate() {
             let record = &ds.records[i];
-            assert_eq!(b.boxes[k].len(), record.objects.len(), "difficult objects kept for evaluation");
+            assert_eq!(
+                b.boxes[k].len(),
+                record.objects.len(),
+                "difficult objects kept for evaluation"
+            );
             for (got, o) in b.boxes[k].iter().zip(&record.objects) {
                 let p = o.pixel_box();
-                let want = [p[0] * 64.0 / 96.0, p[1] * 48.0 / 80.0, p[2] * 64.0 / 96.0, p[3] * 48.0 / 80.0];
-                assert!(got.iter().zip(want).all(|(g, w)| (g - w).abs() < 1e-4), "{got:?} vs {want:?}");
+                let want = [
+                    p[0] * 64.0 / 96.0,
+                    p[1] * 48.0 / 80.0,
+                    p[2] * 64.0 / 96.0,
+                    p[3] * 48.0 / 80.0,
+                ];
+                assert!(
+                    got.iter().zip(want).all(|(g, w)| (g - w).abs() < 1e-4),
+                    "{got:?} vs {want:?}"
+                );
             }
-            assert_eq!(b.difficult[k], record.objects.iter().map(|o| o.difficult).collect::<Vec<_>>());
+            assert_eq!(
+                b.difficult[k],
+                record
+                    .objects
+                    .iter()
+                    .map(|o| o.difficult)
+                    .collect::<Vec<_>>()
+            );
         }
     }
 }
@@ -301,7 +382,14 @@ fn workers_leave_the_main_threads_libtorch_threads_alone() {
 fn dropping_an_epoch_early_stops_the_workers() {
     let root = synth("data_loader_drop", 20);
     let ds = dataset(&root);
-    let l = loader(&ds, LoaderConfig { batch_size: 2, prefetch: 1, ..config(2, 0) });
+    let l = loader(
+        &ds,
+        LoaderConfig {
+            batch_size: 2,
+            prefetch: 1,
+            ..config(2, 0)
+        },
+    );
     let mut epoch = l.epoch(0);
     let first = epoch.next().unwrap().unwrap();
     assert_eq!(first.len(), 2);

@@ -5,20 +5,11 @@ mod common;
 mod voc_fixture;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use tchcv::data::check::{problem_of, CheckReport};
 use tchcv::data::voc::{pixel_to_voc_box, voc_to_pixel_box};
 use tchcv::data::{ClassMap, ImageCheck, ProblemKind, ReadOptions, SetSpec, VocDataset};
-use voc_fixture::{obj, Obj, VocDir};
-
-fn open(root: &Path, sets: &str, check: ImageCheck) -> (VocDataset, tchcv::data::DataReport) {
-    let options = ReadOptions {
-        classes: None,
-        check_images: check,
-    };
-    VocDataset::open(root, &SetSpec::parse_list(sets).unwrap(), &options).unwrap()
-}
+use voc_fixture::{obj, open_voc as open, Obj, VocDir};
 
 /// Objects per class name (difficult included) and the difficult total.
 fn per_class(ds: &VocDataset) -> (BTreeMap<String, usize>, usize) {
@@ -26,7 +17,9 @@ fn per_class(ds: &VocDataset) -> (BTreeMap<String, usize>, usize) {
     let mut difficult = 0;
     for r in &ds.records {
         for o in &r.objects {
-            *counts.entry(ds.classes.name(o.class_id).unwrap().to_string()).or_insert(0) += 1;
+            *counts
+                .entry(ds.classes.name(o.class_id).unwrap().to_string())
+                .or_insert(0) += 1;
             difficult += o.difficult as usize;
         }
     }
@@ -40,49 +33,106 @@ fn expect_counts(got: &BTreeMap<String, usize>, want: &[(&str, usize)]) {
 
 #[test]
 fn voc2012_subset_counts_match_its_readme() {
-    let Some(root) = common::shared_dataset("voc2012_subset_rafaelpadilla") else { return };
+    let Some(root) = common::shared_dataset("voc2012_subset_rafaelpadilla") else {
+        return;
+    };
     let (ds, report) = open(&root, "trainval,test", ImageCheck::Decode);
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     assert_eq!(ds.len(), 100);
-    assert_eq!(ds.classes, ClassMap::voc(), "uses only VOC classes: the standard order");
+    assert_eq!(
+        ds.classes,
+        ClassMap::voc(),
+        "uses only VOC classes: the standard order"
+    );
     let (counts, difficult) = per_class(&ds);
     expect_counts(
         &counts,
         &[
-            ("aeroplane", 15), ("bicycle", 14), ("bird", 6), ("boat", 11), ("bottle", 13), ("bus", 6),
-            ("car", 14), ("cat", 5), ("chair", 15), ("cow", 14), ("diningtable", 7), ("dog", 8),
-            ("horse", 7), ("motorbike", 5), ("person", 91), ("pottedplant", 7), ("sheep", 10),
-            ("sofa", 10), ("train", 6), ("tvmonitor", 9),
+            ("aeroplane", 15),
+            ("bicycle", 14),
+            ("bird", 6),
+            ("boat", 11),
+            ("bottle", 13),
+            ("bus", 6),
+            ("car", 14),
+            ("cat", 5),
+            ("chair", 15),
+            ("cow", 14),
+            ("diningtable", 7),
+            ("dog", 8),
+            ("horse", 7),
+            ("motorbike", 5),
+            ("person", 91),
+            ("pottedplant", 7),
+            ("sheep", 10),
+            ("sofa", 10),
+            ("train", 6),
+            ("tvmonitor", 9),
         ],
     );
     assert_eq!(counts.values().sum::<usize>(), 273);
     assert_eq!(difficult, 38);
     let (train, _) = open(&root, "trainval", ImageCheck::Exists);
     let (test, _) = open(&root, "test", ImageCheck::Exists);
-    assert_eq!((train.len(), per_class(&train).0.values().sum::<usize>()), (80, 216));
-    assert_eq!((test.len(), per_class(&test).0.values().sum::<usize>()), (20, 57));
-    assert_eq!(per_class(&test).0.len(), 16, "test has 16 of the 20 classes");
+    assert_eq!(
+        (train.len(), per_class(&train).0.values().sum::<usize>()),
+        (80, 216)
+    );
+    assert_eq!(
+        (test.len(), per_class(&test).0.values().sum::<usize>()),
+        (20, 57)
+    );
+    assert_eq!(
+        per_class(&test).0.len(),
+        16,
+        "test has 16 of the 20 classes"
+    );
 }
 
 #[test]
 fn playing_cards_counts_match_its_readme() {
-    let Some(root) = common::shared_dataset("playing_cards_edjeelectronics") else { return };
+    let Some(root) = common::shared_dataset("playing_cards_edjeelectronics") else {
+        return;
+    };
     let (ds, report) = open(&root, "trainval,test", ImageCheck::Decode);
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     assert_eq!(ds.len(), 363);
-    assert_eq!(ds.classes.names(), ["ace", "jack", "king", "nine", "queen", "ten"], "discovered, sorted");
+    assert_eq!(
+        ds.classes.names(),
+        ["ace", "jack", "king", "nine", "queen", "ten"],
+        "discovered, sorted"
+    );
     let (counts, difficult) = per_class(&ds);
-    expect_counts(&counts, &[("ace", 118), ("jack", 113), ("king", 118), ("nine", 115), ("queen", 106), ("ten", 100)]);
+    expect_counts(
+        &counts,
+        &[
+            ("ace", 118),
+            ("jack", 113),
+            ("king", 118),
+            ("nine", 115),
+            ("queen", 106),
+            ("ten", 100),
+        ],
+    );
     assert_eq!(difficult, 0);
-    let sizes: std::collections::BTreeSet<(u32, u32)> = ds.records.iter().map(|r| (r.width, r.height)).collect();
-    assert_eq!(sizes, [(378, 504), (480, 270), (960, 540)].into_iter().collect());
+    let sizes: std::collections::BTreeSet<(u32, u32)> =
+        ds.records.iter().map(|r| (r.width, r.height)).collect();
+    assert_eq!(
+        sizes,
+        [(378, 504), (480, 270), (960, 540)].into_iter().collect()
+    );
     let (train, _) = open(&root, "trainval", ImageCheck::Exists);
-    assert_eq!((train.len(), per_class(&train).0.values().sum::<usize>()), (296, 527));
+    assert_eq!(
+        (train.len(), per_class(&train).0.values().sum::<usize>()),
+        (296, 527)
+    );
 }
 
 #[test]
 fn bccd_counts_match_its_readme_and_the_two_zero_area_boxes_are_reported() {
-    let Some(root) = common::shared_dataset("bccd_shenggan") else { return };
+    let Some(root) = common::shared_dataset("bccd_shenggan") else {
+        return;
+    };
     let (ds, report) = open(&root, "trainval,test", ImageCheck::Decode);
     assert_eq!(ds.len(), 364);
     assert_eq!(ds.classes.names(), ["Platelets", "RBC", "WBC"]);
@@ -97,7 +147,10 @@ fn bccd_counts_match_its_readme_and_the_two_zero_area_boxes_are_reported() {
     assert_eq!(degenerate, ["BloodImage_00338", "BloodImage_00343"]);
     let (counts, difficult) = per_class(&ds);
     // The README counts 4888 objects, RBC 4155, including the two zero-area RBC boxes.
-    expect_counts(&counts, &[("Platelets", 361), ("RBC", 4155 - 2), ("WBC", 372)]);
+    expect_counts(
+        &counts,
+        &[("Platelets", 361), ("RBC", 4155 - 2), ("WBC", 372)],
+    );
     assert_eq!(difficult, 0);
     let check = CheckReport::new(&ds, &report);
     assert_eq!(check.errors(), 0);
@@ -105,25 +158,44 @@ fn bccd_counts_match_its_readme_and_the_two_zero_area_boxes_are_reported() {
     assert_eq!(images, [201, 349, 358]);
     let (train, _) = open(&root, "trainval", ImageCheck::Exists);
     let (test, _) = open(&root, "test", ImageCheck::Exists);
-    assert_eq!((train.len(), per_class(&train).0.values().sum::<usize>()), (292, 3943 - 2));
-    assert_eq!((test.len(), per_class(&test).0.values().sum::<usize>()), (72, 945));
+    assert_eq!(
+        (train.len(), per_class(&train).0.values().sum::<usize>()),
+        (292, 3943 - 2)
+    );
+    assert_eq!(
+        (test.len(), per_class(&test).0.values().sum::<usize>()),
+        (72, 945)
+    );
 }
 
 #[test]
 fn check_data_cli_passes_on_the_shared_datasets() {
-    for name in ["voc2012_subset_rafaelpadilla", "playing_cards_edjeelectronics", "bccd_shenggan"] {
-        let Some(root) = common::shared_dataset(name) else { return };
-        let out = std::process::Command::new(common::tchcv_bin())
-            .args(["check-data", "--data"])
-            .arg(&root)
-            .args(["--sets", "trainval,test"])
-            .output()
-            .unwrap();
+    for name in [
+        "voc2012_subset_rafaelpadilla",
+        "playing_cards_edjeelectronics",
+        "bccd_shenggan",
+    ] {
+        let Some(root) = common::shared_dataset(name) else {
+            return;
+        };
+        let out = voc_fixture::tchcv(&[
+            "check-data",
+            "--data",
+            root.to_str().unwrap(),
+            "--sets",
+            "trainval,test",
+        ]);
+        voc_fixture::assert_success(&out, name);
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{name}: {text}\n{}", String::from_utf8_lossy(&out.stderr));
         if name == "bccd_shenggan" {
-            assert!(text.contains("BloodImage_00338.xml: degenerate-box"), "{text}");
-            assert!(text.contains("BloodImage_00343.xml: degenerate-box"), "{text}");
+            assert!(
+                text.contains("BloodImage_00338.xml: degenerate-box"),
+                "{text}"
+            );
+            assert!(
+                text.contains("BloodImage_00343.xml: degenerate-box"),
+                "{text}"
+            );
         }
     }
 }
@@ -134,7 +206,10 @@ fn set_specs_parse_and_reject_nonsense() {
     assert_eq!(specs.len(), 3);
     assert_eq!(specs[0].year.as_deref(), Some("2007"));
     assert_eq!(specs[2].to_string(), "test");
-    assert_eq!(SetSpec::parse_list("VOC2012:val").unwrap()[0].to_string(), "2012:val");
+    assert_eq!(
+        SetSpec::parse_list("VOC2012:val").unwrap()[0].to_string(),
+        "2012:val"
+    );
     for bad in ["", ",", "a/b", "2007:", ":x"] {
         let err = SetSpec::parse_list(bad).unwrap_err();
         assert!(tchcv::is_bad_input(&err), "{bad:?}");
@@ -148,7 +223,14 @@ fn vocdevkit_layout_combines_years_and_single_folder_works() {
     y07.add("000001", (40, 30), &[obj("dog", [2.0, 3.0, 20.0, 25.0])]);
     y07.write_set("trainval");
     let mut y12 = VocDir::new(&root.join("VOC2012"));
-    y12.add("2008_000001", (50, 40), &[obj("cat", [5.0, 5.0, 30.0, 30.0]), obj("dog", [1.0, 1.0, 50.0, 40.0])]);
+    y12.add(
+        "2008_000001",
+        (50, 40),
+        &[
+            obj("cat", [5.0, 5.0, 30.0, 30.0]),
+            obj("dog", [1.0, 1.0, 50.0, 40.0]),
+        ],
+    );
     y12.write_set("trainval");
     let (ds, report) = open(&root, "2007:trainval,2012:trainval", ImageCheck::Header);
     assert!(report.problems.is_empty(), "{:?}", report.problems);
@@ -157,13 +239,29 @@ fn vocdevkit_layout_combines_years_and_single_folder_works() {
     assert_eq!(ds.records[1].source, "2012:trainval");
     assert_eq!(ds.classes, ClassMap::voc());
     // Two VOC folders and no year: a named error; a single folder needs no year.
-    let err = VocDataset::open(&root, &SetSpec::parse_list("trainval").unwrap(), &ReadOptions::default()).unwrap_err();
-    assert!(tchcv::is_bad_input(&err) && format!("{err:#}").contains("write the year"), "{err:#}");
+    let err = VocDataset::open(
+        &root,
+        &SetSpec::parse_list("trainval").unwrap(),
+        &ReadOptions::default(),
+    )
+    .unwrap_err();
+    assert!(
+        tchcv::is_bad_input(&err) && format!("{err:#}").contains("write the year"),
+        "{err:#}"
+    );
     let (single, _) = open(&root.join("VOC2012"), "trainval", ImageCheck::Exists);
     assert_eq!(single.len(), 1);
     // A missing set names the sets that exist.
-    let err = VocDataset::open(&root, &SetSpec::parse_list("2007:val").unwrap(), &ReadOptions::default()).unwrap_err();
-    assert!(format!("{err:#}").contains("sets there: trainval"), "{err:#}");
+    let err = VocDataset::open(
+        &root,
+        &SetSpec::parse_list("2007:val").unwrap(),
+        &ReadOptions::default(),
+    )
+    .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("sets there: trainval"),
+        "{err:#}"
+    );
 }
 
 #[test]
@@ -175,7 +273,11 @@ fn classes_discovery_file_and_json_round_trip() {
     let list = dir.join("classes.txt");
     std::fs::write(&list, "# mine\nzebra\n\nant\n").unwrap();
     let given = ClassMap::load(&list).unwrap();
-    assert_eq!(given.names(), ["zebra", "ant"], "a given list keeps its order");
+    assert_eq!(
+        given.names(),
+        ["zebra", "ant"],
+        "a given list keeps its order"
+    );
     let json = dir.join("classes.json");
     given.save_json(&json).unwrap();
     assert_eq!(ClassMap::load(&json).unwrap(), given);
@@ -196,7 +298,15 @@ fn bad_inputs_give_named_problems_and_never_panic() {
     std::fs::remove_file(voc.image_path("noimage", "jpg")).unwrap();
     voc.add("unknown", (64, 48), &[ok("unicorn"), ok("cat")]);
     voc.add("outside", (64, 48), &[obj("cat", [-5.0, 0.0, 70.0, 30.0])]);
-    voc.add("zero", (64, 48), &[obj("cat", [10.0, 10.0, 10.0, 30.0]), obj("dog", [20.0, 30.0, 25.0, 12.0]), ok("dog")]);
+    voc.add(
+        "zero",
+        (64, 48),
+        &[
+            obj("cat", [10.0, 10.0, 10.0, 30.0]),
+            obj("dog", [20.0, 30.0, 25.0, 12.0]),
+            ok("dog"),
+        ],
+    );
     voc.add("empty", (64, 48), &[]);
     voc.add(
         "nodifficult",
@@ -226,7 +336,12 @@ fn bad_inputs_give_named_problems_and_never_panic() {
         classes: Some(classes),
         check_images: ImageCheck::Header,
     };
-    let (ds, report) = VocDataset::open(&root, &SetSpec::parse_list("trainval,trainval").unwrap(), &options).unwrap();
+    let (ds, report) = VocDataset::open(
+        &root,
+        &SetSpec::parse_list("trainval,trainval").unwrap(),
+        &options,
+    )
+    .unwrap();
     let kinds_of = |id: &str| -> Vec<ProblemKind> {
         let mut k: Vec<ProblemKind> = report
             .problems
@@ -242,25 +357,64 @@ fn bad_inputs_give_named_problems_and_never_panic() {
         v.sort();
         v
     };
-    assert_eq!(kinds_of("good"), sorted(vec![DuplicateId]), "listed twice in trainval,trainval");
-    assert_eq!(kinds_of("malformed"), sorted(vec![MalformedXml, DuplicateId]));
+    assert_eq!(
+        kinds_of("good"),
+        sorted(vec![DuplicateId]),
+        "listed twice in trainval,trainval"
+    );
+    assert_eq!(
+        kinds_of("malformed"),
+        sorted(vec![MalformedXml, DuplicateId])
+    );
     assert_eq!(kinds_of("noimage"), sorted(vec![MissingImage, DuplicateId]));
     assert_eq!(kinds_of("unknown"), sorted(vec![UnknownClass, DuplicateId]));
     assert_eq!(kinds_of("outside"), sorted(vec![BoxClipped, DuplicateId]));
-    assert_eq!(kinds_of("zero"), sorted(vec![DegenerateBox, DegenerateBox, DuplicateId]));
+    assert_eq!(
+        kinds_of("zero"),
+        sorted(vec![DegenerateBox, DegenerateBox, DuplicateId])
+    );
     assert_eq!(kinds_of("empty"), sorted(vec![NoObjects, DuplicateId]));
     assert_eq!(kinds_of("nodifficult"), sorted(vec![DuplicateId]));
-    assert_eq!(kinds_of("badcoord"), sorted(vec![BadObject, BadObject, DuplicateId]));
-    assert_eq!(kinds_of("noxml"), sorted(vec![MissingAnnotation, DuplicateId]));
+    assert_eq!(
+        kinds_of("badcoord"),
+        sorted(vec![BadObject, BadObject, DuplicateId])
+    );
+    assert_eq!(
+        kinds_of("noxml"),
+        sorted(vec![MissingAnnotation, DuplicateId])
+    );
     let ids: Vec<&str> = ds.records.iter().map(|r| r.id.as_str()).collect();
-    assert_eq!(ids, ["good", "unknown", "outside", "zero", "empty", "nodifficult", "badcoord"]);
+    assert_eq!(
+        ids,
+        [
+            "good",
+            "unknown",
+            "outside",
+            "zero",
+            "empty",
+            "nodifficult",
+            "badcoord"
+        ]
+    );
     let rec = |id: &str| ds.records.iter().find(|r| r.id == id).unwrap();
-    assert_eq!(rec("unknown").objects.len(), 1, "the unknown-class object is dropped, the other kept");
-    assert_eq!(rec("outside").objects[0].bbox, [1.0, 1.0, 64.0, 30.0], "clipped to [1, W] x [1, H]");
+    assert_eq!(
+        rec("unknown").objects.len(),
+        1,
+        "the unknown-class object is dropped, the other kept"
+    );
+    assert_eq!(
+        rec("outside").objects[0].bbox,
+        [1.0, 1.0, 64.0, 30.0],
+        "clipped to [1, W] x [1, H]"
+    );
     assert_eq!(rec("zero").objects.len(), 1);
     let nd = &rec("nodifficult").objects[0];
     assert!(!nd.difficult, "a missing <difficult> is 0");
-    assert_eq!(nd.bbox, [1.5, 2.5, 40.25, 30.0], "float coordinates are kept");
+    assert_eq!(
+        nd.bbox,
+        [1.5, 2.5, 40.25, 30.0],
+        "float coordinates are kept"
+    );
     let bc = &rec("badcoord").objects;
     assert_eq!(bc.len(), 1, "only the direct <object> box, not the <part>");
     assert!(bc[0].difficult);
@@ -305,8 +459,14 @@ fn difficult_objects_are_left_out_of_training_samples_unless_asked() {
 #[test]
 fn voc_and_pixel_boxes_convert_both_ways() {
     // VOC pixels 1..=10 are the continuous span [0, 10].
-    assert_eq!(voc_to_pixel_box([1.0, 1.0, 10.0, 10.0]), [0.0, 0.0, 10.0, 10.0]);
-    assert_eq!(pixel_to_voc_box([0.0, 0.0, 10.0, 10.0]), [1.0, 1.0, 10.0, 10.0]);
+    assert_eq!(
+        voc_to_pixel_box([1.0, 1.0, 10.0, 10.0]),
+        [0.0, 0.0, 10.0, 10.0]
+    );
+    assert_eq!(
+        pixel_to_voc_box([0.0, 0.0, 10.0, 10.0]),
+        [1.0, 1.0, 10.0, 10.0]
+    );
 }
 
 #[test]
@@ -319,5 +479,9 @@ fn unreadable_record_problem_is_recoverable_from_the_error() {
     std::fs::write(voc.image_path("a", "jpg"), b"not an image").unwrap();
     let err = ds.load(0, false).unwrap_err();
     assert!(tchcv::is_bad_input(&err));
-    assert_eq!(problem_of(&err).unwrap().kind, ProblemKind::CorruptImage, "{err:#}");
+    assert_eq!(
+        problem_of(&err).unwrap().kind,
+        ProblemKind::CorruptImage,
+        "{err:#}"
+    );
 }

@@ -6,21 +6,28 @@ mod voc_fixture;
 
 use image::{Rgb, RgbImage};
 use tchcv::data::transforms::{
-    adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation, hflip, min_iou_crop, normalize,
-    train_transform, zoom_out, AugmentConfig, Canvas, Objects, PixelNorm,
+    adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation, hflip, min_iou_crop,
+    normalize, train_transform, zoom_out, AugmentConfig, Canvas, Objects, PixelNorm,
 };
 use tchcv::rng::Rng;
 
 fn random_image(seed: u64, (w, h): (u32, u32)) -> RgbImage {
     let mut rng = Rng::new(seed);
-    RgbImage::from_fn(w, h, |_, _| Rgb([0, 0, 0].map(|_: u8| rng.below(256) as u8)))
+    RgbImage::from_fn(
+        w,
+        h,
+        |_, _| Rgb([0, 0, 0].map(|_: u8| rng.below(256) as u8)),
+    )
 }
 
 fn reference(op: &str, image: &RgbImage, arg: &str, dir: &std::path::Path) -> Vec<u8> {
     let src = dir.join(format!("{op}_in.png"));
     image.save(&src).unwrap();
     let out = dir.join(format!("{op}_out.bin"));
-    common::run_reference("transforms.py", &[op, src.to_str().unwrap(), out.to_str().unwrap(), arg]);
+    common::run_reference(
+        "transforms.py",
+        &[op, src.to_str().unwrap(), out.to_str().unwrap(), arg],
+    );
     std::fs::read(out).unwrap()
 }
 
@@ -42,11 +49,29 @@ fn photometric_steps_match_pil_and_torchvision() {
             let mut ours = image.clone();
             step(&mut ours, factor);
             let want = reference(op, &image, &factor.to_string(), &dir);
-            let worst = ours.as_raw().iter().zip(&want).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
-            let off = ours.as_raw().iter().zip(&want).filter(|(a, b)| a != b).count();
+            let worst = ours
+                .as_raw()
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| a.abs_diff(*b))
+                .max()
+                .unwrap();
+            let off = ours
+                .as_raw()
+                .iter()
+                .zip(&want)
+                .filter(|(a, b)| a != b)
+                .count();
             // Float rounding of the blend can land one level apart.
-            assert!(worst <= 1, "{op}({factor}): max difference {worst} levels ({off} values differ)");
-            assert!(off * 100 <= want.len(), "{op}({factor}): {off} of {} values differ", want.len());
+            assert!(
+                worst <= 1,
+                "{op}({factor}): max difference {worst} levels ({off} values differ)"
+            );
+            assert!(
+                off * 100 <= want.len(),
+                "{op}({factor}): {off} of {} values differ",
+                want.len()
+            );
         }
     }
 }
@@ -62,7 +87,11 @@ fn normalize_matches_torch_to_tensor_and_normalize() {
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect();
     assert_eq!(ours.len(), want.len());
-    let worst = ours.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let worst = ours
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
     assert!(worst <= 1e-6, "max |diff| {worst}");
 }
 
@@ -87,7 +116,9 @@ fn rectangles(seed: u64) -> (RgbImage, Objects, Vec<[u8; 3]>) {
                 image.put_pixel(x, y, Rgb(*colour));
             }
         }
-        objects.boxes.push([x0 as f32, y0 as f32, (x0 + rw) as f32, (y0 + rh) as f32]);
+        objects
+            .boxes
+            .push([x0 as f32, y0 as f32, (x0 + rw) as f32, (y0 + rh) as f32]);
         objects.labels.push(k as i64);
         objects.difficult.push(false);
         used.push(*colour);
@@ -101,28 +132,57 @@ fn rectangles(seed: u64) -> (RgbImage, Objects, Vec<[u8; 3]>) {
 /// With `areas` (the original box areas, at full resolution), also check that no object more
 /// than half visible was dropped: a rectangle more than half inside a window has its centre
 /// inside, so the crop keeps it.
-fn assert_boxes_frame_pixels(image: &RgbImage, objects: &Objects, colours: &[[u8; 3]], slack: f32, areas: Option<&[f32]>, what: &str) {
+fn assert_boxes_frame_pixels(
+    image: &RgbImage,
+    objects: &Objects,
+    colours: &[[u8; 3]],
+    slack: f32,
+    areas: Option<&[f32]>,
+    what: &str,
+) {
     let close = |p: &Rgb<u8>, c: [u8; 3]| p.0.iter().zip(c).all(|(a, b)| a.abs_diff(b) < 60);
     for (b, &label) in objects.boxes.iter().zip(&objects.labels) {
         let c = colours[label as usize];
         assert!(b[2] > b[0] && b[3] > b[1], "{what}: degenerate box {b:?}");
-        assert!(b[0] >= 0.0 && b[1] >= 0.0 && b[2] <= image.width() as f32 && b[3] <= image.height() as f32, "{what}: box {b:?} outside the image");
+        assert!(
+            b[0] >= 0.0
+                && b[1] >= 0.0
+                && b[2] <= image.width() as f32
+                && b[3] <= image.height() as f32,
+            "{what}: box {b:?} outside the image"
+        );
         for (x, y, p) in image.enumerate_pixels() {
             let (cx, cy) = (x as f32 + 0.5, y as f32 + 0.5);
-            let inside_grown = cx >= b[0] - slack && cx <= b[2] + slack && cy >= b[1] - slack && cy <= b[3] + slack;
-            let inside_shrunk = cx >= b[0] + slack && cx <= b[2] - slack && cy >= b[1] + slack && cy <= b[3] - slack;
+            let inside_grown = cx >= b[0] - slack
+                && cx <= b[2] + slack
+                && cy >= b[1] - slack
+                && cy <= b[3] + slack;
+            let inside_shrunk = cx >= b[0] + slack
+                && cx <= b[2] - slack
+                && cy >= b[1] + slack
+                && cy <= b[3] - slack;
             if close(p, c) {
-                assert!(inside_grown, "{what}: pixel ({x},{y}) of colour {c:?} outside box {b:?}");
+                assert!(
+                    inside_grown,
+                    "{what}: pixel ({x},{y}) of colour {c:?} outside box {b:?}"
+                );
             }
             if inside_shrunk {
-                assert!(close(p, c), "{what}: pixel ({x},{y}) inside box {b:?} is {:?}, not {c:?}", p.0);
+                assert!(
+                    close(p, c),
+                    "{what}: pixel ({x},{y}) inside box {b:?} is {:?}, not {c:?}",
+                    p.0
+                );
             }
         }
     }
     for (label, area) in areas.unwrap_or_default().iter().enumerate() {
         let count = image.pixels().filter(|p| close(p, colours[label])).count() as f32;
         if count > 0.5 * area {
-            assert!(objects.labels.contains(&(label as i64)), "{what}: object {label} is {count} of {area} px visible but its box was dropped");
+            assert!(
+                objects.labels.contains(&(label as i64)),
+                "{what}: object {label} is {count} of {area} px visible but its box was dropped"
+            );
         }
     }
 }
@@ -147,13 +207,38 @@ fn boxes_stay_on_their_pixels_through_zoom_out_crop_flip_and_resize() {
         }
         canvas = min_iou_crop(canvas, &mut o, &cfg, &mut rng);
         let mut drawn = canvas.into_image();
-        assert!(!o.is_empty(), "case {case}: every object lost (the crop must keep the image then)");
+        assert!(
+            !o.is_empty(),
+            "case {case}: every object lost (the crop must keep the image then)"
+        );
         hflip(&mut drawn, &mut o);
-        let areas: Vec<f32> = objects.boxes.iter().map(|b| (b[2] - b[0]) * (b[3] - b[1])).collect();
-        assert_boxes_frame_pixels(&drawn, &o, &colours, 0.0, Some(&areas), &format!("case {case} (full size)"));
+        let areas: Vec<f32> = objects
+            .boxes
+            .iter()
+            .map(|b| (b[2] - b[0]) * (b[3] - b[1]))
+            .collect();
+        assert_boxes_frame_pixels(
+            &drawn,
+            &o,
+            &colours,
+            0.0,
+            Some(&areas),
+            &format!("case {case} (full size)"),
+        );
         // The whole recipe, resized to 96x64: bilinear blur of about one source pixel.
         let mut rng = Rng::keyed(seed, &[case, 1]);
-        let t = train_transform(image.clone(), objects.clone(), &cfg, (96, 64), &PixelNorm { mean: [0.0; 3], std: [1.0; 3] }, &mut rng).unwrap();
+        let t = train_transform(
+            image.clone(),
+            objects.clone(),
+            &cfg,
+            (96, 64),
+            &PixelNorm {
+                mean: [0.0; 3],
+                std: [1.0; 3],
+            },
+            &mut rng,
+        )
+        .unwrap();
         let plane = 96 * 64;
         let resized = RgbImage::from_fn(96, 64, |x, y| {
             let i = (y * 96 + x) as usize;
@@ -162,7 +247,14 @@ fn boxes_stay_on_their_pixels_through_zoom_out_crop_flip_and_resize() {
         // Slack: one output pixel plus the shrink factor of the resize.
         let (cw, ch) = (image.width() as f32 * 4.0, image.height() as f32 * 4.0);
         let slack = 1.0 + (cw / 96.0).max(ch / 64.0).min(8.0) / 2.0;
-        assert_boxes_frame_pixels(&resized, &t.objects, &colours, slack, None, &format!("case {case} (96x64)"));
+        assert_boxes_frame_pixels(
+            &resized,
+            &t.objects,
+            &colours,
+            slack,
+            None,
+            &format!("case {case} (96x64)"),
+        );
     }
 }
 
@@ -179,7 +271,12 @@ fn crop_keeps_the_image_when_no_box_centre_would_survive() {
             labels: vec![3],
             difficult: vec![false],
         };
-        let canvas = min_iou_crop(Canvas::new(image.clone()), &mut objects, &cfg, &mut Rng::new(seed));
+        let canvas = min_iou_crop(
+            Canvas::new(image.clone()),
+            &mut objects,
+            &cfg,
+            &mut Rng::new(seed),
+        );
         assert_eq!(objects.len(), 1, "seed {seed}: the box was dropped");
         let b = objects.boxes[0];
         assert!(b[2] > b[0] && b[3] > b[1], "seed {seed}: degenerate {b:?}");
@@ -187,7 +284,10 @@ fn crop_keeps_the_image_when_no_box_centre_would_survive() {
             kept_whole += 1;
         }
     }
-    assert!(kept_whole > 100, "most crops miss the corner box, so the image stays whole ({kept_whole})");
+    assert!(
+        kept_whole > 100,
+        "most crops miss the corner box, so the image stays whole ({kept_whole})"
+    );
 }
 
 #[test]
@@ -196,24 +296,53 @@ fn same_seed_epoch_and_index_give_identical_output() {
     let (image, objects, _) = rectangles(seed);
     let cfg = AugmentConfig::default();
     let run = |keys: &[u64]| {
-        train_transform(image.clone(), objects.clone(), &cfg, (64, 48), &PixelNorm::default(), &mut Rng::keyed(seed, keys)).unwrap()
+        train_transform(
+            image.clone(),
+            objects.clone(),
+            &cfg,
+            (64, 48),
+            &PixelNorm::default(),
+            &mut Rng::keyed(seed, keys),
+        )
+        .unwrap()
     };
     let a = run(&[3, 17]);
     let b = run(&[3, 17]);
     assert_eq!(a.pixels, b.pixels);
     assert_eq!(a.objects, b.objects);
-    let others: Vec<bool> = (0..8).map(|e| run(&[4 + e, 17]).pixels != a.pixels).collect();
-    assert!(others.iter().filter(|&&d| d).count() >= 7, "other epochs should differ: {others:?}");
+    let others: Vec<bool> = (0..8)
+        .map(|e| run(&[4 + e, 17]).pixels != a.pixels)
+        .collect();
+    assert!(
+        others.iter().filter(|&&d| d).count() >= 7,
+        "other epochs should differ: {others:?}"
+    );
 }
 
 #[test]
 fn each_step_can_be_turned_off() {
     let (image, objects, _) = rectangles(11);
     let none = AugmentConfig::none();
-    let t = train_transform(image.clone(), objects.clone(), &none, (image.width(), image.height()), &PixelNorm { mean: [0.0; 3], std: [1.0; 3] }, &mut Rng::new(1)).unwrap();
+    let t = train_transform(
+        image.clone(),
+        objects.clone(),
+        &none,
+        (image.width(), image.height()),
+        &PixelNorm {
+            mean: [0.0; 3],
+            std: [1.0; 3],
+        },
+        &mut Rng::new(1),
+    )
+    .unwrap();
     assert_eq!(t.objects, objects, "no step: boxes unchanged");
     let first = t.pixels[0..10].to_vec();
-    let want: Vec<f32> = image.as_raw().chunks_exact(3).take(10).map(|p| p[0] as f32 / 255.0).collect();
+    let want: Vec<f32> = image
+        .as_raw()
+        .chunks_exact(3)
+        .take(10)
+        .map(|p| p[0] as f32 / 255.0)
+        .collect();
     assert_eq!(first, want);
     let json = serde_json::to_string(&AugmentConfig::default()).unwrap();
     let back: AugmentConfig = serde_json::from_str(&json).unwrap();

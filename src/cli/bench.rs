@@ -22,12 +22,15 @@ pub struct Args {
 enum Work {
     /// Loss forward + backward (SSD with hard negative mining, focal, softmax focal).
     Loss(tchcv::bench::loss::LossBench),
+    /// Data pipeline: decode + SSD augmentation + target encoding, images per second.
+    Data(tchcv::bench::data::DataBench),
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
     let device = tchcv::device::parse_device(&args.device)?;
     let rows: Vec<Comparison> = match &args.work {
         Work::Loss(b) => vec![tchcv::bench::loss::run(b, device)?],
+        Work::Data(b) => vec![tchcv::bench::data::run(b, device)?],
     };
     for row in &rows {
         println!("{}", row.line());

@@ -58,6 +58,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
         .zip(s.per_class)
         .map(|(c, n)| format!("{c} {n}"))
         .collect();
-    println!("objects: {} ({} difficult): {}", s.objects, s.difficult, per_class.join(", "));
+    println!(
+        "objects: {} ({} difficult): {}",
+        s.objects,
+        s.difficult,
+        per_class.join(", ")
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -95,16 +95,22 @@ pub fn sniff(bytes: &[u8]) -> Format {
     }
 }
 
-/// Read and decode the image at `path` (see the module docs).
-pub fn read(path: &Path) -> Result<Decoded> {
-    let bytes = std::fs::read(path).map_err(|e| {
+/// The bytes of the file at `path`; a missing file is a [`ProblemKind::MissingImage`], an
+/// unreadable one a [`ProblemKind::CorruptImage`].
+fn read_bytes(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| {
         let kind = if e.kind() == std::io::ErrorKind::NotFound {
             ProblemKind::MissingImage
         } else {
             ProblemKind::CorruptImage
         };
         Problem::new(kind, path, format!("cannot read: {e}")).into_error()
-    })?;
+    })
+}
+
+/// Read and decode the image at `path` (see the module docs).
+pub fn read(path: &Path) -> Result<Decoded> {
+    let bytes = read_bytes(path)?;
     decode(&bytes, path)
 }
 
@@ -343,14 +349,7 @@ impl Probe {
 /// Read the header of the image at `path`: format, size and orientation.
 pub fn probe(path: &Path) -> Result<Probe> {
     use image::ImageDecoder;
-    let bytes = std::fs::read(path).map_err(|e| {
-        let kind = if e.kind() == std::io::ErrorKind::NotFound {
-            ProblemKind::MissingImage
-        } else {
-            ProblemKind::CorruptImage
-        };
-        Problem::new(kind, path, format!("cannot read: {e}")).into_error()
-    })?;
+    let bytes = read_bytes(path)?;
     let format = sniff(&bytes);
     if format == Format::Jpeg {
         let mut decoder =

@@ -77,7 +77,12 @@ impl SynthObject {
     /// The box in 0-based continuous pixel coordinates: `[x_min, y_min, x_max + 1, y_max + 1]`.
     pub fn pixel_box(&self) -> [f32; 4] {
         let p = self.pixels;
-        [p[0] as f32, p[1] as f32, p[2] as f32 + 1.0, p[3] as f32 + 1.0]
+        [
+            p[0] as f32,
+            p[1] as f32,
+            p[2] as f32 + 1.0,
+            p[3] as f32 + 1.0,
+        ]
     }
 }
 
@@ -203,14 +208,7 @@ fn random_colour(rng: &mut Rng) -> [f32; 3] {
     let v = rng.uniform(0.35, 1.0) as f32 * 255.0;
     let f = h - h.floor();
     let (p, q, t) = (v * (1.0 - s), v * (1.0 - s * f), v * (1.0 - s * (1.0 - f)));
-    match h as u32 {
-        0 => [v, t, p],
-        1 => [q, v, p],
-        2 => [p, v, t],
-        3 => [p, q, v],
-        4 => [t, p, v],
-        _ => [v, p, q],
-    }
+    super::transforms::hsv_sector((h as u32).min(5), v, p, q, t)
 }
 
 /// A smooth two-colour noise field with grain and, sometimes, stripes.
@@ -222,7 +220,10 @@ fn background((w, h): (u32, u32), rng: &mut Rng) -> Vec<[f32; 3]> {
     const G: usize = 6;
     let grid: Vec<f32> = (0..G * G).map(|_| rng.next_f32()).collect();
     let stripes = rng.chance(0.35);
-    let (sa, sf) = (rng.uniform(0.0, 3.14) as f32, rng.uniform(0.05, 0.25) as f32);
+    let (sa, sf) = (
+        rng.uniform(0.0, std::f64::consts::PI) as f32,
+        rng.uniform(0.05, 0.25) as f32,
+    );
     let (ssin, scos) = sa.sin_cos();
     let mut out = Vec::with_capacity((w * h) as usize);
     for y in 0..h {
@@ -318,7 +319,10 @@ pub fn render(config: &SynthConfig, index: u64) -> SynthImage {
                     *e = [e[0].min(x), e[1].min(y), e[2].max(x), e[3].max(y)];
                     let p = &placed[k].0;
                     let (sx, sy) = shade[k];
-                    let g = 1.0 + (sx * (x as f32 - p.cx) + sy * (y as f32 - p.cy)) / p.hw.max(p.hh).max(1.0) * 0.25;
+                    let g = 1.0
+                        + (sx * (x as f32 - p.cx) + sy * (y as f32 - p.cy))
+                            / p.hw.max(p.hh).max(1.0)
+                            * 0.25;
                     p.colour.map(|v| v * g + grain)
                 }
             };
@@ -342,14 +346,24 @@ pub fn render(config: &SynthConfig, index: u64) -> SynthImage {
             }
         })
         .collect();
-    SynthImage { image, objects, owner }
+    SynthImage {
+        image,
+        objects,
+        owner,
+    }
 }
 
 /// The VOC XML of one image.
 pub fn annotation_xml(id: &str, (w, h): (u32, u32), objects: &[SynthObject]) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "<annotation>\n\t<folder>synth</folder>\n\t<filename>{id}.jpg</filename>");
-    let _ = writeln!(s, "\t<source>\n\t\t<database>tchcv synthetic shapes</database>\n\t</source>");
+    let _ = writeln!(
+        s,
+        "<annotation>\n\t<folder>synth</folder>\n\t<filename>{id}.jpg</filename>"
+    );
+    let _ = writeln!(
+        s,
+        "\t<source>\n\t\t<database>tchcv synthetic shapes</database>\n\t</source>"
+    );
     let _ = writeln!(s, "\t<size>\n\t\t<width>{w}</width>\n\t\t<height>{h}</height>\n\t\t<depth>3</depth>\n\t</size>");
     let _ = writeln!(s, "\t<segmented>0</segmented>");
     for o in objects {
@@ -391,7 +405,11 @@ pub fn image_id(index: usize) -> String {
 /// Images `0..train` are the training split, the next `test` the test split.
 pub fn write_dataset(out: &Path, config: &SynthConfig) -> Result<SynthSummary> {
     if config.size.0 < 32 || config.size.1 < 32 {
-        crate::bail_input!("--size {}x{}: images must be at least 32x32", config.size.0, config.size.1);
+        crate::bail_input!(
+            "--size {}x{}: images must be at least 32x32",
+            config.size.0,
+            config.size.1
+        );
     }
     if config.train + config.test == 0 {
         crate::bail_input!("--train and --test are both 0: nothing to write");
@@ -403,7 +421,9 @@ pub fn write_dataset(out: &Path, config: &SynthConfig) -> Result<SynthSummary> {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
     let total = config.train + config.test;
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(total);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(total);
     let results: Vec<Result<Vec<SynthObject>>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
@@ -439,17 +459,29 @@ pub fn write_dataset(out: &Path, config: &SynthConfig) -> Result<SynthSummary> {
             summary.per_class[o.class_id] += 1;
         }
     }
-    let list = |range: std::ops::Range<usize>| range.map(|i| image_id(i) + "\n").collect::<String>();
+    let list =
+        |range: std::ops::Range<usize>| range.map(|i| image_id(i) + "\n").collect::<String>();
     let train = list(0..config.train);
     crate::io::write_bytes_atomic(&sets_dir.join("train.txt"), train.as_bytes())?;
     crate::io::write_bytes_atomic(&sets_dir.join("trainval.txt"), train.as_bytes())?;
-    crate::io::write_bytes_atomic(&sets_dir.join("test.txt"), list(config.train..total).as_bytes())?;
+    crate::io::write_bytes_atomic(
+        &sets_dir.join("test.txt"),
+        list(config.train..total).as_bytes(),
+    )?;
     let meta = serde_json::json!({ "generator": "tchcv synth", "config": config, "classes": SYNTH_CLASSES, "summary": &summary });
-    crate::io::write_bytes_atomic(&out.join("synth.json"), serde_json::to_string_pretty(&meta)?.as_bytes())?;
+    crate::io::write_bytes_atomic(
+        &out.join("synth.json"),
+        serde_json::to_string_pretty(&meta)?.as_bytes(),
+    )?;
     Ok(summary)
 }
 
-fn write_one(jpeg_dir: &Path, xml_dir: &Path, config: &SynthConfig, i: usize) -> Result<Vec<SynthObject>> {
+fn write_one(
+    jpeg_dir: &Path,
+    xml_dir: &Path,
+    config: &SynthConfig,
+    i: usize,
+) -> Result<Vec<SynthObject>> {
     let id = image_id(i);
     let rendered = render(config, i as u64);
     let mut jpeg = Vec::new();

@@ -176,57 +176,95 @@ pub fn adjust_contrast(image: &mut RgbImage, factor: f32) {
 
 /// Saturation: blend each pixel with its grey level by `factor` (PIL `ImageEnhance.Color`).
 pub fn adjust_saturation(image: &mut RgbImage, factor: f32) {
+    // blend(grey, v) for every (grey, v) pair: 64 K entries, cheaper than a blend per value.
+    let lut: Vec<u8> = (0..256 * 256)
+        .map(|i| blend((i >> 8) as f32, (i & 255) as f32, factor))
+        .collect();
     for p in image.chunks_exact_mut(3) {
-        let grey = luma(p) as f32;
+        let row = (luma(p) as usize) << 8;
         for v in p.iter_mut() {
-            *v = blend(grey, *v as f32, factor);
+            *v = lut[row | *v as usize];
         }
     }
 }
 
-/// PIL's RGB -> HSV for one pixel (all 8-bit).
+/// `QUOTIENT[n * 256 + d] = n as f32 / d as f32`: the f32 divisions of PIL's RGB -> HSV,
+/// looked up instead of computed (the same values, bit for bit).
+static QUOTIENT: std::sync::LazyLock<Vec<f32>> = std::sync::LazyLock::new(|| {
+    (0..256 * 256)
+        .map(|i| (i >> 8) as f32 / (i & 255) as f32)
+        .collect()
+});
+
+/// PIL's RGB -> HSV for one pixel (all 8-bit), with PIL's float/double arithmetic.
 #[inline]
-fn rgb_to_hsv(r: u8, g: u8, b: u8) -> (u8, u8, u8) {
+fn rgb_to_hsv(r: u8, g: u8, b: u8, quotient: &[f32]) -> (u8, u8, u8) {
     let maxc = r.max(g).max(b);
     let minc = r.min(g).min(b);
     if maxc == minc {
         return (0, 0, maxc);
     }
-    let cr = (maxc - minc) as f32;
-    let s = cr / maxc as f32;
-    let rc = (maxc - r) as f32 / cr;
-    let gc = (maxc - g) as f32 / cr;
-    let bc = (maxc - b) as f32 / cr;
+    let cr = (maxc - minc) as usize;
+    let s = quotient[(cr << 8) | maxc as usize];
+    let c = |v: u8| quotient[(((maxc - v) as usize) << 8) | cr];
     // As PIL: float intermediates, the constants 2.0 and 4.0 (and the rest) in double.
     let h = if r == maxc {
-        bc - gc
+        c(b) - c(g)
     } else if g == maxc {
-        (2.0 + rc as f64 - bc as f64) as f32
+        (2.0 + c(r) as f64 - c(b) as f64) as f32
     } else {
-        (4.0 + gc as f64 - rc as f64) as f32
+        (4.0 + c(g) as f64 - c(r) as f64) as f32
     };
-    let h = ((h as f64 / 6.0 + 1.0) % 1.0) as f32;
+    // fmod(h / 6 + 1, 1) for h in [-1, 5]: the sum lies in [5/6, 11/6], and subtracting 1
+    // from a double in [1, 2) is exact.
+    let x = h as f64 / 6.0 + 1.0;
+    let h = (if x >= 1.0 { x - 1.0 } else { x }) as f32;
     let uh = ((h as f64 * 255.0) as i32).clamp(0, 255) as u8;
     let us = ((s as f64 * 255.0) as i32).clamp(0, 255) as u8;
     (uh, us, maxc)
 }
 
+/// C's `round` (half away from zero) for `x >= 0`, without a libm call.
+#[inline]
+fn round_non_negative(x: f64) -> f64 {
+    let t = x as i64 as f64;
+    if x - t >= 0.5 {
+        t + 1.0
+    } else {
+        t
+    }
+}
+
+/// Per hue level `h`: PIL's sector `floor(h * 6 / 255)` and remainder `f` (as f32).
+static HUE_SECTOR: std::sync::LazyLock<Vec<(i32, f32)>> = std::sync::LazyLock::new(|| {
+    (0..256)
+        .map(|h| {
+            let hf = h as f32 as f64 * 6.0 / 255.0;
+            let i = hf as i32; // floor: hf >= 0
+            (i, (hf - i as f64) as f32)
+        })
+        .collect()
+});
+
 /// PIL's HSV -> RGB for one pixel (all 8-bit).
 #[inline]
-fn hsv_to_rgb(h: u8, s: u8, v: u8) -> [u8; 3] {
+fn hsv_to_rgb(h: u8, s: u8, v: u8, sectors: &[(i32, f32)]) -> [u8; 3] {
     if s == 0 {
         return [v, v, v];
     }
-    let hf = h as f32 as f64 * 6.0 / 255.0;
-    let i = hf.floor() as i32;
-    let f = (hf - i as f64) as f32;
+    let (i, f) = sectors[h as usize];
     let fs = (s as f32 as f64 / 255.0) as f32;
     let vf = v as f32 as f64;
-    let p = (vf * (1.0 - fs as f64)).round().clamp(0.0, 255.0) as u8;
-    let q = (vf * (1.0 - (fs * f) as f64)).round().clamp(0.0, 255.0) as u8;
-    let t = (vf * (1.0 - (fs * (1.0 - f)) as f64))
-        .round()
-        .clamp(0.0, 255.0) as u8;
+    let level = |x: f64| round_non_negative(x).clamp(0.0, 255.0) as u8;
+    let p = level(vf * (1.0 - fs as f64));
+    let q = level(vf * (1.0 - (fs * f) as f64));
+    let t = level(vf * (1.0 - fs as f64 * (1.0 - f as f64)));
+    hsv_sector(i as u32, v, p, q, t)
+}
+
+/// The RGB of HSV sector `i` (0..6, others as 5) from the value `v` and the sector's `p`, `q`
+/// and `t` (the colorsys/PIL formulas).
+pub(crate) fn hsv_sector<T: Copy>(i: u32, v: T, p: T, q: T, t: T) -> [T; 3] {
     match i % 6 {
         0 => [v, t, p],
         1 => [q, v, p],
@@ -244,9 +282,21 @@ pub fn adjust_hue(image: &mut RgbImage, shift: f32) {
     if delta == 0 {
         return;
     }
+    let (quotient, sectors) = (QUOTIENT.as_slice(), HUE_SECTOR.as_slice());
+    // Neighbouring pixels often share a colour: reuse the last result.
+    let mut last: Option<([u8; 3], [u8; 3])> = None;
     for p in image.chunks_exact_mut(3) {
-        let (h, s, v) = rgb_to_hsv(p[0], p[1], p[2]);
-        p.copy_from_slice(&hsv_to_rgb(h.wrapping_add(delta), s, v));
+        let rgb = [p[0], p[1], p[2]];
+        let out = match last {
+            Some((from, to)) if from == rgb => to,
+            _ => {
+                let (h, s, v) = rgb_to_hsv(rgb[0], rgb[1], rgb[2], quotient);
+                let to = hsv_to_rgb(h.wrapping_add(delta), s, v, sectors);
+                last = Some((rgb, to));
+                to
+            }
+        };
+        p.copy_from_slice(&out);
     }
 }
 

@@ -9,23 +9,16 @@ usage: transforms.py OP IN OUT ARG
   hue         IN                  OUT raw RGB  ARG shift   torchvision adjust_hue on PIL images
   normalize   IN                  OUT raw f32  ARG -       ToTensor + Normalize(ImageNet), CHW
 """
+import os
 import sys
 
 import numpy as np
 from PIL import Image, ImageEnhance
 
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
-
-
-def adjust_hue(img, shift):
-    # torchvision.transforms.functional_pil.adjust_hue
-    h, s, v = img.convert("HSV").split()
-    np_h = np.array(h, dtype=np.uint8)
-    with np.errstate(over="ignore"):
-        np_h += np.int32(shift * 255).astype(np.uint8)
-    h = Image.fromarray(np_h, "L")
-    return Image.merge("HSV", (h, s, v)).convert("RGB")
+# The hue step and the ImageNet statistics are shared with the benchmark's PyTorch pipeline,
+# so these tests also check that reference.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "bench"))
+from pil_ops import MEAN, STD, adjust_hue  # noqa: E402
 
 
 def main():

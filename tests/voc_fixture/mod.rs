@@ -4,6 +4,35 @@
 use std::path::{Path, PathBuf};
 
 use image::{Rgb, RgbImage};
+use tchcv::data::{DataReport, ImageCheck, ReadOptions, SetSpec, VocDataset};
+
+/// Open the comma-separated `sets` of `root`, discovering the classes, checking images as
+/// `check` says.
+pub fn open_voc(root: &Path, sets: &str, check: ImageCheck) -> (VocDataset, DataReport) {
+    let options = ReadOptions {
+        classes: None,
+        check_images: check,
+    };
+    VocDataset::open(root, &SetSpec::parse_list(sets).unwrap(), &options).unwrap()
+}
+
+/// Run the `tchcv` binary with `args`.
+pub fn tchcv(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tchcv"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Assert that a `tchcv` run succeeded, showing its output when it did not.
+pub fn assert_success(out: &std::process::Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
 
 /// One object line of an XML annotation.
 pub struct Obj<'a> {
@@ -29,7 +58,10 @@ pub fn xml(id: &str, size: Option<(u32, u32)>, objects: &[Obj]) -> String {
         s += &format!("<size><width>{w}</width><height>{h}</height><depth>3</depth></size>\n");
     }
     for o in objects {
-        s += &format!("<object><name>{}</name><pose>Unspecified</pose><truncated>0</truncated>", o.name);
+        s += &format!(
+            "<object><name>{}</name><pose>Unspecified</pose><truncated>0</truncated>",
+            o.name
+        );
         if let Some(d) = o.difficult {
             s += &format!("<difficult>{d}</difficult>");
         }
@@ -82,7 +114,11 @@ impl VocDir {
     /// Write `ImageSets/Main/<name>.txt` with every id added so far.
     pub fn write_set(&self, name: &str) {
         let text: String = self.ids.iter().map(|i| format!("{i}\n")).collect();
-        std::fs::write(self.root.join("ImageSets/Main").join(format!("{name}.txt")), text).unwrap();
+        std::fs::write(
+            self.root.join("ImageSets/Main").join(format!("{name}.txt")),
+            text,
+        )
+        .unwrap();
     }
 }
 
