@@ -9,7 +9,7 @@ use std::path::Path;
 use image::{GrayImage, Luma, Rgb, RgbImage};
 use tchcv::data::check::problem_of;
 use tchcv::data::image::{self as img, Format, SourceColor};
-use tchcv::data::{ImageCheck, ProblemKind, ReadOptions, SetSpec, VocDataset};
+use tchcv::data::{ImageCheck, ProblemKind};
 use tchcv::rng::Rng;
 use voc_fixture::{
     grey_jpeg_bytes, image_with_rect, jpeg_bytes, obj, png_bytes, with_exif_orientation, VocDir,

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use tchcv::data::synth::{
     annotation_xml, image_id, render, write_dataset, SynthConfig, SYNTH_CLASSES,
 };
-use tchcv::data::{ImageCheck, ProblemKind, ReadOptions, SetSpec, VocDataset};
+use tchcv::data::{ImageCheck, ProblemKind};
 
 #[test]
 fn synth_output_passes_check_data_with_exact_boxes() {
