@@ -396,3 +396,26 @@ fn dropping_an_epoch_early_stops_the_workers() {
     drop(epoch); // must return: the workers see the closed queue and stop
     assert_eq!(collect(&l, 0).len(), 10);
 }
+
+#[test]
+fn pinned_memory_batches_on_cuda() {
+    let Some(device) = common::cuda_or_skip("pinned-memory batches") else {
+        return;
+    };
+    let root = synth("data_loader_pinned", 6);
+    let ds = dataset(&root);
+    let l = loader(
+        &ds,
+        LoaderConfig {
+            pin_memory: true,
+            ..config(2, 0)
+        },
+    );
+    for b in collect(&l, 0) {
+        assert!(b.images.is_pinned(device), "images are in pinned memory");
+        let on_gpu = b.images.to_device(device);
+        assert!(on_gpu.equal(&b.images.to_device(device)));
+    }
+    let unpinned = collect(&loader(&ds, config(2, 0)), 0);
+    assert!(!unpinned[0].images.is_pinned(device));
+}
