@@ -36,7 +36,7 @@ pub struct SynthConfig {
     /// Image `(width, height)`.
     pub size: (u32, u32),
     pub seed: u64,
-    /// At most this many objects per image (at least 1, except for empty images).
+    /// At most this many objects per image (at least 1, except for empty images; at most 255).
     pub max_objects: usize,
     /// Fraction of images without objects.
     pub empty_fraction: f64,
@@ -263,7 +263,8 @@ pub fn render(config: &SynthConfig, index: u64) -> SynthImage {
     let count = if rng.chance(config.empty_fraction) {
         0
     } else {
-        1 + rng.below(config.max_objects.max(1) as u64) as usize
+        // The id map holds up to 255 objects.
+        1 + rng.below(config.max_objects.clamp(1, 255) as u64) as usize
     };
     for _ in 0..count {
         let class_id = rng.below(SYNTH_CLASSES.len() as u64) as usize;
