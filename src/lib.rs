@@ -6,6 +6,7 @@
 #[path = "box/mod.rs"]
 pub mod bbox;
 pub mod bench;
+pub mod data;
 pub mod device;
 pub mod error;
 pub mod eval;

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+pub mod data;
 pub mod encode;
 pub mod loss;
 pub mod model;

@@ -26,6 +26,8 @@ enum Work {
     Encode(tchcv::bench::encode::EncodeBench),
     /// A detector's training-mode forward + backward on one batch.
     Model(tchcv::bench::model::ModelBench),
+    /// Data pipeline: decode + SSD augmentation + target encoding, images per second.
+    Data(tchcv::bench::data::DataBench),
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
@@ -34,6 +36,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Work::Loss(b) => vec![tchcv::bench::loss::run(b, device)?],
         Work::Encode(b) => vec![tchcv::bench::encode::run(b, device)?],
         Work::Model(b) => vec![tchcv::bench::model::run(b, device)?],
+        Work::Data(b) => vec![tchcv::bench::data::run(b, device)?],
     };
     for row in &rows {
         println!("{}", row.line());

@@ -3,11 +3,13 @@
 
 mod anchors;
 mod bench;
+mod check_data;
 mod encode;
 mod eval;
 mod info;
 mod loss;
 mod plot;
+mod synth;
 
 use std::process::ExitCode;
 
@@ -41,6 +43,10 @@ enum Command {
     Anchors(anchors::Args),
     /// One image's ground-truth boxes to training targets (loc_targets, cls_targets).
     Encode(encode::Args),
+    /// Read a VOC dataset and report images, objects per class and every problem.
+    CheckData(check_data::Args),
+    /// Write a synthetic VOC-format dataset of drawn shapes (what `make demo` trains on).
+    Synth(synth::Args),
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -52,6 +58,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plot(args) => plot::run(args),
         Command::Anchors(args) => anchors::run(args),
         Command::Encode(args) => encode::run(args),
+        Command::CheckData(args) => check_data::run(args),
+        Command::Synth(args) => synth::run(args),
     }
 }
 
