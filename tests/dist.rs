@@ -466,141 +466,142 @@ fn three_ranks_train_like_one_process_with_the_global_batch() {
     }
 }
 
-/// Survivors of a failure exit 3 with `worker error:` naming `culprit`, in time.
-fn assert_fails_naming(end: &Ending, rank: usize, culprit: &str, within: f64) {
-    assert_eq!(
-        end.code,
-        Some(3),
-        "rank {rank} should fail with a library error:\n{}",
-        end.stderr
-    );
-    assert!(
-        end.stderr.contains("worker error:") && end.stderr.contains(culprit),
-        "rank {rank}'s error does not say {culprit:?}:\n{}",
-        end.stderr
-    );
-    assert!(
-        end.after <= within,
-        "rank {rank} took {:.1} s to fail (limit {within:.1} s)",
-        end.after
-    );
+/// A failure: which ranks start, which one hangs or is killed, and what the others must say.
+struct Fault {
+    name: &'static str,
+    world: usize,
+    started: &'static [usize],
+    /// `(rank, step)`: this rank sleeps from that step on (its heartbeat goes on).
+    hang: Option<(usize, usize)>,
+    /// `(rank, step)`: this rank is killed (SIGKILL) once it prints that step.
+    kill: Option<(usize, usize)>,
+    survivors: &'static [usize],
+    culprit: &'static str,
+    /// Seconds the survivors may take beyond the timeout (the diagnosis, start-up).
+    slack: f64,
+}
+
+/// Run `fault`: every survivor must exit 3 with `worker error:` naming the culprit, at most
+/// `timeout + slack` seconds after the fault.
+fn survivors_fail(fault: Fault) {
+    if !dist_or_skip(fault.name) {
+        return;
+    }
+    let _serial = serial();
+    let timeout = 4.0;
+    let mut job = job(fault.name, 5, (timeout * 1000.0) as u64);
+    job.steps = 1_000_000;
+    job.hang = fault.hang;
+    let mut workers = start(&job, fault.world, fault.started, free_port());
+    let position = |rank: usize| fault.started.iter().position(|&r| r == rank).unwrap();
+    if let Some((rank, step)) = fault.hang.or(fault.kill) {
+        wait_for_step(&workers, position(rank), step, Duration::from_secs(60));
+    }
+    if let Some((rank, _)) = fault.kill {
+        workers.0[position(rank)]
+            .child
+            .kill()
+            .expect("kill a worker");
+    }
+    let fault_time = Instant::now();
+    for &rank in fault.survivors {
+        let end = wait_for(
+            &mut workers,
+            position(rank),
+            fault_time,
+            Duration::from_secs(30),
+        );
+        let stderr = end.stderr.trim();
+        eprintln!("rank {rank} failed after {:.1} s: {stderr}", end.after);
+        assert_eq!(
+            end.code,
+            Some(3),
+            "rank {rank}: a library error was expected"
+        );
+        assert!(
+            stderr.contains("worker error:") && stderr.contains(fault.culprit),
+            "rank {rank}'s error does not say {:?}",
+            fault.culprit
+        );
+        let within = timeout + fault.slack;
+        assert!(
+            end.after <= within,
+            "rank {rank} took over {within} s to fail"
+        );
+    }
 }
 
 #[test]
 fn a_killed_rank_fails_the_others_within_the_timeout_naming_it() {
-    if !dist_or_skip("killed rank") {
-        return;
-    }
-    let _serial = serial();
-    let timeout = 4.0;
-    let mut job = job("dist_killed_rank", 5, (timeout * 1000.0) as u64);
-    job.steps = 1_000_000;
-    let mut workers = start(&job, 3, &[0, 1, 2], free_port());
-    wait_for_step(&workers, 1, 2, Duration::from_secs(60));
-    workers.0[1].child.kill().expect("kill rank 1");
-    let killed = Instant::now();
-    for i in [0, 2] {
-        let end = wait_for(&mut workers, i, killed, Duration::from_secs(30));
-        eprintln!(
-            "rank {i} failed after {:.1} s: {}",
-            end.after,
-            end.stderr.trim()
-        );
-        assert_fails_naming(&end, i, "rank 1 has stopped", timeout);
-    }
+    survivors_fail(Fault {
+        name: "dist_killed_rank",
+        world: 3,
+        started: &[0, 1, 2],
+        hang: None,
+        kill: Some((1, 2)),
+        survivors: &[0, 2],
+        culprit: "rank 1 has stopped",
+        slack: 0.0,
+    });
 }
 
 #[test]
 fn a_hung_rank_fails_the_others_after_the_timeout_naming_it() {
-    if !dist_or_skip("hung rank") {
-        return;
-    }
-    let _serial = serial();
-    let timeout = 4.0;
-    let mut job = job("dist_hung_rank", 6, (timeout * 1000.0) as u64);
-    job.steps = 1_000_000;
-    job.hang = Some((2, 3));
-    let mut workers = start(&job, 3, &[0, 1, 2], free_port());
-    wait_for_step(&workers, 2, 3, Duration::from_secs(60));
-    let hung = Instant::now();
-    for i in [0, 1] {
-        let end = wait_for(&mut workers, i, hung, Duration::from_secs(30));
-        eprintln!(
-            "rank {i} failed after {:.1} s: {}",
-            end.after,
-            end.stderr.trim()
-        );
-        // The timeout, the diagnosis (3 heartbeats) and start-up slack.
-        assert_fails_naming(
-            &end,
-            i,
-            "rank 2 is alive but has not reached",
-            timeout + 3.0,
-        );
-    }
+    survivors_fail(Fault {
+        name: "dist_hung_rank",
+        world: 3,
+        started: &[0, 1, 2],
+        hang: Some((2, 3)),
+        kill: None,
+        survivors: &[0, 1],
+        culprit: "rank 2 is alive but has not reached",
+        slack: 3.0,
+    });
 }
 
 #[test]
 fn a_killed_store_host_fails_the_others_naming_rank_0() {
-    if !dist_or_skip("killed rank 0") {
-        return;
-    }
-    let _serial = serial();
-    let timeout = 4.0;
-    let mut job = job("dist_killed_rank0", 7, (timeout * 1000.0) as u64);
-    job.steps = 1_000_000;
-    let mut workers = start(&job, 2, &[0, 1], free_port());
-    wait_for_step(&workers, 0, 2, Duration::from_secs(60));
-    workers.0[0].child.kill().expect("kill rank 0");
-    let killed = Instant::now();
-    let end = wait_for(&mut workers, 1, killed, Duration::from_secs(30));
-    eprintln!(
-        "rank 1 failed after {:.1} s: {}",
-        end.after,
-        end.stderr.trim()
-    );
-    assert_fails_naming(&end, 1, "rank 0 has probably exited", timeout);
+    survivors_fail(Fault {
+        name: "dist_killed_rank0",
+        world: 2,
+        started: &[0, 1],
+        hang: None,
+        kill: Some((0, 2)),
+        survivors: &[1],
+        culprit: "rank 0 has probably exited",
+        slack: 0.0,
+    });
 }
 
 #[test]
 fn a_rank_that_never_starts_is_named_at_start_up() {
-    if !dist_or_skip("missing rank") {
-        return;
-    }
-    let _serial = serial();
-    let timeout = 3.0;
-    let job = job("dist_missing_rank", 8, (timeout * 1000.0) as u64);
-    let mut workers = start(&job, 3, &[0, 1], free_port());
-    let since = Instant::now();
-    for i in 0..2 {
-        let end = wait_for(&mut workers, i, since, Duration::from_secs(30));
-        eprintln!(
-            "rank {i} failed after {:.1} s: {}",
-            end.after,
-            end.stderr.trim()
-        );
-        assert_fails_naming(&end, i, "rank 2 never joined", timeout + 4.0);
-    }
+    survivors_fail(Fault {
+        name: "dist_missing_rank",
+        world: 3,
+        started: &[0, 1],
+        hang: None,
+        kill: None,
+        survivors: &[0, 1],
+        culprit: "rank 2 never joined",
+        slack: 4.0,
+    });
 }
 
-#[test]
-fn torchrun_launches_two_ranks_that_agree() {
-    if !dist_or_skip("torchrun") {
-        return;
-    }
+/// Two workers through `torchrun --no-python` with `rendezvous` arguments: both must train
+/// like one process with the global batch.
+fn torchrun_two_ranks(name: &str, rendezvous: &[&str]) {
     let _serial = serial();
     let torchrun = common::python()
         .parent()
         .map(|bin| bin.join("torchrun"))
         .filter(|p| p.exists())
         .expect("torchrun beside the reference Python (it comes with torch): run scripts/setup");
-    let job = job("dist_torchrun", common::fresh_seed("torchrun"), 30_000);
+    let job = job(name, common::fresh_seed(name), 30_000);
     let exe = std::env::current_exe().unwrap();
-    let port = free_port().to_string();
     let mut command = Command::new(torchrun);
     command
         .args(["--nnodes", "1", "--nproc-per-node", "2"])
-        .args(["--master-addr", "127.0.0.1", "--master-port", &port])
+        .args(rendezvous)
         .arg("--no-python")
         .arg(&exe)
         .args(worker_args())
@@ -609,6 +610,26 @@ fn torchrun_launches_two_ranks_that_agree() {
     let end = wait_for(&mut workers, 0, Instant::now(), Duration::from_secs(90));
     assert_eq!(end.code, Some(0), "torchrun failed:\n{}", end.stderr);
     check_against_single_process(&job, 2);
+}
+
+/// torchrun's static rendezvous: its agent hosts the store at --master-port.
+#[test]
+fn torchrun_launches_two_ranks_that_agree() {
+    if dist_or_skip("torchrun") {
+        let port = free_port().to_string();
+        let args = ["--master-addr", "127.0.0.1", "--master-port", &port];
+        torchrun_two_ranks("dist_torchrun", &args);
+    }
+}
+
+/// torchrun's c10d rendezvous (what multi-node runs use: --rdzv-endpoint).
+#[test]
+fn torchrun_with_c10d_rendezvous() {
+    if dist_or_skip("torchrun c10d rendezvous") {
+        let endpoint = format!("127.0.0.1:{}", free_port());
+        let args = ["--rdzv-backend", "c10d", "--rdzv-endpoint", &endpoint];
+        torchrun_two_ranks("dist_torchrun_c10d", &args);
+    }
 }
 
 #[test]
@@ -695,39 +716,74 @@ fn one_process_group_collectives_are_the_identity() {
     group.finish().unwrap();
 }
 
+/// Two ranks in two threads of this process, each running `body` in its own group.
+fn two_ranks_in_threads(
+    timeout: Duration,
+    body: fn(usize, &ProcessGroup) -> Result<()>,
+) -> Vec<Result<()>> {
+    let master = format!("127.0.0.1:{}", free_port());
+    let handles: Vec<_> = (0..2)
+        .map(|rank| {
+            let master = master.clone();
+            std::thread::spawn(move || -> Result<()> {
+                let config = DistConfig::explicit(2, rank, &master)?.with_timeout(timeout);
+                let group = ProcessGroup::new(&config, Device::Cpu)?;
+                body(rank, &group)
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
 #[test]
 fn a_different_model_on_one_rank_fails_every_rank() {
     if !dist_or_skip("layout check") {
         return;
     }
     let _serial = serial();
-    // Two ranks in two threads of this process: rank 1 has an extra variable.
-    let master = format!("127.0.0.1:{}", free_port());
-    let run = |rank: usize| {
-        let master = master.clone();
-        std::thread::spawn(move || -> Result<()> {
-            let config =
-                DistConfig::explicit(2, rank, &master)?.with_timeout(Duration::from_secs(10));
-            let group = ProcessGroup::new(&config, Device::Cpu)?;
-            let vs = VarStore::new(Device::Cpu);
-            let _ = vs.root().var("w", &[3], nn::Init::Const(rank as f64));
-            if rank == 1 {
-                let _ = vs.root().var("extra", &[1], nn::Init::Const(0.0));
-            }
-            group.broadcast_varstore(&vs)
-        })
-    };
-    let (a, b) = (run(0), run(1));
-    for (rank, handle) in [(0, a), (1, b)] {
-        let err = handle
-            .join()
-            .unwrap()
-            .expect_err("a layout mismatch must fail");
+    // Rank 1 has an extra variable.
+    let results = two_ranks_in_threads(Duration::from_secs(10), |rank, group| {
+        let vs = VarStore::new(Device::Cpu);
+        let _ = vs.root().var("w", &[3], nn::Init::Const(rank as f64));
+        if rank == 1 {
+            let _ = vs.root().var("extra", &[1], nn::Init::Const(0.0));
+        }
+        group.broadcast_varstore(&vs)
+    });
+    for (rank, result) in results.into_iter().enumerate() {
+        let err = result.expect_err("a layout mismatch must fail");
         assert!(
             err.to_string().contains("the model of rank(s) [1]"),
             "rank {rank}: {err:#}"
         );
     }
+}
+
+#[test]
+fn a_long_barrier_outlasts_the_group_timeout_and_a_plain_one_does_not() {
+    if !dist_or_skip("long barrier") {
+        return;
+    }
+    let _serial = serial();
+    // Rank 0 works 1.5 s alone (say, evaluating) while the group's timeout is 1 s.
+    let results = two_ranks_in_threads(Duration::from_secs(1), |rank, group| {
+        if rank == 0 {
+            std::thread::sleep(Duration::from_millis(1500));
+        }
+        group.barrier_within(Duration::from_secs(20))?;
+        if rank == 0 {
+            std::thread::sleep(Duration::from_millis(1500));
+        }
+        group.barrier()
+    });
+    let err = results[1]
+        .as_ref()
+        .expect_err("rank 1's plain barrier times out");
+    assert!(
+        err.to_string()
+            .contains("rank 0 is alive but has not reached collective #3 (barrier)"),
+        "{err:#}"
+    );
 }
 
 #[test]

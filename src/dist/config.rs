@@ -178,6 +178,36 @@ impl DistConfig {
         Ok(Some(config))
     }
 
+    /// What `tchcv train` uses: `--world-size W --rank R --master ADDR:PORT` when given (all
+    /// three or none), else the environment ([`from_env`](Self::from_env)); `Ok(None)` when
+    /// neither asks for a distributed run.
+    pub fn from_flags_or_env(
+        world_size: Option<usize>,
+        rank: Option<usize>,
+        master: Option<&str>,
+    ) -> Result<Option<Self>> {
+        Self::from_flags_or_vars(world_size, rank, master, |name| std::env::var(name).ok())
+    }
+
+    /// [`from_flags_or_env`](Self::from_flags_or_env) over any source of variables.
+    pub fn from_flags_or_vars(
+        world_size: Option<usize>,
+        rank: Option<usize>,
+        master: Option<&str>,
+        var: impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<Self>> {
+        match (world_size, rank, master) {
+            (None, None, None) => Self::from_vars(var),
+            (Some(w), Some(r), Some(m)) => Self::explicit(w, r, m).map(Some),
+            _ => bail_input!(
+                "--world-size, --rank and --master go together (got {}, {}, {})",
+                world_size.map_or("no --world-size".into(), |w| format!("--world-size {w}")),
+                rank.map_or("no --rank".into(), |r| format!("--rank {r}")),
+                master.map_or("no --master".into(), |m| format!("--master {m}"))
+            ),
+        }
+    }
+
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -352,6 +382,34 @@ mod tests {
         }
         assert!(DistConfig::explicit(0, 0, "h:1").is_err());
         assert!(DistConfig::explicit(2, 2, "h:1").is_err());
+    }
+
+    #[test]
+    fn flags_take_precedence_and_go_together() {
+        let env = vars(&[
+            ("WORLD_SIZE", "4"),
+            ("RANK", "3"),
+            ("MASTER_ADDR", "h"),
+            ("MASTER_PORT", "9"),
+        ]);
+        let c = DistConfig::from_flags_or_vars(Some(2), Some(1), Some("a:5"), &env)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (c.world_size, c.rank, c.master()),
+            (2, 1, "a:5".to_string())
+        );
+        let c = DistConfig::from_flags_or_vars(None, None, None, &env)
+            .unwrap()
+            .unwrap();
+        assert_eq!((c.world_size, c.rank), (4, 3));
+        assert_eq!(
+            DistConfig::from_flags_or_vars(None, None, None, vars(&[])).unwrap(),
+            None
+        );
+        let e = DistConfig::from_flags_or_vars(Some(2), None, Some("a:5"), &env).unwrap_err();
+        assert!(crate::is_bad_input(&e));
+        assert!(e.to_string().contains("no --rank"), "{e}");
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub struct ProcessGroup {
     device: Device,
     seq: Cell<u64>,
     failure: RefCell<Option<String>>,
+    /// False once a diagnosis found the store gone: then nothing more is asked of it.
+    store_reachable: Cell<bool>,
     interval: Duration,
 }
 
@@ -104,6 +106,7 @@ impl ProcessGroup {
             device,
             seq: Cell::new(0),
             failure: RefCell::new(None),
+            store_reachable: Cell::new(true),
             interval,
         };
         let backend_store = root.prefixed("c10d/")?;
@@ -207,7 +210,7 @@ impl ProcessGroup {
             &health::failed_key(me),
             format!("at #{seq} ({name}): {first_line}").as_bytes(),
         );
-        let why = health::diagnose(
+        let diagnosis = health::diagnose(
             &self.store,
             me,
             self.config.world_size,
@@ -218,12 +221,14 @@ impl ProcessGroup {
         );
         let message = format!(
             "rank {me} of {}: collective #{seq} ({name}, {} backend) failed after {:.1} s \
-             (timeout {:.0} s): {why}. Backend error: {first_line}",
+             (timeout {:.0} s): {}. Backend error: {first_line}",
             self.config.world_size,
             self.backend.name(),
             failed_after,
-            self.config.timeout.as_secs_f64()
+            self.config.timeout.as_secs_f64(),
+            diagnosis.text
         );
+        self.store_reachable.set(diagnosis.store_reachable);
         *self.failure.borrow_mut() = Some(format!("collective #{seq} ({name})"));
         anyhow!(message)
     }
@@ -354,25 +359,29 @@ impl ProcessGroup {
         Ok(())
     }
 
-    /// Wait until every rank gets here.
+    /// Wait until every rank gets here (within the group's timeout).
     pub fn barrier(&self) -> Result<()> {
+        self.barrier_within(self.config.timeout)
+    }
+
+    /// Wait until every rank gets here, for up to `timeout`: after work that only some ranks
+    /// do (rank 0 evaluating or writing a checkpoint), which can outlast the group's timeout.
+    pub fn barrier_within(&self, timeout: Duration) -> Result<()> {
+        self.barrier_named("barrier", timeout)
+    }
+
+    fn barrier_named(&self, name: &str, timeout: Duration) -> Result<()> {
         let device = match self.backend {
             Backend::Nccl => Some(cuda_index(self.device)),
             Backend::Gloo => None,
         };
-        self.collective("barrier", |g| g.comm()?.barrier(device, g.config.timeout))
+        self.collective(name, |g| g.comm()?.barrier(device, timeout))
     }
 
     /// End the run: a last barrier, then shut down. The rank that hosts the store waits for the
     /// others to let go of it first.
     pub fn finish(self) -> Result<()> {
-        self.collective("finish", |g| {
-            let device = match g.backend {
-                Backend::Nccl => Some(cuda_index(g.device)),
-                Backend::Gloo => None,
-            };
-            g.comm()?.barrier(device, g.config.timeout)
-        })
+        self.barrier_named("finish", self.config.timeout)
     }
 
     fn hosts_store(&self) -> bool {
@@ -386,10 +395,13 @@ impl Drop for ProcessGroup {
             heartbeat.stop();
         }
         let me = self.config.rank;
-        let _ = self.store.set(&health::closed_key(me), b"1");
+        let store_reachable = self.store_reachable.get();
+        if store_reachable {
+            let _ = self.store.set(&health::closed_key(me), b"1");
+        }
         // Shut the backend down before the store it uses can go away.
         drop(self.comm.take());
-        if self.hosts_store() {
+        if store_reachable && self.hosts_store() {
             let limit = if self.failure.borrow().is_some() {
                 self.config.timeout + self.interval * 6
             } else {

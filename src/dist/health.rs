@@ -139,17 +139,16 @@ fn survey(store: &Store, me: usize, world: usize, interval: Duration) -> anyhow:
     Ok(peers)
 }
 
-/// Where the store lives, for messages when it cannot be reached.
-pub(crate) fn store_host_words(agent: bool) -> &'static str {
-    if agent {
-        "torchrun's agent"
-    } else {
-        "rank 0"
-    }
+/// Why a collective failed, as far as the store tells.
+pub(crate) struct Diagnosis {
+    /// Sentences naming the ranks that explain the failure, and the ranks that failed too.
+    pub text: String,
+    /// Whether the store still answered (else there is no point in using it again).
+    pub store_reachable: bool,
 }
 
-/// Sentences naming the ranks that explain a failure of collective `seq` (`name`) on `me`,
-/// and the ranks that failed too. Takes about three heartbeat intervals.
+/// Explain a failure of collective `seq` (`name`) on `me`. Takes about three heartbeat
+/// intervals.
 pub(crate) fn diagnose(
     store: &Store,
     me: usize,
@@ -158,15 +157,14 @@ pub(crate) fn diagnose(
     name: &str,
     interval: Duration,
     agent: bool,
-) -> String {
+) -> Diagnosis {
     let started = Instant::now();
     let peers = match survey(store, me, world, interval) {
         Ok(peers) => peers,
         Err(e) => {
-            let host = store_host_words(agent);
-            return if agent {
+            let text = if agent {
                 format!(
-                    "the store (hosted by {host}) cannot be reached either ({e:#}): \
+                    "the store (hosted by torchrun's agent) cannot be reached either ({e:#}): \
                      the launcher has probably stopped"
                 )
             } else {
@@ -174,6 +172,10 @@ pub(crate) fn diagnose(
                     "the store, hosted by rank 0, cannot be reached either ({e:#}): rank 0 has \
                      probably exited"
                 )
+            };
+            return Diagnosis {
+                text,
+                store_reachable: false,
             };
         }
     };
@@ -227,7 +229,10 @@ pub(crate) fn diagnose(
         text.push_str(". ");
         text.push_str(&fellow_failures.join("; "));
     }
-    text
+    Diagnosis {
+        text,
+        store_reachable: true,
+    }
 }
 
 /// Wait until no other rank still needs the store, or `limit` has passed: a rank needs it while

@@ -140,12 +140,15 @@ pub(crate) struct Store {
 // handle is only an owning pointer.
 unsafe impl Send for Store {}
 
-fn make_store(what: impl FnOnce(*mut *mut tchcv_store) -> *mut c_char) -> Result<Store> {
+/// The object a shim constructor made through its out-pointer, or its error.
+fn created<R>(what: &str, make: impl FnOnce(*mut *mut R) -> *mut c_char) -> Result<NonNull<R>> {
     let mut out = std::ptr::null_mut();
-    check(what(&mut out))?;
-    NonNull::new(out)
-        .map(|raw| Store { raw })
-        .ok_or_else(|| anyhow!("c10d returned no store"))
+    check(make(&mut out))?;
+    NonNull::new(out).ok_or_else(|| anyhow!("c10d returned no {what}"))
+}
+
+fn make_store(make: impl FnOnce(*mut *mut tchcv_store) -> *mut c_char) -> Result<Store> {
+    created("store", make).map(|raw| Store { raw })
 }
 
 impl Store {
@@ -272,16 +275,8 @@ pub(crate) struct Comm {
 // is not Sync); the handle is only an owning pointer.
 unsafe impl Send for Comm {}
 
-fn make_comm(what: impl FnOnce(*mut *mut tchcv_comm) -> *mut c_char) -> Result<Comm> {
-    let mut out = std::ptr::null_mut();
-    check(what(&mut out))?;
-    NonNull::new(out)
-        .map(|raw| Comm { raw })
-        .ok_or_else(|| anyhow!("c10d returned no process group"))
-}
-
-fn tensor_ptrs(tensors: &[Tensor]) -> Vec<*mut c_void> {
-    tensors.iter().map(|t| t.as_ptr() as *mut c_void).collect()
+fn make_comm(make: impl FnOnce(*mut *mut tchcv_comm) -> *mut c_char) -> Result<Comm> {
+    created("process group", make).map(|raw| Comm { raw })
 }
 
 impl Comm {
@@ -321,33 +316,30 @@ impl Comm {
         })
     }
 
+    /// Run a shim collective over `tensors` (passed as `at::Tensor*`, borrowed for the call).
+    fn over_tensors(
+        &self,
+        tensors: &[Tensor],
+        call: impl FnOnce(*mut tchcv_comm, *const *mut c_void, usize) -> *mut c_char,
+    ) -> Result<()> {
+        let ptrs: Vec<*mut c_void> = tensors.iter().map(|t| t.as_ptr() as *mut c_void).collect();
+        check(call(self.raw.as_ptr(), ptrs.as_ptr(), ptrs.len()))
+    }
+
     /// Sum each tensor across ranks, in place. Tensors: dense, contiguous, on the backend's
     /// device kind. All are issued before any is waited on.
     pub fn all_reduce_sum(&self, tensors: &[Tensor], timeout: Duration) -> Result<()> {
-        let ptrs = tensor_ptrs(tensors);
-        // SAFETY: live handle; `ptrs` holds `at::Tensor*` of tensors borrowed for the call.
-        check(unsafe {
-            ffi::tchcv_comm_allreduce_sum(
-                self.raw.as_ptr(),
-                ptrs.as_ptr(),
-                ptrs.len(),
-                millis(timeout),
-            )
+        // SAFETY: live handle; `n` tensor pointers, live for the call.
+        self.over_tensors(tensors, |comm, ptrs, n| unsafe {
+            ffi::tchcv_comm_allreduce_sum(comm, ptrs, n, millis(timeout))
         })
     }
 
     /// Copy each tensor of rank `root` into the same tensor of every other rank.
     pub fn broadcast(&self, tensors: &[Tensor], root: usize, timeout: Duration) -> Result<()> {
-        let ptrs = tensor_ptrs(tensors);
         // SAFETY: as in all_reduce_sum.
-        check(unsafe {
-            ffi::tchcv_comm_broadcast(
-                self.raw.as_ptr(),
-                ptrs.as_ptr(),
-                ptrs.len(),
-                root as c_int,
-                millis(timeout),
-            )
+        self.over_tensors(tensors, |comm, ptrs, n| unsafe {
+            ffi::tchcv_comm_broadcast(comm, ptrs, n, root as c_int, millis(timeout))
         })
     }
 
