@@ -195,7 +195,8 @@ fn run_worker(job: &Job) -> Result<()> {
     tch::set_num_threads(1);
     let config = DistConfig::from_env()?
         .context("the worker was started without WORLD_SIZE/RANK")?
-        .with_timeout(Duration::from_millis(job.timeout_ms));
+        .with_timeout(Duration::from_millis(job.timeout_ms))
+        .with_bucket_bytes(1024); // several buckets per step, issued together
     let group = ProcessGroup::new(&config, Device::Cpu)?;
     let rank = group.rank();
     let (vs, net) = model_with_init(init_seed(job.seed, rank));
@@ -815,6 +816,37 @@ fn the_build_says_whether_distributed_support_is_there() {
             assert!(tchcv::is_bad_input(&err), "{err:#}");
         }
     }
+}
+
+#[test]
+fn tchcv_info_reports_the_distributed_backends() {
+    let out = Command::new(common::tchcv_bin())
+        .args(["info", "--json"])
+        .output()
+        .expect("run tchcv info");
+    assert!(out.status.success());
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).expect("info JSON");
+    let names: Vec<&str> = dist::backends().iter().map(|b| b.name()).collect();
+    assert_eq!(info["distributed"], serde_json::json!(dist::available()));
+    assert_eq!(info["distributed_backends"], serde_json::json!(names));
+    assert_eq!(
+        info["distributed_note"],
+        serde_json::json!(dist::build_note())
+    );
+    let text = Command::new(common::tchcv_bin())
+        .arg("info")
+        .output()
+        .expect("run tchcv info");
+    let text = String::from_utf8_lossy(&text.stdout);
+    let line = if names.is_empty() {
+        "distributed      not compiled in".to_string()
+    } else {
+        format!(
+            "distributed      c10d compiled in, backends: {}",
+            names.join(", ")
+        )
+    };
+    assert!(text.contains(&line), "{text}");
 }
 
 #[test]
