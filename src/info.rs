@@ -23,6 +23,10 @@ pub struct Info {
     pub cpu_cores: usize,
     /// Whether the c10d binding (distributed training) was compiled in.
     pub distributed: bool,
+    /// The c10d backends compiled in (`gloo`, `nccl`).
+    pub distributed_backends: Vec<crate::dist::Backend>,
+    /// Why distributed support or a backend is missing (empty when all are there).
+    pub distributed_note: String,
 }
 
 /// The directory of the loaded `libtorch_cpu.so`, from `/proc/self/maps`.
@@ -103,7 +107,9 @@ pub fn collect() -> Info {
         cpu_cores: std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1),
-        distributed: false,
+        distributed: crate::dist::available(),
+        distributed_backends: crate::dist::backends(),
+        distributed_note: crate::dist::build_note().to_string(),
     }
 }
 

@@ -43,14 +43,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "threads          {} (of {} cores)",
         info.threads, info.cpu_cores
     );
+    let backends: Vec<&str> = info.distributed_backends.iter().map(|b| b.name()).collect();
     println!(
         "distributed      {}",
         if info.distributed {
-            "c10d (Gloo, NCCL) compiled in"
+            format!("c10d compiled in, backends: {}", backends.join(", "))
         } else {
-            "not compiled in"
+            "not compiled in".to_string()
         }
     );
+    if !info.distributed_note.is_empty() {
+        println!("  note           {}", info.distributed_note);
+    }
     if !info.cuda_available {
         if let Some(err) = tchcv::info::cuda_probe_error() {
             let first = err.lines().next().unwrap_or_default();
