@@ -18,7 +18,7 @@ build: setup
 
 # Every test, in release (they do real tensor work), including the PyTorch parity suites.
 test: setup
-	$(CARGO) test --release -- --test-threads 1
+	$(CARGO) test --release --no-fail-fast -- --test-threads 1
 	$(TCHCV_PYTHON) tests/reference/losses.py selftest
 	$(TCHCV_PYTHON) tests/reference/voc_eval.py selftest
 

@@ -1,9 +1,13 @@
-//! `tchcv eval`: score devkit results files against VOC ground truth.
+//! `tchcv eval`: score devkit results files (or a checkpoint's detections) against VOC
+//! ground truth.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Result;
+use tchcv::bbox::DecodeConfig;
+use tchcv::data::{Loader, LoaderConfig};
 use tchcv::eval::{self, Matching, Metric, VocEvalConfig};
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -47,8 +51,38 @@ pub struct Args {
     sets: Vec<String>,
     /// Folder of devkit results files <prefix><class>.txt, lines `image_id score xmin ymin xmax
     /// ymax`. A missing class file means no detections of that class.
+    #[arg(
+        long,
+        required_unless_present = "checkpoint",
+        conflicts_with = "checkpoint"
+    )]
+    detections: Option<PathBuf>,
+    /// A checkpoint (runs/NAME/best.safetensors): run its model over the set, write the
+    /// detections in the devkit format (to --out), then score them.
     #[arg(long)]
-    detections: PathBuf,
+    checkpoint: Option<PathBuf>,
+    /// With --checkpoint: where the devkit results files go (default: a folder `detections`
+    /// beside the checkpoint).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// With --checkpoint: keep (anchor, class) scores above this.
+    #[arg(long, default_value_t = 0.01)]
+    score: f64,
+    /// With --checkpoint: class-wise NMS suppresses IoU above this.
+    #[arg(long, default_value_t = 0.45)]
+    nms: f64,
+    /// With --checkpoint: candidates per class entering NMS.
+    #[arg(long, default_value_t = 200)]
+    top_k: i64,
+    /// With --checkpoint: detections kept per image.
+    #[arg(long, default_value_t = 200)]
+    max_detections: i64,
+    /// With --checkpoint: images per forward pass.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// With --checkpoint: auto (CUDA when available), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
     /// File name prefix of the results files (e.g. comp4_det_test_).
     #[arg(long, default_value = "")]
     prefix: String,
@@ -69,14 +103,78 @@ pub struct Args {
     json: Option<PathBuf>,
 }
 
+/// Run the checkpoint's model over the sets and write devkit results files; returns their
+/// folder and the class names.
+fn write_checkpoint_detections(args: &Args, checkpoint: &Path) -> Result<(PathBuf, Vec<String>)> {
+    let device = tchcv::device::parse_device(&args.device)?;
+    let trained = tchcv::train::checkpoint::load_detector(checkpoint, device)?;
+    let dataset = eval::open_for_eval(&args.data, &args.sets, Some(trained.classes.clone()), true)?;
+    let [w, h] = trained.spec.input_size;
+    let workers =
+        tchcv::data::ThreadPlan::for_device(device, tchcv::data::ThreadPlan::available_cores())
+            .workers;
+    let loader = Loader::new(
+        Arc::new(dataset),
+        Arc::new(trained.coder.clone()),
+        LoaderConfig::eval([w as u32, h as u32], args.batch, workers),
+    )?;
+    let decode = DecodeConfig {
+        score_threshold: args.score,
+        nms_threshold: args.nms,
+        top_k: Some(args.top_k),
+        max_detections: args.max_detections,
+        ..DecodeConfig::for_spec(&trained.spec)
+    };
+    let images = eval::detect_dataset(
+        trained.model.as_ref(),
+        &trained.coder,
+        &loader,
+        &decode,
+        device,
+    )?;
+    let out = args.out.clone().unwrap_or_else(|| {
+        checkpoint
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("detections")
+    });
+    let classes = trained.classes.names().to_vec();
+    eval::write_voc_results(&out, &args.prefix, &classes, &eval::voc_detections(&images))?;
+    eprintln!(
+        "{} images on {}: devkit results in {}",
+        images.len(),
+        tchcv::device::device_name(device),
+        out.display()
+    );
+    Ok((out, classes))
+}
+
 pub fn run(args: Args) -> Result<ExitCode> {
-    let (classes, ground_truth) = eval::load_ground_truth(&args.data, &args.sets)?;
-    let results = eval::read_voc_results(&args.detections, &args.prefix, &classes)?;
+    let (detections, checkpoint_classes) = match (&args.checkpoint, &args.detections) {
+        (Some(checkpoint), _) => {
+            let (dir, classes) = write_checkpoint_detections(&args, checkpoint)?;
+            (dir, Some(classes))
+        }
+        (None, Some(dir)) => (dir.clone(), None),
+        (None, None) => tchcv::bail_input!("give --detections DIR or --checkpoint FILE"),
+    };
+    let (classes, ground_truth) = match checkpoint_classes {
+        Some(classes) => {
+            let map = tchcv::data::ClassMap::new(classes)?;
+            let dataset = eval::open_for_eval(&args.data, &args.sets, Some(map), false)?;
+            (
+                dataset.classes.names().to_vec(),
+                eval::ground_truth_of(&dataset),
+            )
+        }
+        None => eval::load_ground_truth(&args.data, &args.sets)?,
+    };
+    let results = eval::read_voc_results(&detections, &args.prefix, &classes)?;
     if results.missing.len() == classes.len() {
         tchcv::bail_input!(
             "{}: no results file {} for any of the {} classes (wrong --prefix?)",
-            args.detections.display(),
-            eval::detections::results_path(&args.detections, &args.prefix, "<class>").display(),
+            detections.display(),
+            eval::detections::results_path(&detections, &args.prefix, "<class>").display(),
             classes.len()
         );
     }

@@ -4,12 +4,14 @@
 mod anchors;
 mod bench;
 mod check_data;
+mod detect;
 mod encode;
 mod eval;
 mod info;
 mod loss;
 mod plot;
 mod synth;
+mod train;
 
 use std::process::ExitCode;
 
@@ -47,6 +49,10 @@ enum Command {
     CheckData(check_data::Args),
     /// Write a synthetic VOC-format dataset of drawn shapes (what `make demo` trains on).
     Synth(synth::Args),
+    /// Train a detector on VOC-format data (loc and cls loss per positive, checkpoints, resume).
+    Train(train::Args),
+    /// Draw a trained detector's boxes on images (and write them as JSON).
+    Detect(detect::Args),
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -60,6 +66,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Encode(args) => encode::run(args),
         Command::CheckData(args) => check_data::run(args),
         Command::Synth(args) => synth::run(args),
+        Command::Train(args) => train::run(args),
+        Command::Detect(args) => detect::run(args),
     }
 }
 

@@ -136,6 +136,8 @@ pub struct Batch {
     pub indices: Vec<usize>,
     /// Upright `[width, height]` of each decoded image before the transform.
     pub original_sizes: Vec<[u32; 2]>,
+    /// The batch's position in its epoch (0-based).
+    pub index: usize,
 }
 
 impl Batch {
@@ -293,12 +295,20 @@ impl Loader {
 
     /// The batches of `epoch`, prepared by the worker threads.
     pub fn epoch(&self, epoch: u64) -> EpochIter {
+        self.epoch_from(epoch, 0)
+    }
+
+    /// The batches of `epoch` from batch `first_batch` on (a resumed run continues mid-epoch
+    /// with exactly the batches it would have seen).
+    pub fn epoch_from(&self, epoch: u64, first_batch: usize) -> EpochIter {
         let order = self.epoch_order(epoch);
         let b = self.config.batch_size;
-        let mut chunks: Vec<Vec<usize>> = order.chunks(b).map(<[usize]>::to_vec).collect();
-        if self.config.drop_last && chunks.last().is_some_and(|c| c.len() < b) {
+        let mut chunks: Vec<(usize, Vec<usize>)> =
+            order.chunks(b).map(<[usize]>::to_vec).enumerate().collect();
+        if self.config.drop_last && chunks.last().is_some_and(|(_, c)| c.len() < b) {
             chunks.pop();
         }
+        chunks.drain(..first_batch.min(chunks.len()));
         let chunks = Arc::new(chunks);
         let workers = self.config.workers.max(1).min(chunks.len().max(1));
         let stop = Arc::new(AtomicBool::new(false));
@@ -319,11 +329,14 @@ impl Loader {
                 // Encoding runs libtorch ops on this thread: one intra-op thread each, since
                 // the workers themselves are the parallelism.
                 tch::set_num_threads(1);
-                for chunk in chunks.iter().skip(w).step_by(workers) {
+                for (index, chunk) in chunks.iter().skip(w).step_by(workers) {
                     if stop.load(Ordering::Relaxed) {
                         break;
                     }
-                    let batch = job.batch(chunk);
+                    let batch = job.batch(chunk).map(|mut b| {
+                        b.index = *index;
+                        b
+                    });
                     let failed = batch.is_err();
                     if tx.send(batch).is_err() || failed {
                         break;
@@ -485,6 +498,7 @@ impl Job {
                 .map(|it| it.objects.difficult.clone())
                 .collect(),
             boxes: items.into_iter().map(|it| it.objects.boxes).collect(),
+            index: 0,
         })
     }
 }

@@ -19,6 +19,7 @@ pub mod classes;
 pub mod image;
 pub mod loader;
 pub mod synth;
+mod targets;
 
 pub mod transforms;
 pub mod voc;

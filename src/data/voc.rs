@@ -95,6 +95,9 @@ pub enum ImageCheck {
     Header,
     /// Decode every image: finds corrupt and truncated files (for `check-data`).
     Decode,
+    /// Annotations only: a missing image is not a problem (scoring detection files needs no
+    /// pixels). The image is read only when `<size>` is missing and the file exists.
+    AnnotationsOnly,
 }
 
 /// Options of [`VocDataset::open`].
@@ -437,6 +440,14 @@ impl VocDataset {
                 }
             }
         }
+        if listed.is_empty() {
+            let names: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            bail_input!(
+                "{}: the sets {} list no images (empty ImageSets/Main files)",
+                root.display(),
+                names.join(",")
+            );
+        }
         let parsed = parse_all(&listed);
         let classes = match &options.classes {
             Some(c) => c.clone(),
@@ -458,8 +469,13 @@ impl VocDataset {
                     continue;
                 }
             };
-            let Some(image_path) = find_image(&folder, &id, raw.filename.as_deref()) else {
-                let wanted = folder.join("JPEGImages").join(format!("{id}.jpg"));
+            let wanted = folder.join("JPEGImages").join(format!("{id}.jpg"));
+            let found = find_image(&folder, &id, raw.filename.as_deref());
+            let found = match (found, options.check_images) {
+                (None, ImageCheck::AnnotationsOnly) => Some(wanted.clone()),
+                (found, _) => found,
+            };
+            let Some(image_path) = found else {
                 report.push(Problem::new(
                     ProblemKind::MissingImage,
                     &wanted,
@@ -565,7 +581,12 @@ fn build_record(
         .map(|d| Problem::new(ProblemKind::BadObject, &annotation_path, d.clone()))
         .collect();
     // The real image, when it is read now (always when <size> is missing).
-    let probe = if check != ImageCheck::Exists || raw.size.is_none() {
+    let read_image = match check {
+        ImageCheck::Exists => raw.size.is_none(),
+        ImageCheck::AnnotationsOnly => raw.size.is_none() && image_path.is_file(),
+        ImageCheck::Header | ImageCheck::Decode => true,
+    };
+    let probe = if read_image {
         match img::probe(&image_path) {
             Ok(p) => Some(p),
             Err(e) => {
@@ -585,8 +606,20 @@ fn build_record(
             "no usable <size>; the image's size is used",
         ));
     }
-    // The frame the XML boxes live in: <size>, or the stored image when <size> is missing.
-    let frame = raw.size.or(probe.map(|p| p.stored_size)).unwrap_or((1, 1));
+    // The frame the XML boxes live in: <size>, or the stored image when <size> is missing
+    // (neither, with AnnotationsOnly: the boxes' own extent, so nothing is clipped).
+    let extent = || {
+        raw.objects.iter().fold((1, 1), |(w, h), o| {
+            (
+                w.max(o.bbox[2].ceil().max(1.0) as u32),
+                h.max(o.bbox[3].ceil().max(1.0) as u32),
+            )
+        })
+    };
+    let frame = raw
+        .size
+        .or(probe.map(|p| p.stored_size))
+        .unwrap_or_else(extent);
     if let (Some(p), Some(xml)) = (probe, raw.size) {
         if xml != p.size() && xml != p.stored_size {
             problems.push(Problem::new(

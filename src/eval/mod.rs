@@ -7,18 +7,20 @@
 //! | (examples drew with PIL) | [`draw::draw_detections`] |
 //! | (printed losses only) | [`plot::plot_loss`], [`plot::plot_pr`] |
 //!
-//! Everything here runs on host data; tensors appear only where a decoder's output is taken in
-//! ([`detections::ImageDetections::from_tensors`]).
+//! The AP computation, files and pictures run on host data; [`runner`] runs a detector over a
+//! dataset and hands its decoded boxes to them.
 
 pub mod detections;
 pub mod draw;
 mod font;
 pub mod ground_truth;
 pub mod plot;
+pub mod runner;
 pub mod voc;
 
 pub use detections::{read_voc_results, write_voc_results, ImageDetections, LabeledBox};
-pub use ground_truth::load_ground_truth;
+pub use ground_truth::{ground_truth_of, load_ground_truth, open_for_eval};
+pub use runner::{detect_batch, detect_dataset, detect_image, evaluate_detector, voc_detections};
 pub use voc::{
     evaluate, ClassAp, Detection, GroundTruth, Matching, Metric, VocEvalConfig, VocEvalResult,
 };

@@ -50,6 +50,10 @@ pub trait DetectionLoss: std::fmt::Debug {
 
     /// How `num_pos` becomes the normaliser.
     fn normalization(&self) -> Normalization;
+
+    /// Continue any random stream (random negative mining) as if `calls` calls had been made:
+    /// a resumed run draws what an uninterrupted one would have.
+    fn set_calls(&self, _calls: u64) {}
 }
 
 /// How the batch-total positive count becomes the loss normaliser.

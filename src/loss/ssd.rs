@@ -91,11 +91,6 @@ impl SsdLoss {
         })
     }
 
-    /// Continue the `random` mining streams from call `calls` (for an exact resume).
-    pub fn set_calls(&self, calls: u64) {
-        self.calls.store(calls, Ordering::Relaxed);
-    }
-
     /// `neg = _hard_negative_mining(cls_loss, pos)`, generalised.
     ///
     /// ce: `[N, A]` per-anchor cross entropy; cls_targets: `[N, A]`; num_pos: `[N]` int64.
@@ -178,5 +173,10 @@ impl DetectionLoss for SsdLoss {
             min: self.config.normalizer_min,
             strict: self.config.strict,
         }
+    }
+
+    /// Continue the `random` mining streams from call `calls` (for an exact resume).
+    fn set_calls(&self, calls: u64) {
+        self.calls.store(calls, Ordering::Relaxed);
     }
 }

@@ -25,6 +25,8 @@ pub struct RunState {
     pub iteration: u64,
     /// Epoch of the next iteration.
     pub epoch: u64,
+    /// The next iteration's batch within that epoch.
+    pub next_batch: usize,
     /// Calls made to the loss (the random-mining stream).
     pub loss_calls: u64,
     /// Steps skipped because the loss was NaN or inf.
@@ -106,5 +108,43 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
         state,
         model,
         optim,
+    })
+}
+
+/// A trained detector restored from a checkpoint: what `tchcv eval --checkpoint` and
+/// `tchcv detect` run.
+pub struct TrainedDetector {
+    pub spec: crate::spec::ModelSpec,
+    pub classes: crate::data::ClassMap,
+    pub coder: crate::bbox::BoxCoder,
+    pub model: Box<dyn crate::models::Detector>,
+    /// Holds the weights (keep it alive with the model).
+    pub vs: tch::nn::VarStore,
+    pub state: RunState,
+}
+
+/// Load a checkpoint's spec, classes and weights onto `device` (the spec travels inside the
+/// checkpoint, so the original file is not needed).
+pub fn load_detector(path: &Path, device: tch::Device) -> Result<TrainedDetector> {
+    let ckpt = load(path)?;
+    let origin = path.display().to_string();
+    let spec = crate::spec::ModelSpec::from_json_str(
+        &ckpt.state.spec.to_string(),
+        &format!("{origin} (spec)"),
+    )?;
+    let classes = crate::data::ClassMap::new(ckpt.state.classes.clone())
+        .with_context(|| format!("{origin}: class list"))?;
+    let vs = tch::nn::VarStore::new(device);
+    let model = crate::models::build(vs.root(), &spec, classes.len() as i64)
+        .with_context(|| format!("{origin}: building the model"))?;
+    crate::io::load_into_varstore(&vs, &ckpt.model, false, &origin)?;
+    let coder = crate::bbox::BoxCoder::from_spec(&spec)?;
+    Ok(TrainedDetector {
+        spec,
+        classes,
+        coder,
+        model,
+        vs,
+        state: ckpt.state,
     })
 }

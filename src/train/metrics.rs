@@ -16,11 +16,13 @@ pub struct MetricsLog {
 }
 
 impl MetricsLog {
-    /// Open for appending (a resumed run continues the same file).
-    pub fn append(path: &Path) -> Result<Self> {
+    /// Open for appending (a resumed run continues the same file), or start it afresh.
+    pub fn open(path: &Path, append: bool) -> Result<Self> {
         let file = OpenOptions::new()
             .create(true)
-            .append(true)
+            .write(true)
+            .append(append)
+            .truncate(!append)
             .open(path)
             .with_context(|| format!("opening {}", path.display()))?;
         Ok(Self {

@@ -2,6 +2,14 @@
 //! (torchcv `examples/ssd/train.py`, grown up).
 
 pub mod checkpoint;
+pub mod config;
 pub mod metrics;
 pub mod optim;
+mod progress;
 pub mod schedule;
+mod trainer;
+
+pub use config::{ClassWeightsMode, OptimizerKind, TrainConfig};
+pub use trainer::{
+    best_checkpoint, last_checkpoint, saved_config, train, TrainOptions, TrainSummary,
+};

@@ -1,0 +1,270 @@
+//! `tchcv train`: train a detector on VOC-format data.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+
+use anyhow::Result;
+use serde_json::{json, Map, Value};
+use tchcv::data::AugmentConfig;
+use tchcv::loss::{LossKind, NegativeMining};
+use tchcv::train::{train, ClassWeightsMode, OptimizerKind, TrainConfig, TrainOptions};
+
+/// Train a detector (SSD or RetinaNet from a model spec) on VOC-format data.
+///
+/// Every iteration logs the loc and cls loss per positive (as torchcv prints them), num_pos,
+/// num_neg, lr and images/s, also as JSON lines in OUT/metrics.jsonl. Checkpoints
+/// (OUT/last.safetensors, OUT/best.safetensors) are written atomically; Ctrl-C saves one and
+/// exits; --resume continues exactly where a run stopped. A NaN or inf loss skips the step;
+/// --max-nonfinite in a row stop the run. Under torchrun (or with --world-size, --rank,
+/// --master) each process trains on its shard and gradients are all-reduced with c10d.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Data root: a VOCdevkit folder or a single VOC-format folder.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Training sets, e.g. trainval or 2007:trainval,2012:trainval.
+    #[arg(long)]
+    sets: Option<String>,
+    /// Sets to evaluate the mAP on (every --eval-every epochs, and at the end).
+    #[arg(long)]
+    test_sets: Option<String>,
+    /// Class list (one name per line, or classes.json); default: discovered from the data.
+    #[arg(long)]
+    classes: Option<PathBuf>,
+    /// Train on objects marked difficult too.
+    #[arg(long)]
+    use_difficult: bool,
+    /// Model spec (models/*.json).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Backbone weights (safetensors from scripts/convert_weights.py).
+    #[arg(long)]
+    init: Option<PathBuf>,
+    /// ssd, focal or softmax-focal (default: the spec's).
+    #[arg(long)]
+    loss: Option<LossKind>,
+    /// SSD loss: negatives per positive.
+    #[arg(long)]
+    neg_pos_ratio: Option<f64>,
+    /// SSD loss: hard, random or all.
+    #[arg(long)]
+    neg_mining: Option<NegativeMining>,
+    /// Softmax focal loss class weights.
+    #[arg(long, value_enum)]
+    class_weights: Option<ClassWeightsMode>,
+    /// Epochs to train.
+    #[arg(long, conflicts_with = "iters")]
+    epochs: Option<u64>,
+    /// Iterations to train.
+    #[arg(long)]
+    iters: Option<u64>,
+    /// Images per iteration (per process).
+    #[arg(long)]
+    batch: Option<usize>,
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long, value_enum)]
+    optimizer: Option<OptimizerKind>,
+    #[arg(long)]
+    momentum: Option<f64>,
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// Linear warm-up iterations.
+    #[arg(long)]
+    warmup: Option<u64>,
+    /// constant, cosine[:MIN_FACTOR] or step:ITER[,ITER...][:GAMMA].
+    #[arg(long)]
+    lr_schedule: Option<String>,
+    /// Clip the gradient norm.
+    #[arg(long)]
+    grad_clip: Option<f64>,
+    /// Data worker threads (default: from the cores and the device).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long)]
+    device: Option<String>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// The run folder.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run in --out from its last checkpoint (its saved configuration; flags given
+    /// now override it, e.g. a larger --iters).
+    #[arg(long)]
+    resume: bool,
+    /// Evaluate every K epochs (0: only at the end).
+    #[arg(long)]
+    eval_every: Option<u64>,
+    /// Also checkpoint every K iterations.
+    #[arg(long)]
+    checkpoint_every: Option<u64>,
+    /// Stop after this many non-finite losses in a row.
+    #[arg(long)]
+    max_nonfinite: Option<u32>,
+    /// Augmentation steps to turn off (comma separated): photometric, zoom-out, crop, flip, all.
+    #[arg(long, value_delimiter = ',')]
+    no_augment: Vec<String>,
+    /// Stop after this many iterations in all (saving a checkpoint, as Ctrl-C does).
+    #[arg(long)]
+    stop_after: Option<u64>,
+    /// Plain log lines every K iterations (when not drawing a progress bar).
+    #[arg(long, default_value_t = 1)]
+    log_every: u64,
+    /// A JSON file of TrainConfig fields; flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Distributed: number of processes (with --rank and --master; torchrun sets these itself).
+    #[arg(long)]
+    world_size: Option<usize>,
+    /// Distributed: this process's rank.
+    #[arg(long)]
+    rank: Option<usize>,
+    /// Distributed: ADDR:PORT of rank 0's store.
+    #[arg(long)]
+    master: Option<String>,
+    /// gloo or nccl (default: nccl on CUDA, gloo on CPU).
+    #[arg(long)]
+    dist_backend: Option<String>,
+    /// Seconds a collective waits for the other ranks.
+    #[arg(long)]
+    dist_timeout: Option<f64>,
+}
+
+impl Args {
+    /// The flags given, as TrainConfig JSON fields.
+    fn overrides(&self) -> Result<Map<String, Value>> {
+        let mut o = Map::new();
+        let mut put = |key: &str, value: Value| {
+            o.insert(key.to_string(), value);
+        };
+        macro_rules! opt {
+            ($($field:ident),*) => {
+                $(if let Some(v) = &self.$field {
+                    put(stringify!($field), serde_json::to_value(v)?);
+                })*
+            };
+        }
+        opt!(
+            data,
+            sets,
+            test_sets,
+            classes,
+            model,
+            init,
+            loss,
+            neg_pos_ratio,
+            neg_mining,
+            class_weights,
+            epochs,
+            iters,
+            batch,
+            lr,
+            optimizer,
+            momentum,
+            weight_decay,
+            warmup,
+            lr_schedule,
+            grad_clip,
+            workers,
+            device,
+            seed,
+            out,
+            eval_every,
+            checkpoint_every,
+            max_nonfinite,
+            world_size,
+            rank,
+            master,
+            dist_backend,
+            dist_timeout
+        );
+        if self.epochs.is_some() {
+            put("iters", Value::Null);
+        }
+        if self.iters.is_some() {
+            put("epochs", Value::Null);
+        }
+        if self.use_difficult {
+            put("use_difficult", json!(true));
+        }
+        Ok(o)
+    }
+
+    fn config(&self) -> Result<TrainConfig> {
+        let mut base = if self.resume {
+            let out = self
+                .out
+                .clone()
+                .unwrap_or_else(|| TrainConfig::default().out);
+            tchcv::train::saved_config(&out)?
+        } else if let Some(path) = &self.config {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| tchcv::bad_input(format!("--config {}: {e}", path.display())))?;
+            serde_json::from_str(&text)
+                .map_err(|e| tchcv::bad_input(format!("--config {}: {e}", path.display())))?
+        } else {
+            json!({})
+        };
+        let fields = base
+            .as_object_mut()
+            .ok_or_else(|| tchcv::bad_input("--config: expected a JSON object"))?;
+        fields.extend(self.overrides()?);
+        let mut config: TrainConfig = serde_json::from_value(base)
+            .map_err(|e| tchcv::bad_input(format!("training configuration: {e}")))?;
+        for step in &self.no_augment {
+            let a = &mut config.augment;
+            match step.as_str() {
+                "photometric" => a.photometric = false,
+                "zoom-out" | "zoom_out" | "expand" => a.zoom_out = false,
+                "crop" => a.crop = false,
+                "flip" => a.flip = false,
+                "all" => *a = AugmentConfig::none(),
+                other => tchcv::bail_input!(
+                    "--no-augment {other:?}: expected photometric, zoom-out, crop, flip or all"
+                ),
+            }
+        }
+        Ok(config)
+    }
+}
+
+pub fn run(args: Args) -> Result<ExitCode> {
+    let config = args.config()?;
+    let options = TrainOptions {
+        resume: args.resume,
+        stop_after: args.stop_after,
+        progress_bar: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        log_every: args.log_every,
+        ..TrainOptions::default()
+    };
+    let interrupt = options.interrupt.clone();
+    // Ctrl-C: finish the current step, save a checkpoint, exit. A second Ctrl-C kills.
+    let _ = ctrlc::set_handler(move || {
+        if interrupt.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupt: saving a checkpoint after this step (Ctrl-C again to kill)");
+    });
+    let summary = train(config, options)?;
+    if let Some(s) = &summary.last {
+        println!(
+            "done: {}/{} iterations | last loc_loss {:.4} | cls_loss {:.4} | total {:.4}{}",
+            summary.iterations,
+            summary.total_iterations,
+            s.loc_per_pos,
+            s.cls_per_pos,
+            s.total,
+            summary.eval.as_ref().map_or(String::new(), |e| format!(
+                " | mAP VOC07 {:.4} area {:.4}",
+                e.map_voc07, e.map_area
+            ))
+        );
+    }
+    Ok(if summary.interrupted {
+        ExitCode::from(130)
+    } else {
+        ExitCode::SUCCESS
+    })
+}

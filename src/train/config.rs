@@ -1,0 +1,238 @@
+//! Everything a training run is configured by: what `tchcv train` flags and `--config FILE.json`
+//! set, saved with every checkpoint so a run can be resumed or reproduced.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+use super::optim::OptimizerConfig;
+use super::schedule::{Decay, Schedule};
+use crate::bail_input;
+use crate::bbox::DecodeConfig;
+use crate::data::AugmentConfig;
+use crate::loss::{LossKind, NegativeMining};
+
+/// Where the softmax focal loss's class weights come from (`--class-weights`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum ClassWeightsMode {
+    /// No class weights.
+    #[default]
+    None,
+    /// From the training set's object histogram (background weight: the foreground weights'
+    /// sum over 3, since objects say nothing of background anchors).
+    Dataset,
+    /// From each batch's target histogram.
+    Batch,
+}
+
+/// The optimizer by name (`--optimizer`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizerKind {
+    /// SGD with momentum (torchcv).
+    #[default]
+    Sgd,
+    /// Adam with L2 weight decay.
+    Adam,
+    /// Adam with decoupled weight decay.
+    Adamw,
+}
+
+/// A training run's configuration. JSON keys are the field names; `--config FILE.json` sets any
+/// of them and flags override.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// The data root: a VOCdevkit folder or one VOC-format folder.
+    pub data: PathBuf,
+    /// Training sets, e.g. `trainval` or `2007:trainval,2012:trainval`.
+    pub sets: String,
+    /// Sets to evaluate on (mAP); `None`: no evaluation.
+    pub test_sets: Option<String>,
+    /// A class list file (one name per line, or a `classes.json`); default: discovered.
+    pub classes: Option<PathBuf>,
+    /// Train on objects marked difficult too.
+    pub use_difficult: bool,
+    /// The model spec (`models/*.json`).
+    pub model: PathBuf,
+    /// Backbone weights to start from (`scripts/convert_weights.py` output).
+    pub init: Option<PathBuf>,
+    /// The loss; default: the spec's.
+    pub loss: Option<LossKind>,
+    /// More loss options as JSON (the keys of `SsdLossConfig`, `FocalLossConfig`,
+    /// `SoftmaxFocalLossConfig`).
+    pub loss_options: serde_json::Map<String, serde_json::Value>,
+    pub neg_pos_ratio: Option<f64>,
+    pub neg_mining: Option<NegativeMining>,
+    pub class_weights: ClassWeightsMode,
+    /// Epochs to train (one of `epochs`, `iters`).
+    pub epochs: Option<u64>,
+    /// Iterations to train.
+    pub iters: Option<u64>,
+    /// Images per iteration (per process in a distributed run).
+    pub batch: usize,
+    pub lr: f64,
+    pub optimizer: OptimizerKind,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    pub nesterov: bool,
+    /// Linear warm-up iterations, from `warmup_factor * lr`.
+    pub warmup: u64,
+    pub warmup_factor: f64,
+    /// `constant`, `cosine[:MIN_FACTOR]` or `step:ITER[,ITER...][:GAMMA]`.
+    pub lr_schedule: String,
+    /// Clip the gradient norm to this.
+    pub grad_clip: Option<f64>,
+    /// Data worker threads; default: from the cores and the device.
+    pub workers: Option<usize>,
+    /// `auto`, `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    pub seed: u64,
+    /// The run folder.
+    pub out: PathBuf,
+    /// Evaluate every this many epochs (0: only at the end, when `test_sets` is given).
+    pub eval_every: u64,
+    /// Also checkpoint every this many iterations (0: at epoch ends only).
+    pub checkpoint_every: u64,
+    /// Stop the run after this many non-finite losses in a row.
+    pub max_nonfinite: u32,
+    pub augment: AugmentConfig,
+    /// Post-processing for evaluation.
+    pub decode: DecodeConfig,
+    /// Distributed: `--world-size`, `--rank`, `--master` (or the torchrun variables).
+    pub world_size: Option<usize>,
+    pub rank: Option<usize>,
+    pub master: Option<String>,
+    /// `gloo` or `nccl`; default: from the device.
+    pub dist_backend: Option<String>,
+    /// Seconds a collective may wait for the other ranks.
+    pub dist_timeout: f64,
+}
+
+impl Default for TrainConfig {
+    /// torchcv's SSD recipe: SGD lr 1e-3, momentum 0.9, weight decay 1e-4, batch 32.
+    fn default() -> Self {
+        Self {
+            data: PathBuf::new(),
+            sets: "trainval".into(),
+            test_sets: None,
+            classes: None,
+            use_difficult: false,
+            model: PathBuf::from("models/ssd300.json"),
+            init: None,
+            loss: None,
+            loss_options: serde_json::Map::new(),
+            neg_pos_ratio: None,
+            neg_mining: None,
+            class_weights: ClassWeightsMode::None,
+            epochs: None,
+            iters: None,
+            batch: 32,
+            lr: 1e-3,
+            optimizer: OptimizerKind::Sgd,
+            momentum: 0.9,
+            weight_decay: 1e-4,
+            nesterov: false,
+            warmup: 0,
+            warmup_factor: 0.001,
+            lr_schedule: "constant".into(),
+            grad_clip: None,
+            workers: None,
+            device: "auto".into(),
+            seed: 0,
+            out: PathBuf::from("runs/train"),
+            eval_every: 0,
+            checkpoint_every: 0,
+            max_nonfinite: 5,
+            augment: AugmentConfig::default(),
+            decode: DecodeConfig::default(),
+            world_size: None,
+            rank: None,
+            master: None,
+            dist_backend: None,
+            dist_timeout: 300.0,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Check what serde cannot: required fields and ranges. Errors name the option.
+    pub fn validate(&self) -> Result<()> {
+        if self.data.as_os_str().is_empty() {
+            bail_input!("--data: the data root is required");
+        }
+        match (self.epochs, self.iters) {
+            (None, None) => bail_input!("give --epochs E or --iters K"),
+            (Some(_), Some(_)) => bail_input!("give --epochs or --iters, not both"),
+            (Some(0), _) | (_, Some(0)) => bail_input!("--epochs / --iters must be at least 1"),
+            _ => {}
+        }
+        if self.batch == 0 {
+            bail_input!("--batch must be at least 1");
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            bail_input!("--lr must be a positive number, got {}", self.lr);
+        }
+        if !(self.dist_timeout > 0.0 && self.dist_timeout.is_finite()) {
+            bail_input!("--dist-timeout must be a positive number of seconds");
+        }
+        self.decay()?;
+        Ok(())
+    }
+
+    /// The parsed `lr_schedule`.
+    pub fn decay(&self) -> Result<Decay> {
+        self.lr_schedule.parse()
+    }
+
+    /// The learning-rate schedule over `total_iters` iterations.
+    pub fn schedule(&self, total_iters: u64) -> Result<Schedule> {
+        Ok(Schedule {
+            base_lr: self.lr,
+            warmup_iters: self.warmup,
+            warmup_factor: self.warmup_factor,
+            decay: self.decay()?,
+            total_iters,
+        })
+    }
+
+    /// The optimizer's hyper-parameters.
+    pub fn optimizer_config(&self) -> OptimizerConfig {
+        match self.optimizer {
+            OptimizerKind::Sgd => OptimizerConfig::Sgd {
+                momentum: self.momentum,
+                weight_decay: self.weight_decay,
+                nesterov: self.nesterov,
+            },
+            OptimizerKind::Adam | OptimizerKind::Adamw => OptimizerConfig::Adam {
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: self.weight_decay,
+                decoupled: self.optimizer == OptimizerKind::Adamw,
+            },
+        }
+    }
+
+    /// The loss's JSON options: `loss_options` plus the dedicated flags, with the run's seed
+    /// for random mining (offset by `rank` so ranks draw different negatives).
+    pub fn loss_options(&self, kind: LossKind, rank: usize) -> serde_json::Value {
+        let mut options = self.loss_options.clone();
+        if kind == LossKind::Ssd {
+            if let Some(r) = self.neg_pos_ratio {
+                options.insert("neg_pos_ratio".into(), r.into());
+            }
+            if let Some(m) = self.neg_mining {
+                options.insert("mining".into(), serde_json::to_value(m).unwrap_or_default());
+            }
+            options
+                .entry("seed")
+                .or_insert_with(|| (self.seed.wrapping_add(rank as u64)).into());
+        }
+        // Training checks the loss value for NaN/inf itself and skips such steps.
+        options.entry("check_finite").or_insert(false.into());
+        serde_json::Value::Object(options)
+    }
+}

@@ -1,0 +1,778 @@
+//! The training loop (torchcv `examples/ssd/train.py`): data, model, loss, optimizer, schedule,
+//! logging, evaluation, checkpoints, NaN guard, Ctrl-C, resume and data parallelism.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+use tch::{nn, Device, Kind, Tensor};
+
+use super::checkpoint::{self, RunState};
+use super::config::{ClassWeightsMode, TrainConfig};
+use super::metrics::MetricsLog;
+use super::optim::{Optimizer, Param};
+use super::progress::Progress;
+use super::schedule::Schedule;
+use crate::bbox::BoxCoder;
+use crate::data::{
+    ClassMap, Loader, LoaderConfig, ReadOptions, SetSpec, Shard, ThreadPlan, VocDataset,
+};
+use crate::dist::{global_normalizer, Backend, DistConfig, GradReduction, ProcessGroup};
+use crate::eval::{evaluate_detector, VocEvalConfig, VocEvalResult};
+use crate::loss::{DetectionLoss, LossInputs, LossKind, LossStats};
+use crate::models::{self, Detector};
+use crate::spec::ModelSpec;
+
+/// How a run is driven (not saved with it).
+#[derive(Clone)]
+pub struct TrainOptions {
+    /// Continue from `out/last.safetensors`.
+    pub resume: bool,
+    /// Stop (as Ctrl-C does: checkpoint, then exit) once this many iterations are done.
+    pub stop_after: Option<u64>,
+    /// Set by a Ctrl-C handler: save a checkpoint and stop after the current step.
+    pub interrupt: Arc<AtomicBool>,
+    /// An indicatif progress line (on a terminal) instead of plain lines.
+    pub progress_bar: bool,
+    /// Plain log lines every this many iterations.
+    pub log_every: u64,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        Self {
+            resume: false,
+            stop_after: None,
+            interrupt: Arc::new(AtomicBool::new(false)),
+            progress_bar: false,
+            log_every: 1,
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    pub out: PathBuf,
+    /// Iterations completed (including resumed ones).
+    pub iterations: u64,
+    pub total_iterations: u64,
+    /// Stopped by Ctrl-C or `stop_after` before the end (a checkpoint was saved).
+    pub interrupted: bool,
+    /// The last step's loss (global over ranks).
+    pub last: Option<LossStats>,
+    /// The last evaluation, when there was one.
+    pub eval: Option<VocEvalResult>,
+    pub nonfinite_skips: u64,
+}
+
+/// The checkpoint files of a run folder.
+pub fn last_checkpoint(out: &Path) -> PathBuf {
+    out.join("last.safetensors")
+}
+
+/// The best checkpoint (highest VOC07 mAP, or lowest epoch loss without a test set).
+pub fn best_checkpoint(out: &Path) -> PathBuf {
+    out.join("best.safetensors")
+}
+
+/// The configuration a run folder was trained with (from `last.json`), for `--resume`.
+pub fn saved_config(out: &Path) -> Result<serde_json::Value> {
+    let path = checkpoint::state_json_path(&last_checkpoint(out));
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        crate::bad_input(format!(
+            "--resume: {}: {e} (no checkpoint to resume from)",
+            path.display()
+        ))
+    })?;
+    let state: RunState = serde_json::from_str(&text)
+        .map_err(|e| crate::bad_input(format!("{}: {e}", path.display())))?;
+    Ok(state.config)
+}
+
+/// Everything a running training holds.
+struct Run {
+    config: TrainConfig,
+    options: TrainOptions,
+    device: Device,
+    group: Option<ProcessGroup>,
+    coder: Arc<BoxCoder>,
+    loader: Loader,
+    test_loader: Option<Loader>,
+    vs: nn::VarStore,
+    model: Box<dyn Detector>,
+    loss: Box<dyn DetectionLoss + Send + Sync>,
+    optimizer: Optimizer,
+    schedule: Schedule,
+    total_iters: u64,
+    state: RunState,
+    metrics: Option<MetricsLog>,
+    progress: Progress,
+}
+
+/// Train as `config` says. Rank 0 (the only process of a single-process run) writes the run
+/// folder: `config.json`, `classes.json`, `metrics.jsonl`, `last.safetensors` (+ `.json`),
+/// `best.safetensors`, `eval.json` and the plots.
+pub fn train(config: TrainConfig, options: TrainOptions) -> Result<TrainSummary> {
+    config.validate()?;
+    let mut run = Run::new(config, options)?;
+    let result = run.train_loop();
+    if let Some(group) = run.group.take() {
+        if result.is_ok() {
+            group.finish()?;
+        }
+    }
+    result
+}
+
+fn is_main(group: &Option<ProcessGroup>) -> bool {
+    group.as_ref().is_none_or(|g| g.is_main())
+}
+
+/// Cores this process may use: the machine's, shared among the local ranks.
+fn cores_for_this_process(group: &Option<ProcessGroup>) -> usize {
+    let cores = ThreadPlan::available_cores();
+    let local_world = std::env::var("LOCAL_WORLD_SIZE")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .or_else(|| {
+            let g = group.as_ref()?;
+            let local = matches!(
+                g.config().master_addr.as_str(),
+                "127.0.0.1" | "localhost" | "::1"
+            );
+            local.then_some(g.world_size())
+        })
+        .unwrap_or(1);
+    (cores / local_world.max(1)).max(1)
+}
+
+impl Run {
+    fn new(config: TrainConfig, options: TrainOptions) -> Result<Self> {
+        // Distributed launch: flags, else torchrun's variables.
+        let dist = DistConfig::from_flags_or_env(
+            config.world_size,
+            config.rank,
+            config.master.as_deref(),
+        )?;
+        let mut device = crate::device::parse_device(&config.device)?;
+        let group = match dist {
+            None => None,
+            Some(mut d) => {
+                d = d.with_timeout(Duration::from_secs_f64(config.dist_timeout));
+                if let Some(b) = &config.dist_backend {
+                    d = d.with_backend(b.parse::<Backend>()?);
+                }
+                if device.is_cuda() {
+                    device = d.local_device();
+                }
+                Some(ProcessGroup::new(&d, device)?)
+            }
+        };
+        let main = is_main(&group);
+        let (rank, world) = group
+            .as_ref()
+            .map_or((0, 1), |g| (g.rank(), g.world_size()));
+        let plan = ThreadPlan::for_device(device, cores_for_this_process(&group));
+        plan.apply();
+
+        let out = config.out.clone();
+        let resumed = if options.resume {
+            Some(checkpoint::load(&last_checkpoint(&out)).context("--resume")?)
+        } else {
+            None
+        };
+
+        // The spec: the file's, which must equal the checkpoint's when resuming.
+        let spec = ModelSpec::load(&config.model)?;
+        if let Some(ckpt) = &resumed {
+            if spec.to_json() != ckpt.state.spec {
+                crate::bail_input!(
+                    "model spec {} does not match the checkpoint {} (trained with spec {:?})",
+                    config.model.display(),
+                    last_checkpoint(&out).display(),
+                    ckpt.state
+                        .spec
+                        .get("name")
+                        .and_then(|v| v.as_str())
+                        .unwrap_or("?")
+                );
+            }
+        }
+
+        // Data: the classes are the checkpoint's, a given list, or discovered.
+        let classes = match (&resumed, &config.classes) {
+            (Some(ckpt), _) => Some(ClassMap::new(ckpt.state.classes.clone())?),
+            (None, Some(path)) => Some(ClassMap::load(path)?),
+            (None, None) => None,
+        };
+        let specs = SetSpec::parse_list(&config.sets)?;
+        let read = ReadOptions {
+            classes,
+            ..ReadOptions::default()
+        };
+        let (dataset, report) = VocDataset::open(&config.data, &specs, &read)?;
+        if dataset.is_empty() {
+            crate::bail_input!(
+                "--data {} --sets {}: no usable images ({})",
+                config.data.display(),
+                config.sets,
+                report.summary_line()
+            );
+        }
+        let classes = dataset.classes.clone();
+        if main && !report.problems.is_empty() {
+            eprintln!("data: {} images; {}", dataset.len(), report.summary_line());
+        }
+
+        let coder = Arc::new(BoxCoder::from_spec(&spec)?);
+        let [w, h] = spec.input_size;
+        let input_size = [w as u32, h as u32];
+        let workers = config.workers.unwrap_or(plan.workers).max(1);
+        let loader_config = LoaderConfig {
+            batch_size: config.batch,
+            workers,
+            shuffle: true,
+            drop_last: world > 1,
+            seed: config.seed,
+            input_size,
+            augment: Some(config.augment.clone()),
+            use_difficult: config.use_difficult,
+            pin_memory: device.is_cuda(),
+            shard: Shard { rank, world },
+            ..LoaderConfig::default()
+        };
+        let class_histogram = object_histogram(&dataset, classes.len(), config.use_difficult);
+        let loader = Loader::new(Arc::new(dataset), coder.clone(), loader_config)?;
+        let test_loader = match (&config.test_sets, main) {
+            (Some(sets), true) => {
+                let test = crate::eval::open_for_eval(
+                    &config.data,
+                    &sets.split(',').map(str::to_string).collect::<Vec<_>>(),
+                    Some(classes.clone()),
+                    true,
+                )?;
+                Some(Loader::new(
+                    Arc::new(test),
+                    coder.clone(),
+                    LoaderConfig::eval(input_size, config.batch, workers),
+                )?)
+            }
+            _ => None,
+        };
+
+        tch::manual_seed(config.seed as i64);
+        let vs = nn::VarStore::new(device);
+        let model = models::build(vs.root(), &spec, classes.len() as i64)
+            .with_context(|| format!("building {}", config.model.display()))?;
+        if let (Some(init), None) = (&config.init, &resumed) {
+            let n = models::load_backbone(&vs, &spec, init)?;
+            if main {
+                eprintln!("init: {n} backbone tensors from {}", init.display());
+            }
+        }
+
+        let kind = config.loss.unwrap_or(spec.loss.parse::<LossKind>()?);
+        let mut loss_options = config.loss_options(kind, rank);
+        if kind == LossKind::SoftmaxFocal && config.class_weights != ClassWeightsMode::None {
+            let o = loss_options.as_object_mut().context("loss options")?;
+            match config.class_weights {
+                ClassWeightsMode::Dataset => {
+                    o.insert("class_weights".into(), "static".into());
+                    o.insert("class_counts".into(), json!(class_histogram));
+                    o.insert("background_weight".into(), "fg_sum_over_3".into());
+                }
+                _ => {
+                    o.insert("class_weights".into(), "batch".into());
+                }
+            }
+        } else if config.class_weights != ClassWeightsMode::None {
+            crate::bail_input!("--class-weights applies to --loss softmax-focal, not {kind:?}");
+        }
+        let loss = kind.build(loss_options)?;
+
+        let mut names: Vec<(String, Tensor)> = vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect();
+        names.sort_by(|a, b| a.0.cmp(&b.0));
+        let params = names
+            .into_iter()
+            .map(|(name, tensor)| Param {
+                name,
+                tensor,
+                decay: true,
+            })
+            .collect();
+        let mut optimizer = Optimizer::new(config.optimizer_config(), params);
+
+        let iters_per_epoch = loader.batches_per_epoch() as u64;
+        if iters_per_epoch == 0 {
+            crate::bail_input!(
+                "--batch {} is larger than this process's share of the {} training images",
+                config.batch,
+                loader.dataset().len()
+            );
+        }
+        let total_iters = config
+            .iters
+            .unwrap_or_else(|| config.epochs.unwrap_or(1) * iters_per_epoch);
+        let schedule = config.schedule(total_iters)?;
+
+        let mut state = RunState {
+            tchcv_version: crate::version().to_string(),
+            iteration: 0,
+            epoch: 0,
+            next_batch: 0,
+            loss_calls: 0,
+            nonfinite_skips: 0,
+            best: None,
+            classes: classes.names().to_vec(),
+            spec: spec.to_json(),
+            config: serde_json::to_value(&config)?,
+        };
+        if let Some(ckpt) = resumed {
+            crate::io::load_into_varstore(
+                &vs,
+                &ckpt.model,
+                false,
+                &last_checkpoint(&out).display().to_string(),
+            )?;
+            optimizer
+                .load_state(ckpt.optim)
+                .context("restoring the optimizer state")?;
+            state = RunState {
+                config: state.config,
+                ..ckpt.state
+            };
+            loss.set_calls(state.loss_calls);
+        }
+        if let Some(g) = &group {
+            g.broadcast_varstore(&vs)?;
+        }
+
+        let metrics = if main {
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            crate::io::write_bytes_atomic(
+                &out.join("config.json"),
+                serde_json::to_string_pretty(&config)?.as_bytes(),
+            )?;
+            classes.save_json(&out.join("classes.json"))?;
+            if !options.resume && last_checkpoint(&out).exists() {
+                eprintln!(
+                    "note: {} holds an earlier run; starting afresh replaces its checkpoints and metrics (continue it with --resume)",
+                    out.display()
+                );
+            }
+            Some(MetricsLog::open(
+                &out.join("metrics.jsonl"),
+                options.resume,
+            )?)
+        } else {
+            None
+        };
+        let progress = Progress::new(
+            main,
+            options.progress_bar,
+            total_iters,
+            state.iteration,
+            options.log_every,
+        );
+        if main {
+            progress.line(&format!(
+                "train: {} ({} anchors, {} classes) on {} | {} images, {} iterations/epoch, {} iterations | {} workers, {} torch threads{}",
+                spec.name,
+                spec.num_anchors(),
+                classes.len(),
+                crate::device::device_name(device),
+                loader.dataset().len(),
+                iters_per_epoch,
+                total_iters,
+                workers,
+                plan.torch_threads,
+                group.as_ref().map_or(String::new(), |g| format!(" | rank 0 of {} ({})", g.world_size(), g.backend().name())),
+            ));
+        }
+        Ok(Self {
+            config,
+            options,
+            device,
+            group,
+            coder,
+            loader,
+            test_loader,
+            vs,
+            model,
+            loss,
+            optimizer,
+            schedule,
+            total_iters,
+            state,
+            metrics,
+            progress,
+        })
+    }
+
+    fn main(&self) -> bool {
+        is_main(&self.group)
+    }
+
+    fn train_loop(&mut self) -> Result<TrainSummary> {
+        let mut last = None;
+        let mut eval = None;
+        let mut nonfinite_in_row = 0u32;
+        let mut interrupted = false;
+        let iters_per_epoch = self.loader.batches_per_epoch();
+        'epochs: while self.state.iteration < self.total_iters {
+            let epoch = self.state.epoch;
+            let mut epoch_sum = EpochSum::default();
+            let mut batches = self.loader.epoch_from(epoch, self.state.next_batch);
+            let mut tick = Instant::now();
+            let mut exhausted = false;
+            loop {
+                if self.state.iteration >= self.total_iters {
+                    break;
+                }
+                let Some(batch) = batches.next() else {
+                    exhausted = true;
+                    break;
+                };
+                let batch = batch?;
+                let iter = self.state.iteration;
+                let lr = self.schedule.lr(iter);
+                let stats = self.step(&batch, lr)?;
+                self.state.iteration += 1;
+                self.state.loss_calls += 1;
+                self.state.next_batch = batch.index + 1;
+                let images = batch.len() * self.group.as_ref().map_or(1, |g| g.world_size());
+                let seconds = tick.elapsed().as_secs_f64();
+                tick = Instant::now();
+                let images_per_s = images as f64 / seconds.max(1e-9);
+                match stats {
+                    Some(s) => {
+                        nonfinite_in_row = 0;
+                        epoch_sum.add(&s, images, seconds);
+                        self.log_step(iter, epoch, &s, lr, images_per_s)?;
+                        last = Some(s);
+                    }
+                    None => {
+                        nonfinite_in_row += 1;
+                        self.state.nonfinite_skips += 1;
+                        self.log_nonfinite(iter, epoch)?;
+                        if nonfinite_in_row >= self.config.max_nonfinite {
+                            bail!(
+                                "stopping: {nonfinite_in_row} non-finite losses in a row (iterations {} to {iter}); \
+                                 lower --lr or add --warmup / --grad-clip. The last good checkpoint is {} (untouched)",
+                                iter + 1 - nonfinite_in_row as u64,
+                                last_checkpoint(&self.config.out).display()
+                            );
+                        }
+                    }
+                }
+                let stop_now = self.options.interrupt.load(Ordering::Relaxed)
+                    || self
+                        .options
+                        .stop_after
+                        .is_some_and(|s| self.state.iteration >= s);
+                if stop_now {
+                    self.save(false)?;
+                    self.progress.line(&format!(
+                        "stopped at iteration {}: checkpoint {} saved; continue with --resume",
+                        self.state.iteration,
+                        last_checkpoint(&self.config.out).display()
+                    ));
+                    interrupted = true;
+                    break 'epochs;
+                }
+                if self.config.checkpoint_every > 0
+                    && self.state.iteration.is_multiple_of(self.config.checkpoint_every)
+                {
+                    self.save(false)?;
+                }
+            }
+            drop(batches);
+            if exhausted || self.state.next_batch >= iters_per_epoch {
+                self.state.epoch += 1;
+                self.state.next_batch = 0;
+                self.epoch_summary(epoch, &epoch_sum);
+                let eval_due =
+                    self.config.eval_every > 0 && self.state.epoch.is_multiple_of(self.config.eval_every);
+                let is_last = self.state.iteration >= self.total_iters;
+                if eval_due && !is_last {
+                    eval = self.evaluate()?.or(eval);
+                }
+                let improved = self.update_best(&eval, &epoch_sum, eval_due && !is_last);
+                self.save(improved)?;
+            }
+        }
+        if !interrupted {
+            if self.config.test_sets.is_some() {
+                eval = self.evaluate()?.or(eval);
+                let improved = self.update_best(&eval, &EpochSum::default(), true);
+                self.save(improved)?;
+            } else {
+                self.save(false)?;
+            }
+            if self.main() {
+                match crate::eval::plot::plot_run(&self.config.out, None) {
+                    Ok(plots) => {
+                        for p in plots.loss.iter().chain(&plots.pr) {
+                            self.progress.line(&format!("wrote {}", p.display()));
+                        }
+                    }
+                    Err(e) => self.progress.line(&format!("warning: no plots: {e:#}")),
+                }
+            }
+        }
+        self.progress.finish();
+        Ok(TrainSummary {
+            out: self.config.out.clone(),
+            iterations: self.state.iteration,
+            total_iterations: self.total_iters,
+            interrupted,
+            last,
+            eval,
+            nonfinite_skips: self.state.nonfinite_skips,
+        })
+    }
+
+    /// One iteration: forward, loss normalised by the global positives, backward, all-reduce,
+    /// update. `None` when the loss is NaN or inf (the step is skipped).
+    fn step(&mut self, batch: &crate::data::Batch, lr: f64) -> Result<Option<LossStats>> {
+        let images = batch.images.to_device(self.device);
+        let loc_targets = batch.loc_targets.to_device(self.device);
+        let cls_targets = batch.cls_targets.to_device(self.device);
+        let (loc_preds, cls_preds) = self.model.forward_t(&images, true)?;
+        let inputs = LossInputs {
+            loc_preds: &loc_preds,
+            loc_targets: &loc_targets,
+            cls_preds: &cls_preds,
+            cls_targets: &cls_targets,
+        };
+        let sums = self.loss.sums(&inputs)?;
+        let global = global_normalizer(self.group.as_ref(), &sums, self.loss.normalization())?;
+        let stats = global.stats();
+        if !(stats.total.is_finite() && stats.loc_sum.is_finite() && stats.cls_sum.is_finite()) {
+            return Ok(None);
+        }
+        let out = global.finish(sums);
+        self.optimizer.zero_grad();
+        out.total.backward();
+        if let Some(g) = &self.group {
+            g.all_reduce_varstore_gradients(&self.vs, GradReduction::Sum)?;
+        }
+        if let Some(max_norm) = self.config.grad_clip {
+            clip_grad_norm(self.optimizer.params(), max_norm);
+        }
+        self.optimizer.step(lr);
+        Ok(Some(stats))
+    }
+
+    fn log_step(
+        &mut self,
+        iter: u64,
+        epoch: u64,
+        s: &LossStats,
+        lr: f64,
+        images_per_s: f64,
+    ) -> Result<()> {
+        if let Some(m) = &mut self.metrics {
+            m.write(&json!({
+                "kind": "step", "iter": iter, "epoch": epoch,
+                "loc_per_pos": s.loc_per_pos, "cls_per_pos": s.cls_per_pos, "total": s.total,
+                "num_pos": s.num_pos, "num_neg": s.num_neg, "lr": lr, "images_per_s": images_per_s,
+            }))?;
+        }
+        self.progress.step(iter, epoch, s, lr, images_per_s);
+        Ok(())
+    }
+
+    fn log_nonfinite(&mut self, iter: u64, epoch: u64) -> Result<()> {
+        if let Some(m) = &mut self.metrics {
+            m.write(&json!({"kind": "nonfinite", "iter": iter, "epoch": epoch}))?;
+        }
+        self.progress.line(&format!(
+            "iteration {iter}: the loss is NaN or inf, step skipped ({} so far)",
+            self.state.nonfinite_skips
+        ));
+        Ok(())
+    }
+
+    fn epoch_summary(&mut self, epoch: u64, sum: &EpochSum) {
+        if sum.steps == 0 {
+            return;
+        }
+        let n = sum.steps as f64;
+        let line = format!(
+            "epoch {epoch} done: {} iterations | loc_loss {:.4} | cls_loss {:.4} | total {:.4} (means per positive) | {:.1} img/s | skipped images {} | non-finite steps {}",
+            sum.steps,
+            sum.loc / n,
+            sum.cls / n,
+            sum.total / n,
+            sum.images as f64 / sum.seconds.max(1e-9),
+            self.loader.stats().skipped(),
+            self.state.nonfinite_skips,
+        );
+        self.progress.line(&line);
+        if let Some(m) = &mut self.metrics {
+            let _ = m.write(&json!({
+                "kind": "epoch", "epoch": epoch, "iter": self.state.iteration,
+                "loc_per_pos": sum.loc / n, "cls_per_pos": sum.cls / n, "total": sum.total / n,
+                "images_per_s": sum.images as f64 / sum.seconds.max(1e-9),
+                "skipped_images": self.loader.stats().skipped(),
+            }));
+        }
+    }
+
+    /// Evaluate on the test set (rank 0; the others wait). Writes `eval.json` and an eval
+    /// line in metrics.jsonl.
+    fn evaluate(&mut self) -> Result<Option<VocEvalResult>> {
+        let result = match &self.test_loader {
+            Some(loader) if self.main() => {
+                let voc = VocEvalConfig::default();
+                let (result, _) = evaluate_detector(
+                    self.model.as_ref(),
+                    &self.coder,
+                    loader,
+                    &self.config.decode,
+                    &voc,
+                    self.device,
+                )?;
+                result.write_json(&self.config.out.join("eval.json"))?;
+                self.progress.line(&format!(
+                    "eval at iteration {}: mAP VOC07 {:.4} | area {:.4} ({} images)",
+                    self.state.iteration, result.map_voc07, result.map_area, result.n_images
+                ));
+                if let Some(m) = &mut self.metrics {
+                    m.write(&json!({
+                        "kind": "eval", "iter": self.state.iteration, "epoch": self.state.epoch,
+                        "map_voc07": result.map_voc07, "map_area": result.map_area,
+                    }))?;
+                }
+                Some(result)
+            }
+            _ => None,
+        };
+        self.wait_for_main()?;
+        Ok(result)
+    }
+
+    /// Record a new best: the eval's VOC07 mAP when `evaluated`, else (no test set) the epoch's
+    /// mean loss (negated, so higher is better). Returns whether it improved.
+    fn update_best(
+        &mut self,
+        eval: &Option<VocEvalResult>,
+        sum: &EpochSum,
+        evaluated: bool,
+    ) -> bool {
+        let score = if evaluated {
+            eval.as_ref().map(|e| e.map_voc07).filter(|m| m.is_finite())
+        } else if self.test_loader.is_none() && sum.steps > 0 {
+            Some(-sum.total / sum.steps as f64)
+        } else {
+            None
+        };
+        match (score, self.state.best) {
+            (Some(s), Some((best, _))) if s <= best => false,
+            (Some(s), _) => {
+                self.state.best = Some((s, self.state.iteration));
+                true
+            }
+            (None, _) => false,
+        }
+    }
+
+    /// Save `last` (and `best`); rank 0 writes, the others wait.
+    fn save(&mut self, best: bool) -> Result<()> {
+        if self.main() {
+            self.state.next_batch = self.state.next_batch.min(self.loader.batches_per_epoch());
+            let model: HashMap<String, Tensor> = self.vs.variables();
+            let optim = self.optimizer.state_tensors();
+            checkpoint::save(
+                &last_checkpoint(&self.config.out),
+                &model,
+                &optim,
+                &self.state,
+            )?;
+            if best {
+                checkpoint::save(
+                    &best_checkpoint(&self.config.out),
+                    &model,
+                    &optim,
+                    &self.state,
+                )?;
+            }
+        }
+        self.wait_for_main()
+    }
+
+    /// Other ranks wait (up to an hour) while rank 0 evaluates or writes.
+    fn wait_for_main(&self) -> Result<()> {
+        match &self.group {
+            Some(g) => g.barrier_within(Duration::from_secs(3600)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Objects per class in the training set (background count 0 first), for static class weights.
+fn object_histogram(dataset: &VocDataset, classes: usize, use_difficult: bool) -> Vec<f64> {
+    let mut counts = vec![0.0; classes + 1];
+    for object in dataset.records.iter().flat_map(|r| &r.objects) {
+        if use_difficult || !object.difficult {
+            counts[object.class_id + 1] += 1.0;
+        }
+    }
+    counts
+}
+
+/// Scale gradients so their global L2 norm is at most `max_norm` (`clip_grad_norm_`).
+fn clip_grad_norm(params: &[Param], max_norm: f64) {
+    let _no_grad = tch::no_grad_guard();
+    let grads: Vec<Tensor> = params
+        .iter()
+        .map(|p| p.tensor.grad())
+        .filter(|g| g.defined())
+        .collect();
+    if grads.is_empty() {
+        return;
+    }
+    let norms: Vec<Tensor> = grads
+        .iter()
+        .map(|g| g.norm().to_kind(Kind::Double))
+        .collect();
+    let total = Tensor::stack(&norms, 0).norm().double_value(&[]);
+    let scale = max_norm / (total + 1e-6);
+    if scale < 1.0 {
+        for mut g in grads {
+            let _ = g.g_mul_scalar_(scale);
+        }
+    }
+}
+
+/// Means over an epoch for its summary line.
+#[derive(Debug, Default)]
+struct EpochSum {
+    steps: u64,
+    loc: f64,
+    cls: f64,
+    total: f64,
+    images: usize,
+    seconds: f64,
+}
+
+impl EpochSum {
+    fn add(&mut self, s: &LossStats, images: usize, seconds: f64) {
+        self.steps += 1;
+        self.loc += s.loc_per_pos;
+        self.cls += s.cls_per_pos;
+        self.total += s.total;
+        self.images += images;
+        self.seconds += seconds;
+    }
+}

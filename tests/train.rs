@@ -1,0 +1,377 @@
+//! `tchcv train`, `tchcv eval --checkpoint` and `tchcv detect` end to end on tiny synthetic
+//! data (CPU): the loss goes down, a resumed run repeats an uninterrupted one exactly,
+//! checkpoints round-trip, a NaN loss is skipped and then stops the run, and bad input gets a
+//! clear error.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+use tchcv::data::synth::{write_dataset, SynthConfig};
+
+/// A small synthetic VOC folder (48 train, 16 test images of 128x128), made once per name.
+fn synth(name: &str) -> PathBuf {
+    let dir = common::scratch(name);
+    let config = SynthConfig {
+        train: 48,
+        test: 16,
+        size: (128, 128),
+        seed: 3,
+        ..SynthConfig::default()
+    };
+    write_dataset(&dir, &config).expect("synthetic data");
+    dir
+}
+
+fn tchcv(args: &[&str]) -> Output {
+    Command::new(common::tchcv_bin())
+        .args(args)
+        .output()
+        .expect("run tchcv")
+}
+
+fn ok(out: &Output, what: &str) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what}: exit {:?}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Common flags: the small SSD, CPU, 1 worker, batch 8, no eval.
+fn train_args<'a>(data: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "train",
+        "--data",
+        data,
+        "--sets",
+        "trainval",
+        "--model",
+        "models/ssd_small.json",
+        "--device",
+        "cpu",
+        "--workers",
+        "1",
+        "--batch",
+        "8",
+        "--out",
+        out,
+        "--log-every",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// The step records of a run's metrics.jsonl: (iter, total, loc_per_pos, cls_per_pos).
+fn steps(run: &Path) -> Vec<(u64, f64, f64, f64)> {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).expect("metrics.jsonl");
+    text.lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("JSON line"))
+        .filter(|v| v["kind"] == "step")
+        .map(|v| {
+            let f = |k: &str| v[k].as_f64().unwrap();
+            (
+                v["iter"].as_u64().unwrap(),
+                f("total"),
+                f("loc_per_pos"),
+                f("cls_per_pos"),
+            )
+        })
+        .collect()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn training_reduces_the_loss_and_logs_per_positive_losses() {
+    let data = synth("train-reduces");
+    let out = common::scratch("train-reduces-run");
+    let args = train_args(
+        s(&data),
+        s(&out),
+        &[
+            "--iters",
+            "40",
+            "--optimizer",
+            "adam",
+            "--lr",
+            "0.003",
+            "--no-augment",
+            "all",
+        ],
+    );
+    let stdout = ok(&tchcv(&args), "train");
+    assert!(
+        stdout.contains("loc_loss") && stdout.contains("cls_loss"),
+        "{stdout}"
+    );
+    let steps = steps(&out);
+    assert_eq!(steps.len(), 40);
+    let mean = |r: &[(u64, f64, f64, f64)]| r.iter().map(|x| x.1).sum::<f64>() / r.len() as f64;
+    let (first, last) = (mean(&steps[..5]), mean(&steps[35..]));
+    assert!(last < 0.6 * first, "loss {first:.3} -> {last:.3}");
+    for file in [
+        "last.safetensors",
+        "last.json",
+        "best.safetensors",
+        "classes.json",
+        "config.json",
+        "loss.png",
+    ] {
+        assert!(out.join(file).is_file(), "{file} written");
+    }
+    // Every step line has the logged fields.
+    let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let first: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    for key in [
+        "iter",
+        "epoch",
+        "loc_per_pos",
+        "cls_per_pos",
+        "total",
+        "num_pos",
+        "num_neg",
+        "lr",
+        "images_per_s",
+    ] {
+        assert!(!first[key].is_null(), "{key} in {first}");
+    }
+}
+
+#[test]
+fn resume_repeats_an_uninterrupted_run_exactly() {
+    let data = synth("train-resume");
+    let whole = common::scratch("train-resume-whole");
+    // Random mining and augmentation: the streams must continue exactly too.
+    let extra = [
+        "--iters",
+        "10",
+        "--neg-mining",
+        "random",
+        "--lr-schedule",
+        "cosine",
+        "--warmup",
+        "3",
+        "--seed",
+        "5",
+    ];
+    ok(
+        &tchcv(&train_args(s(&data), s(&whole), &extra)),
+        "uninterrupted",
+    );
+
+    let split = common::scratch("train-resume-split");
+    let mut first = train_args(s(&data), s(&split), &extra);
+    first.extend(["--stop-after", "5"]);
+    let out = tchcv(&first);
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "stopped like Ctrl-C: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(steps(&split).len(), 5);
+    let out = tchcv(&["train", "--resume", "--out", s(&split), "--log-every", "1"]);
+    ok(&out, "resumed");
+
+    let (a, b) = (steps(&whole), steps(&split));
+    assert_eq!(a.len(), 10);
+    assert_eq!(
+        a, b,
+        "10 iterations in one run vs 5 + resume + 5: identical losses"
+    );
+}
+
+#[test]
+fn checkpoint_round_trips_and_evaluates_and_detects() {
+    let data = synth("train-ckpt");
+    let out = common::scratch("train-ckpt-run");
+    let args = train_args(s(&data), s(&out), &["--iters", "6", "--test-sets", "test"]);
+    ok(&tchcv(&args), "train");
+    let ckpt = out.join("best.safetensors");
+    let loaded = tchcv::train::checkpoint::load(&ckpt).unwrap();
+    assert_eq!(loaded.state.iteration, 6);
+    assert_eq!(
+        loaded.state.classes,
+        ["circle", "cross", "square", "star", "triangle"]
+    );
+    let trained = tchcv::train::checkpoint::load_detector(&ckpt, tch::Device::Cpu).unwrap();
+    // The restored weights are the saved ones, bit for bit.
+    for (name, t) in trained.vs.variables() {
+        assert!(t.equal(&loaded.model[&name]), "{name}");
+    }
+    // The training-time evaluation equals `tchcv eval --checkpoint` on the same set.
+    let during: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("eval.json")).unwrap()).unwrap();
+    let json = out.join("eval-again.json");
+    let stdout = ok(
+        &tchcv(&[
+            "eval",
+            "--data",
+            s(&data),
+            "--sets",
+            "test",
+            "--checkpoint",
+            s(&ckpt),
+            "--device",
+            "cpu",
+            "--json",
+            s(&json),
+        ]),
+        "eval --checkpoint",
+    );
+    assert!(stdout.contains("mAP"), "{stdout}");
+    assert!(
+        out.join("detections").join("circle.txt").is_file(),
+        "devkit results written"
+    );
+    let after: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(during["map_voc07"], after["map_voc07"]);
+    assert_eq!(during["map_area"], after["map_area"]);
+
+    let pictures = common::scratch("train-ckpt-detect");
+    let images = data.join("JPEGImages");
+    let out = tchcv(&[
+        "detect",
+        "--checkpoint",
+        s(&ckpt),
+        s(&images.join("000001.jpg")),
+        s(&images.join("000002.jpg")),
+        "--out",
+        s(&pictures),
+        "--score",
+        "0.05",
+        "--device",
+        "cpu",
+    ]);
+    ok(&out, "detect");
+    assert!(pictures.join("000001.png").is_file() && pictures.join("detections.json").is_file());
+    let bad = pictures.join("broken.jpg");
+    std::fs::write(&bad, b"\xff\xd8\xff not a jpeg").unwrap();
+    let out = tchcv(&[
+        "detect",
+        "--checkpoint",
+        s(&ckpt),
+        s(&bad),
+        s(&images.join("000001.jpg")),
+        "--out",
+        s(&pictures),
+        "--device",
+        "cpu",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "an unreadable image is reported and skipped"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("broken.jpg"));
+}
+
+#[test]
+fn nonfinite_losses_are_skipped_then_stop_the_run_keeping_the_checkpoint() {
+    let data = synth("train-nan");
+    let out = common::scratch("train-nan-run");
+    // A good first run leaves a checkpoint.
+    ok(
+        &tchcv(&train_args(s(&data), s(&out), &["--iters", "3"])),
+        "good run",
+    );
+    let before = std::fs::read(out.join("last.safetensors")).unwrap();
+    // An absurd learning rate makes the loss overflow; three in a row stop the run.
+    let args = train_args(
+        s(&data),
+        s(&out),
+        &[
+            "--iters",
+            "40",
+            "--lr",
+            "1e30",
+            "--max-nonfinite",
+            "3",
+            "--stop-after",
+            "1000",
+        ],
+    );
+    let run = Command::new(common::tchcv_bin())
+        .args(&args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert_eq!(run.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stderr.contains("3 non-finite losses in a row"), "{stderr}");
+    assert!(stdout.contains("NaN or inf, step skipped"), "{stdout}");
+    assert_eq!(
+        std::fs::read(out.join("last.safetensors")).unwrap(),
+        before,
+        "last good checkpoint intact"
+    );
+}
+
+fn expect_error(args: &[&str], needles: &[&str]) {
+    let out = tchcv(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    for n in needles {
+        assert!(stderr.contains(n), "{n:?} not in {stderr}");
+    }
+}
+
+#[test]
+fn bad_input_gets_a_clear_error() {
+    let out = common::scratch("train-bad");
+    expect_error(
+        &train_args("/nonexistent/voc", s(&out), &["--iters", "1"]),
+        &["/nonexistent/voc", "no such folder"],
+    );
+    let data = synth("train-bad-data");
+    std::fs::write(data.join("ImageSets/Main/empty.txt"), "").unwrap();
+    let mut args = train_args(s(&data), s(&out), &["--iters", "1"]);
+    args[4] = "empty";
+    expect_error(&args, &["empty", "list no images"]);
+    expect_error(
+        &train_args(s(&data), s(&out), &[]),
+        &["--epochs", "--iters"],
+    );
+    // A checkpoint trained with one spec cannot resume with another.
+    ok(
+        &tchcv(&train_args(s(&data), s(&out), &["--iters", "1"])),
+        "one step",
+    );
+    expect_error(
+        &[
+            "train",
+            "--resume",
+            "--out",
+            s(&out),
+            "--model",
+            "models/ssd300.json",
+        ],
+        &["models/ssd300.json", "does not match the checkpoint"],
+    );
+    expect_error(
+        &["train", "--resume", "--out", "/nonexistent/run"],
+        &["no checkpoint to resume from"],
+    );
+    expect_error(
+        &[
+            "eval",
+            "--data",
+            s(&data),
+            "--sets",
+            "test",
+            "--checkpoint",
+            "/nonexistent/best.safetensors",
+        ],
+        &["no such file"],
+    );
+}
