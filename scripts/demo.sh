@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bin=target/release/tchcv
 out=${DEMO_OUT:-demo}
-iters=${DEMO_ITERS:-1200}
+iters=${DEMO_ITERS:-1500}
 start=$(date +%s)
 rm -rf "$out/run" "$out/detections"
 mkdir -p "$out"
@@ -27,7 +27,7 @@ echo "== synthetic VOC data: 2000 train + 200 test images of 5 shape classes"
 
 echo "== train the small SSD (models/ssd_small.json) on CPU: $iters iterations of 32 images"
 "$bin" train --data "$out/data" --sets trainval --test-sets test --model models/ssd_small.json \
-    --iters "$iters" --batch 32 --optimizer adam --lr 0.002 --weight-decay 0 --warmup 50 \
+    --iters "$iters" --batch 32 --optimizer adam --lr 0.004 --weight-decay 0 --warmup 100 \
     --lr-schedule cosine --no-augment zoom-out --device cpu --seed 0 --out "$out/run" --log-every 50
 
 echo "== evaluate the best checkpoint on the test split (VOC devkit AP)"
@@ -37,7 +37,7 @@ echo "== evaluate the best checkpoint on the test split (VOC devkit AP)"
 echo "== draw detections on a few test images"
 images=$(head -n 6 "$out/data/ImageSets/Main/test.txt" | sed "s|^|$out/data/JPEGImages/|; s|$|.jpg|")
 # shellcheck disable=SC2086
-"$bin" detect --checkpoint "$out/run/best.safetensors" $images --out "$out/detections" --score 0.5
+"$bin" detect --checkpoint "$out/run/best.safetensors" $images --out "$out/detections" --score 0.4
 
 python - "$out/run/eval-test.json" "$(( $(date +%s) - start ))" <<'PY'
 import json, sys

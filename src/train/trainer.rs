@@ -490,7 +490,10 @@ impl Run {
                     break 'epochs;
                 }
                 if self.config.checkpoint_every > 0
-                    && self.state.iteration.is_multiple_of(self.config.checkpoint_every)
+                    && self
+                        .state
+                        .iteration
+                        .is_multiple_of(self.config.checkpoint_every)
                 {
                     self.save(false)?;
                 }
@@ -500,8 +503,8 @@ impl Run {
                 self.state.epoch += 1;
                 self.state.next_batch = 0;
                 self.epoch_summary(epoch, &epoch_sum);
-                let eval_due =
-                    self.config.eval_every > 0 && self.state.epoch.is_multiple_of(self.config.eval_every);
+                let eval_due = self.config.eval_every > 0
+                    && self.state.epoch.is_multiple_of(self.config.eval_every);
                 let is_last = self.state.iteration >= self.total_iters;
                 if eval_due && !is_last {
                     eval = self.evaluate()?.or(eval);

@@ -1,0 +1,284 @@
+//! `tchcv train` data-parallel over c10d (Gloo on loopback), as users launch it: two processes
+//! with `--world-size/--rank/--master`, and two under `torchrun --no-python`. Each trains with
+//! batch B on its shard; the losses logged by rank 0 and the final weights equal one process
+//! with batch 2B (within 1e-5), only rank 0 writes the run folder, and `--resume` continues the
+//! group. The model has no batch norm: per-rank batch statistics would differ from one batch of
+//! 2B (as in PyTorch DDP without SyncBatchNorm), and this test compares everything else.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tchcv::data::synth::{write_dataset, SynthConfig};
+
+fn dist_or_skip(what: &str) -> bool {
+    if tchcv::dist::available() {
+        return true;
+    }
+    eprintln!(
+        "SKIPPED (no distributed support in this build: {}): {what}",
+        tchcv::dist::build_note()
+    );
+    false
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// Synthetic data and a small-SSD spec without batch norm.
+fn setup(name: &str) -> (PathBuf, PathBuf) {
+    let dir = common::scratch(name);
+    let data = dir.join("data");
+    let config = SynthConfig {
+        train: 48,
+        test: 8,
+        size: (128, 128),
+        seed: 9,
+        ..SynthConfig::default()
+    };
+    write_dataset(&data, &config).unwrap();
+    let mut spec: Value = serde_json::from_str(
+        &std::fs::read_to_string(common::repo().join("models/ssd_small.json")).unwrap(),
+    )
+    .unwrap();
+    spec["network"] = serde_json::json!({"bn": false});
+    spec["name"] = "ssd_small_nobn".into();
+    let spec_path = dir.join("ssd_small_nobn.json");
+    std::fs::write(&spec_path, spec.to_string()).unwrap();
+    (data, spec_path)
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+fn train_args(data: &Path, spec: &Path, out: &Path, batch: usize) -> Vec<String> {
+    [
+        "train",
+        "--data",
+        &s(data),
+        "--sets",
+        "trainval",
+        "--model",
+        &s(spec),
+        "--device",
+        "cpu",
+        "--workers",
+        "1",
+        "--batch",
+        &batch.to_string(),
+        "--iters",
+        "4",
+        "--lr",
+        "0.01",
+        "--seed",
+        "4",
+        "--out",
+        &s(out),
+        "--log-every",
+        "1",
+        "--dist-timeout",
+        "60",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect()
+}
+
+fn wait_all(children: Vec<Child>, limit: Duration) -> Vec<Output> {
+    let start = Instant::now();
+    let mut children: Vec<Option<Child>> = children.into_iter().map(Some).collect();
+    loop {
+        let done = children.iter_mut().all(|c| {
+            c.as_mut()
+                .is_none_or(|c| c.try_wait().ok().flatten().is_some())
+        });
+        if done {
+            break;
+        }
+        if start.elapsed() > limit {
+            for c in children.iter_mut().flatten() {
+                let _ = c.kill();
+            }
+            panic!("distributed run did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    children
+        .into_iter()
+        .flatten()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect()
+}
+
+fn ok(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what}: exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// (iter, total, loc_per_pos, cls_per_pos, num_pos, num_neg) per step of a run.
+fn steps(run: &Path) -> Vec<(u64, f64, f64, f64, i64, i64)> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["kind"] == "step")
+        .map(|v| {
+            let f = |k: &str| v[k].as_f64().unwrap();
+            let i = |k: &str| v[k].as_i64().unwrap();
+            (
+                v["iter"].as_u64().unwrap(),
+                f("total"),
+                f("loc_per_pos"),
+                f("cls_per_pos"),
+                i("num_pos"),
+                i("num_neg"),
+            )
+        })
+        .collect()
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-5 * b.abs().max(1.0)
+}
+
+/// Compare a distributed run folder with the single-process one: logged losses and weights.
+fn compare(single: &Path, group: &Path) {
+    let (a, b) = (steps(single), steps(group));
+    assert_eq!(a.len(), b.len(), "steps logged");
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(
+            (x.0, x.4, x.5),
+            (y.0, y.4, y.5),
+            "iteration, num_pos, num_neg"
+        );
+        assert!(
+            close(x.1, y.1) && close(x.2, y.2) && close(x.3, y.3),
+            "losses {x:?} vs {y:?}"
+        );
+    }
+    let one = tchcv::train::checkpoint::load(&single.join("last.safetensors")).unwrap();
+    let two = tchcv::train::checkpoint::load(&group.join("last.safetensors")).unwrap();
+    for (name, t) in &one.model {
+        let d = common::max_abs_diff(t, &two.model[name]);
+        assert!(d <= 1e-5, "{name}: max |diff| {d:e}");
+    }
+}
+
+fn single_process(data: &Path, spec: &Path, out: &Path) {
+    let out = Command::new(common::tchcv_bin())
+        .args(train_args(data, spec, out, 8))
+        .output()
+        .unwrap();
+    ok(&out, "single process");
+}
+
+#[test]
+fn two_processes_train_like_one_with_the_global_batch_and_resume_together() {
+    if !dist_or_skip("tchcv train on two processes") {
+        return;
+    }
+    let (data, spec) = setup("train-dist-flags");
+    let single = common::scratch("train-dist-flags-single");
+    single_process(&data, &spec, &single);
+
+    let group = common::scratch("train-dist-flags-group");
+    let launch = |extra: &[&str]| -> Vec<Output> {
+        let master = format!("127.0.0.1:{}", free_port());
+        let children = (0..2)
+            .map(|rank| {
+                let mut args = train_args(&data, &spec, &group, 4);
+                args.extend(
+                    [
+                        "--world-size",
+                        "2",
+                        "--rank",
+                        &rank.to_string(),
+                        "--master",
+                        &master,
+                    ]
+                    .map(String::from),
+                );
+                args.extend(extra.iter().map(|a| a.to_string()));
+                Command::new(common::tchcv_bin())
+                    .args(args)
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        wait_all(children, Duration::from_secs(180))
+    };
+    // Two steps, stop (as Ctrl-C), then --resume both ranks for the rest.
+    let first = launch(&["--stop-after", "2"]);
+    for (rank, out) in first.iter().enumerate() {
+        assert_eq!(
+            out.status.code(),
+            Some(130),
+            "rank {rank}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let rank1 = String::from_utf8_lossy(&first[1].stdout);
+    assert!(!rank1.contains("iter "), "only rank 0 logs: {rank1}");
+    let second = launch(&["--resume"]);
+    for (rank, out) in second.iter().enumerate() {
+        ok(out, &format!("resumed rank {rank}"));
+    }
+    compare(&single, &group);
+}
+
+#[test]
+fn torchrun_launches_tchcv_train() {
+    if !dist_or_skip("torchrun --no-python tchcv train") {
+        return;
+    }
+    let torchrun = common::python()
+        .parent()
+        .map(|b| b.join("torchrun"))
+        .filter(|p| p.exists());
+    let Some(torchrun) = torchrun else {
+        panic!("torchrun is missing beside the reference Python (it comes with torch): run scripts/setup");
+    };
+    let (data, spec) = setup("train-dist-torchrun");
+    let single = common::scratch("train-dist-torchrun-single");
+    single_process(&data, &spec, &single);
+    let group = common::scratch("train-dist-torchrun-group");
+    let port = free_port().to_string();
+    let child = Command::new(torchrun)
+        .args([
+            "--nnodes",
+            "1",
+            "--nproc-per-node",
+            "2",
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            &port,
+            "--no-python",
+        ])
+        .arg(common::tchcv_bin())
+        .args(train_args(&data, &spec, &group, 4))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_all(vec![child], Duration::from_secs(180))
+        .pop()
+        .unwrap();
+    ok(&out, "torchrun");
+    compare(&single, &group);
+}
