@@ -6,7 +6,7 @@ export LIBTORCH_USE_PYTORCH := 1
 export TCHCV_PYTHON := $(VENV)/bin/python
 CARGO ?= cargo
 
-.PHONY: all setup build test demo fmt clippy lint clean
+.PHONY: all setup build test demo bench fmt clippy lint clean
 
 all: build
 
@@ -24,6 +24,10 @@ test: setup
 
 demo: build
 	scripts/demo.sh
+
+# tchcv and PyTorch side by side on this machine (CPU); see BENCHMARKS.md.
+bench: build
+	scripts/bench.sh cpu
 
 fmt:
 	$(CARGO) fmt --all

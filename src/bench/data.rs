@@ -145,7 +145,7 @@ pub fn run(b: &DataBench, _device: Device) -> Result<Comparison> {
             "--repeat".into(),
             b.repeat.to_string(),
         ];
-        let report = run_reference("data_reference.py", &args);
+        let report = run_reference("data", &args);
         Some(report?["ms_per_image"].as_f64().unwrap_or(f64::NAN))
     };
     let _ = std::fs::remove_dir_all(&scratch);

@@ -108,7 +108,7 @@ pub fn run(b: &EncodeBench, device: Device) -> Result<Comparison> {
             "--threads".into(),
             tch::get_num_threads().to_string(),
         ];
-        let report = run_reference("encode_reference.py", &args);
+        let report = run_reference("encode", &args);
         let _ = std::fs::remove_dir_all(&dir);
         let report = report?;
         let ref_pos = report["num_pos"].as_i64().unwrap_or(-1);

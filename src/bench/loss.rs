@@ -70,7 +70,8 @@ pub fn run(b: &LossBench, device: Device) -> Result<Comparison> {
         Ok(())
     })?;
     let device_name = crate::device::device_name(device);
-    let pytorch_ms = if b.no_reference {
+    let total = loss.forward(&inputs)?.stats().total;
+    let pytorch = if b.no_reference {
         None
     } else {
         let dir = std::env::temp_dir().join(format!("tchcv-bench-loss-{}", std::process::id()));
@@ -101,17 +102,22 @@ pub fn run(b: &LossBench, device: Device) -> Result<Comparison> {
             "--threads".into(),
             tch::get_num_threads().to_string(),
         ];
-        let report = run_reference("loss_reference.py", &args);
+        let report = run_reference("loss", &args);
         let _ = std::fs::remove_dir_all(&dir);
-        Some(report?["median_ms"].as_f64().unwrap_or(f64::NAN))
+        let report = report?;
+        // The same work: both sides must compute the same loss on these tensors.
+        let theirs = report["total"].as_f64().unwrap_or(f64::NAN);
+        if (theirs - total).abs() > 1e-4 * total.abs().max(1.0) {
+            anyhow::bail!("bench loss: tchcv computed {total}, the PyTorch reference {theirs}: not the same loss");
+        }
+        Some((report["median_ms"].as_f64().unwrap_or(f64::NAN), theirs))
     };
     let size = format!("N={} A={} C={} pos={}", b.n, b.a, b.c, b.pos_fraction);
-    let work = format!("{:?} loss fwd+bwd", b.loss).to_lowercase();
-    Ok(Comparison::new(
-        &work,
-        &size,
-        &device_name,
-        tchcv_ms,
-        pytorch_ms,
-    ))
+    let work = format!(
+        "{} loss fwd+bwd",
+        serde_json::to_value(b.loss)?.as_str().unwrap_or("?")
+    );
+    let mut row = Comparison::new(&work, &size, &device_name, tchcv_ms, pytorch.map(|p| p.0));
+    row.extra = serde_json::json!({ "tchcv_total": total, "pytorch_total": pytorch.map(|p| p.1) });
+    Ok(row)
 }

@@ -1,7 +1,7 @@
 //! Benchmarks that time tchcv and its PyTorch counterpart side by side, in one run.
 //!
 //! Each benchmark times the Rust side here and runs the matching Python reference
-//! (`bench/<topic>_reference.py`, PyTorch eager, written for this project) in the same process
+//! (`bench/reference.py <work>`, PyTorch eager, written for this project) in the same process
 //! tree, so both figures come from the same machine at the same moment; the report states the
 //! ratio. Timing: warm-up first, then the median of repeated runs, with a device synchronize
 //! around each timed region.
@@ -10,10 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+pub mod chart;
 pub mod data;
 pub mod encode;
 pub mod loss;
-pub mod model;
+pub mod train_step;
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -34,7 +35,7 @@ pub fn median_ms(warmup: usize, repeat: usize, mut f: impl FnMut() -> Result<()>
 }
 
 /// One line of a benchmark report: the same work timed in tchcv and in PyTorch.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Comparison {
     pub work: String,
     pub size: String,
@@ -100,9 +101,10 @@ pub fn reference_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench"))
 }
 
-/// Run `bench/<script> args...`; its last stdout line must be a JSON object, which is returned.
-pub fn run_reference(script: &str, args: &[String]) -> Result<serde_json::Value> {
-    let path = reference_dir().join(script);
+/// Run `bench/reference.py <work> args...` (the PyTorch side of benchmark `work`); its last
+/// stdout line must be a JSON object, which is returned.
+pub fn run_reference(work: &str, args: &[String]) -> Result<serde_json::Value> {
+    let path = reference_dir().join("reference.py");
     if !path.exists() {
         bail!(
             "{}: the Python reference is missing (set TCHCV_BENCH_DIR)",
@@ -112,12 +114,13 @@ pub fn run_reference(script: &str, args: &[String]) -> Result<serde_json::Value>
     let python = reference_python();
     let out = Command::new(&python)
         .arg(&path)
+        .arg(work)
         .args(args)
         .output()
         .with_context(|| format!("starting {} {}", python.display(), path.display()))?;
     if !out.status.success() {
         bail!(
-            "{} failed ({}): {}",
+            "{} {work} failed ({}): {}",
             path.display(),
             out.status,
             String::from_utf8_lossy(&out.stderr)
@@ -130,7 +133,7 @@ pub fn run_reference(script: &str, args: &[String]) -> Result<serde_json::Value>
         .find(|l| !l.trim().is_empty())
         .unwrap_or("");
     serde_json::from_str(last)
-        .with_context(|| format!("{}: last line is not JSON: {last:?}", path.display()))
+        .with_context(|| format!("{} {work}: last line is not JSON: {last:?}", path.display()))
 }
 
 /// Write a report as pretty JSON.

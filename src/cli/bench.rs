@@ -18,14 +18,29 @@ pub struct Args {
     json: Option<PathBuf>,
 }
 
+#[derive(clap::Args)]
+struct ChartArgs {
+    /// Reports written with --json.
+    #[arg(required = true)]
+    reports: Vec<PathBuf>,
+    /// The PNG to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// The chart's title.
+    #[arg(long, default_value = "tchcv vs PyTorch eager")]
+    title: String,
+}
+
 #[derive(clap::Subcommand)]
 enum Work {
     /// Loss forward + backward (SSD with hard negative mining, focal, softmax focal).
     Loss(tchcv::bench::loss::LossBench),
     /// Encoding ground truth into anchor targets (32 images x up to 20 boxes, SSD300).
     Encode(tchcv::bench::encode::EncodeBench),
-    /// A detector's training-mode forward + backward on one batch.
-    Model(tchcv::bench::model::ModelBench),
+    /// One training step: forward, SSD loss, backward, SGD update (and peak memory).
+    TrainStep(tchcv::bench::train_step::TrainStepBench),
+    /// A bar chart (PNG) of the speed-ups in one or more --json reports.
+    Chart(ChartArgs),
     /// Data pipeline: decode + SSD augmentation + target encoding, images per second.
     Data(tchcv::bench::data::DataBench),
 }
@@ -35,7 +50,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let rows: Vec<Comparison> = match &args.work {
         Work::Loss(b) => vec![tchcv::bench::loss::run(b, device)?],
         Work::Encode(b) => vec![tchcv::bench::encode::run(b, device)?],
-        Work::Model(b) => vec![tchcv::bench::model::run(b, device)?],
+        Work::TrainStep(b) => vec![tchcv::bench::train_step::run(b, device)?],
+        Work::Chart(c) => {
+            let rows = tchcv::bench::chart::read_rows(&c.reports)?;
+            tchcv::bench::chart::plot_speedups(&rows, &c.out, &c.title)?;
+            println!("wrote {}", c.out.display());
+            return Ok(ExitCode::SUCCESS);
+        }
         Work::Data(b) => vec![tchcv::bench::data::run(b, device)?],
     };
     for row in &rows {

@@ -20,6 +20,7 @@ use plotters::chart::DualCoordChartContext;
 use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde_json::Value;
 
 use super::draw::class_color;
@@ -621,6 +622,91 @@ pub fn plot_run(run: &Path, out: Option<&Path>) -> Result<RunPlots> {
         );
     }
     Ok(plots)
+}
+
+/// A horizontal bar chart: one bar per `(label, value)`, the value printed at its end, and a
+/// vertical rule at `rule` (e.g. 1.0 for speed-ups). Written as a PNG, atomically.
+pub fn plot_bars(
+    bars: &[(String, f64)],
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    rule: Option<f64>,
+) -> Result<()> {
+    if bars.is_empty() {
+        bail_input!("{}: no bars to plot", path.display());
+    }
+    let finite_max = bars
+        .iter()
+        .map(|b| b.1)
+        .filter(|v| v.is_finite())
+        .fold(0.0f64, f64::max);
+    let x_max = finite_max.max(rule.unwrap_or(0.0)) * 1.15 + 1e-9;
+    let n = bars.len();
+    let height = 140 + 46 * n as u32;
+    render_png(path, (1100, height), |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, font(24.0))
+            .margin(16)
+            .x_label_area_size(44)
+            .y_label_area_size(470)
+            .build_cartesian_2d(0.0..x_max, 0.0..n as f64)
+            .map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .y_labels(0)
+            .x_desc(x_label)
+            .axis_desc_style(font(18.0))
+            .label_style(font(15.0))
+            .draw()
+            .map_err(plot_err)?;
+        for (i, (label, value)) in bars.iter().enumerate() {
+            let y = (n - 1 - i) as f64;
+            let v = if value.is_finite() { *value } else { 0.0 };
+            let color = if rule.is_some_and(|r| v < r) {
+                CLS_COLOR
+            } else {
+                LOC_COLOR
+            };
+            chart
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(0.0, y + 0.15), (v, y + 0.85)],
+                    color.filled(),
+                )))
+                .map_err(plot_err)?;
+            let text = if value.is_finite() {
+                format!("{value:.2}")
+            } else {
+                "n/a".into()
+            };
+            chart
+                .draw_series(std::iter::once(Text::new(
+                    text,
+                    (v + x_max * 0.01, y + 0.65),
+                    font(15.0),
+                )))
+                .map_err(plot_err)?;
+            // Labels left of the axis, outside the plotting area (which clips).
+            let (px, py) = chart.backend_coord(&(0.0, y + 0.5));
+            let anchor = Pos::new(HPos::Right, VPos::Center);
+            root.draw(&Text::new(
+                label.clone(),
+                (px - 8, py),
+                font(15.0).pos(anchor),
+            ))
+            .map_err(plot_err)?;
+        }
+        if let Some(r) = rule {
+            chart
+                .draw_series(LineSeries::new(
+                    [(r, 0.0), (r, n as f64)],
+                    BLACK.stroke_width(2),
+                ))
+                .map_err(plot_err)?;
+        }
+        Ok(())
+    })
 }
 
 #[cfg(test)]

@@ -49,6 +49,24 @@ pub struct Param {
     pub decay: bool,
 }
 
+/// A VarStore's trainable variables, sorted by name, all with weight decay (as torchcv).
+pub fn trainable_params(vs: &tch::nn::VarStore) -> Vec<Param> {
+    let mut named: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .filter(|(_, t)| t.requires_grad())
+        .collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    named
+        .into_iter()
+        .map(|(name, tensor)| Param {
+            name,
+            tensor,
+            decay: true,
+        })
+        .collect()
+}
+
 /// An optimizer over named parameters, with its state keyed by parameter name.
 pub struct Optimizer {
     pub config: OptimizerConfig,

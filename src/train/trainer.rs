@@ -14,7 +14,7 @@ use tch::{nn, Device, Kind, Tensor};
 use super::checkpoint::{self, RunState};
 use super::config::{ClassWeightsMode, TrainConfig};
 use super::metrics::MetricsLog;
-use super::optim::{Optimizer, Param};
+use super::optim::{trainable_params, Optimizer, Param};
 use super::progress::Progress;
 use super::schedule::Schedule;
 use crate::bbox::BoxCoder;
@@ -295,21 +295,7 @@ impl Run {
         }
         let loss = kind.build(loss_options)?;
 
-        let mut names: Vec<(String, Tensor)> = vs
-            .variables()
-            .into_iter()
-            .filter(|(_, t)| t.requires_grad())
-            .collect();
-        names.sort_by(|a, b| a.0.cmp(&b.0));
-        let params = names
-            .into_iter()
-            .map(|(name, tensor)| Param {
-                name,
-                tensor,
-                decay: true,
-            })
-            .collect();
-        let mut optimizer = Optimizer::new(config.optimizer_config(), params);
+        let mut optimizer = Optimizer::new(config.optimizer_config(), trainable_params(&vs));
 
         let iters_per_epoch = loader.batches_per_epoch() as u64;
         if iters_per_epoch == 0 {

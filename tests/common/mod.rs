@@ -5,9 +5,12 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The repository root.
+/// The repository root: `TCHCV_REPO` (prebuilt test binaries run on another machine, e.g. by
+/// scripts/gpu-bench.sh), else where the tests were built.
 pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("TCHCV_REPO")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
 /// The Python that runs the PyTorch references: `TCHCV_PYTHON`, else the project venv's.
@@ -100,9 +103,11 @@ pub fn read_safetensors(path: &Path) -> std::collections::HashMap<String, tch::T
         .collect()
 }
 
-/// The path of the built `tchcv` binary.
+/// The path of the built `tchcv` binary (`TCHCV_BIN` for prebuilt binaries moved elsewhere).
 pub fn tchcv_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_tchcv"))
+    std::env::var_os("TCHCV_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_tchcv")))
 }
 
 /// Max |a - b| over all elements (as f64).
