@@ -14,6 +14,7 @@ pub mod eval;
 pub mod info;
 pub mod io;
 pub mod loss;
+pub mod memory;
 pub mod models;
 pub mod rng;
 pub mod spec;

@@ -374,3 +374,31 @@ fn ignored_anchors_take_no_part() {
         "no gradient at ignored anchors"
     );
 }
+
+/// The focal loss's sparse arrangement equals the textbook one-hot elementwise sum.
+#[test]
+fn focal_sum_equals_the_one_hot_elementwise_sum() {
+    tch::manual_seed(5);
+    let (v, c) = (500, 7);
+    let x = Tensor::randn([v, c], (Kind::Double, Device::Cpu)) * 4.0;
+    let _ = x.narrow(0, 0, 10).fill_(100.0);
+    let _ = x.narrow(0, 10, 10).fill_(-100.0);
+    let y = Tensor::randint(c + 1, [v], (Kind::Int64, Device::Cpu))
+        * Tensor::rand([v], (Kind::Double, Device::Cpu)).lt(0.3);
+    let t = y.one_hot(c + 1).narrow(1, 1, c).to_kind(Kind::Double);
+    for (alpha, gamma) in [
+        (Some(0.25), 2.0),
+        (None, 2.0),
+        (Some(0.5), 0.0),
+        (None, 1.5),
+    ] {
+        let want = tchcv::loss::sigmoid_focal_loss(&x, &t, alpha, gamma)
+            .sum(Kind::Double)
+            .double_value(&[]);
+        let got = tchcv::loss::focal_sum(&x, &y, alpha, gamma).double_value(&[]);
+        assert!(
+            (got - want).abs() <= 1e-9 * want.abs(),
+            "alpha {alpha:?} gamma {gamma}: {got} vs {want}"
+        );
+    }
+}

@@ -40,20 +40,6 @@ pub struct TrainStepBench {
     pub no_reference: bool,
 }
 
-/// Peak resident memory of this process in MiB (`VmHWM`), Linux only.
-pub fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb / 1024.0)
-}
-
 /// Random images and SSD targets: 1-8 random boxes per image, encoded by the spec's coder.
 fn batch(spec: &ModelSpec, b: &TrainStepBench, device: Device) -> Result<[Tensor; 3]> {
     let coder = BoxCoder::from_spec(spec)?;
@@ -122,7 +108,7 @@ pub fn run(b: &TrainStepBench, device: Device) -> Result<Comparison> {
         crate::device::synchronize(device);
         Ok(())
     })?;
-    let tchcv_peak = peak_rss_mib();
+    let tchcv_peak = crate::memory::peak_rss_mib();
     let (pytorch_ms, pytorch_peak) = if b.no_reference {
         (None, None)
     } else {

@@ -73,6 +73,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// Run the command line; errors print their chain and exit with 2 for bad input, 1 otherwise.
 pub fn main() -> ExitCode {
+    tchcv::memory::tune_allocator();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,

@@ -7,19 +7,33 @@
 //! loc_loss = smooth_l1_loss(loc_preds[mask], ..)      loc_sum = smooth_l1_over_positives(..)
 //! pos_neg = cls_targets > -1
 //! x = cls_preds[pos_neg].view(-1, C)                  (x, y) = valid_rows(cls_preds, cls_targets)
-//! t = one_hot(y, 1+C)[:, 1:]                          t = y.one_hot(C + 1).narrow(1, 1, C)
-//! p = x.sigmoid()                                     p = x.sigmoid()
-//! pt = p*t + (1-p)*(1-t)                              p_t = &p * &t + (1 - &p) * (1 - &t)
-//! w = alpha*t + (1-alpha)*(1-t)                       alpha_t = alpha * &t + (1 - alpha) * (1 - &t)
-//! w = w * (1-pt).pow(gamma)                           ce * (1 - p_t).pow(gamma) * alpha_t
-//! loss = bce_with_logits(x, t, w, sum)                cls_sum = (..).sum()
+//! t = one_hot(y, 1+C)[:, 1:]
+//! p = x.sigmoid()
+//! pt = p*t + (1-p)*(1-t)
+//! w = alpha*t + (1-alpha)*(1-t)
+//! w = w * (1-pt).pow(gamma)
+//! loss = bce_with_logits(x, t, w, sum)                cls_sum = focal_sum(x, y)    (below)
 //! return (loc_loss + cls_loss) / num_pos              (loc_sum + cls_sum) / max(1, num_pos)
 //! ```
 //!
+//! `focal_sum` computes the same sum with less work. A cell `(anchor, class)` has `t = 0` except
+//! at the class column of a positive anchor, and with `t` fixed the terms need no `t` at all:
+//!
+//! ```text
+//! t = 0:  FL = (1 - alpha) softplus(x)  sigmoid(x)^gamma     (-log(1-p) = softplus(x), p = sigmoid(x))
+//! t = 1:  FL =      alpha  softplus(-x) sigmoid(-x)^gamma
+//! sum FL = (1 - alpha) sum_all softplus(x) sigmoid(x)^gamma  +  sum_positive_cells [FL(x, 1) - FL(x, 0)]
+//! ```
+//!
+//! so the dense `[V, C]` logits see three elementwise ops and a sum (the weight multiplies the
+//! scalar), and only the positive cells see the rest, where the one-hot formulation makes about
+//! a dozen dense passes. [`sigmoid_focal_loss`] keeps the textbook elementwise form (torchvision's
+//! `ops.sigmoid_focal_loss`) for targets of any shape.
+//!
 //! Two torchcv defects are not ported: HEAD's `one_hot_embedding(y - 1, C)` turns background
 //! (y = 0) into a one-hot on the *last* class, and passing the focal weight as BCE's `weight=`
-//! (which modern ATen refuses to differentiate). The weight multiplies the elementwise BCE, so
-//! gradients flow through `(1 - p_t)^gamma` as in fvcore and torchvision.
+//! (which modern ATen refuses to differentiate). Gradients flow through `(1 - p_t)^gamma` as in
+//! fvcore and torchvision.
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
@@ -86,7 +100,8 @@ impl FocalLoss {
     }
 }
 
-/// `sigmoid_focal_loss(x, t)` elementwise: x, t `[V, C]`, t in {0, 1}. Returns `[V, C]`.
+/// `sigmoid_focal_loss(x, t)` elementwise (torchvision `ops.sigmoid_focal_loss`, fvcore):
+/// x, t `[V, C]`, t in {0, 1}. Returns `[V, C]`.
 pub fn sigmoid_focal_loss(x: &Tensor, t: &Tensor, alpha: Option<f64>, gamma: f64) -> Tensor {
     let p = x.sigmoid();
     let ce = x.binary_cross_entropy_with_logits::<Tensor>(t, None, None, Reduction::None);
@@ -99,6 +114,36 @@ pub fn sigmoid_focal_loss(x: &Tensor, t: &Tensor, alpha: Option<f64>, gamma: f64
     }
 }
 
+/// `softplus(s x) sigmoid(s x)^gamma` elementwise with `s = -1` for a target of 1 and `s = 1`
+/// for a target of 0: the focal loss of `x` without its alpha weight.
+fn unweighted_focal(x: &Tensor, target_one: bool, gamma: f64) -> Tensor {
+    let z = if target_one { -x } else { x.shallow_clone() };
+    let ce = z.softplus();
+    if gamma == 0.0 {
+        ce
+    } else {
+        ce * z.sigmoid().pow_tensor_scalar(gamma)
+    }
+}
+
+/// The focal loss summed over every cell of `x` (`[V, C]` logits) whose targets are the
+/// one-hot of `y` (`[V]` labels, 0 = background, k = column k-1), without building the one-hot.
+/// Equal to `sigmoid_focal_loss(x, one_hot(y)[:, 1:]).sum()`.
+pub fn focal_sum(x: &Tensor, y: &Tensor, alpha: Option<f64>, gamma: f64) -> Tensor {
+    let (w_pos, w_neg) = alpha.map_or((1.0, 1.0), |a| (a, 1.0 - a));
+    let kind = x.kind();
+    let all_negative = unweighted_focal(x, false, gamma).sum(kind) * w_neg;
+    let rows = y.gt(0).nonzero().squeeze_dim(1);
+    let columns = (y.index_select(0, &rows) - 1).unsqueeze(1);
+    let x_pos = x
+        .index_select(0, &rows)
+        .gather(1, &columns, false)
+        .squeeze_dim(1);
+    let correction = unweighted_focal(&x_pos, true, gamma) * w_pos
+        - unweighted_focal(&x_pos, false, gamma) * w_neg;
+    all_negative + correction.sum(kind)
+}
+
 impl DetectionLoss for FocalLoss {
     /// loc_preds, loc_targets: `[N, A, 4]`; cls_preds: `[N, A, C]` with **no** background
     /// column; cls_targets: `[N, A]` int64, 0 = background, k in 1..=C = column k-1, -1 = ignore.
@@ -109,7 +154,6 @@ impl DetectionLoss for FocalLoss {
                 "focal loss: no background column, 0 = background, k = column k-1, -1 = ignore",
         };
         let dims = inputs.validate(&rule, self.config.check_finite)?;
-        let c = dims.c;
         let loc_preds = in_compute_kind(inputs.loc_preds);
         let loc_targets = in_compute_kind(inputs.loc_targets).to_kind(loc_preds.kind());
         let cls_preds = in_compute_kind(inputs.cls_preds);
@@ -119,9 +163,7 @@ impl DetectionLoss for FocalLoss {
         let loc_sum = smooth_l1_over_positives(&loc_preds, &loc_targets, &pos, self.config.beta);
 
         let (x, y) = valid_rows(&cls_preds, cls_targets, dims.has_ignored);
-        let t = y.one_hot(c + 1).narrow(1, 1, c).to_kind(x.kind());
-        let cls_sum =
-            sigmoid_focal_loss(&x, &t, self.config.alpha, self.config.gamma).sum(x.kind());
+        let cls_sum = focal_sum(&x, &y, self.config.alpha, self.config.gamma);
 
         let num_pos = pos.sum(Kind::Int64).int64_value(&[]);
         let num_valid = y.numel() as i64;

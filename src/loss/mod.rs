@@ -19,7 +19,7 @@ pub mod mining;
 mod softmax_focal;
 mod ssd;
 
-pub use focal::{FocalLoss, FocalLossConfig};
+pub use focal::{focal_sum, sigmoid_focal_loss, FocalLoss, FocalLossConfig};
 pub use inputs::LossInputs;
 pub use mining::NegativeMining;
 pub use softmax_focal::{
@@ -173,16 +173,18 @@ pub struct LossStats {
 /// `mask = pos.unsqueeze(2).expand_as(loc_preds)`.
 ///
 /// loc_preds, loc_targets: `[N, A, 4]`; pos: `[N, A]` bool. Returns a scalar. Only positive
-/// anchors are read, so targets of other anchors may hold anything (even inf).
+/// anchors are read, so targets of other anchors may hold anything (even inf). The positive rows
+/// are gathered with `index_select` (the same elements in the same order as the masked
+/// selection, without its slow path for an expanded mask).
 pub(crate) fn smooth_l1_over_positives(
     loc_preds: &Tensor,
     loc_targets: &Tensor,
     pos: &Tensor,
     beta: f64,
 ) -> Tensor {
-    let mask = pos.unsqueeze(2).expand_as(loc_preds);
-    let preds = loc_preds.masked_select(&mask);
-    let targets = loc_targets.masked_select(&mask);
+    let rows = pos.reshape([-1]).nonzero().squeeze_dim(1);
+    let preds = loc_preds.reshape([-1, 4]).index_select(0, &rows);
+    let targets = loc_targets.reshape([-1, 4]).index_select(0, &rows);
     preds.smooth_l1_loss(&targets, Reduction::Sum, beta)
 }
 

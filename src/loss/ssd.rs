@@ -6,12 +6,16 @@
 //! num_pos = pos.sum().item()                          num_pos = pos.sum()        (batch total)
 //! loc_loss = smooth_l1_loss(loc_preds[mask],          loc_sum = smooth_l1_over_positives(..)
 //!                           loc_targets[mask], sum)
-//! cls_loss = cross_entropy(cls_preds.view(-1,C),      ce = cross_entropy_loss(.., None,
-//!                          cls_targets.view(-1))            ignore_index = -1)
+//! cls_loss = cross_entropy(cls_preds.view(-1,C),      ce = no_grad(cross_entropy_rows(..))
+//!                          cls_targets.view(-1))            (ignore_index = -1)
 //! neg = _hard_negative_mining(cls_loss, pos)          neg = mine_negatives(ce, targets, num_pos_i)
-//! cls_loss = cls_loss[pos|neg].sum()                  cls_sum = ce.masked_select(pos | neg).sum()
+//! cls_loss = cls_loss[pos|neg].sum()                  cls_sum = cross_entropy_rows(kept rows).sum()
 //! return (loc_loss + cls_loss) / num_pos              (loc_sum + cls_sum) / max(1, num_pos)
 //! ```
+//!
+//! The value and gradients are torchcv's; the work is less: mining is one `topk` instead of two
+//! full sorts ([`super::mining`]), and the differentiable cross entropy is computed on the kept
+//! anchors only, so the backward pass skips the ~95% of rows that were not selected.
 //!
 //! Beyond torchcv: ignored anchors (-1) take no part in the CE, the mining or `num_pos`; a batch
 //! without positives gives a finite loss (or an error in `strict` mode); `min_negatives` keeps
@@ -30,6 +34,12 @@ use super::{
     Normalization, IGNORE_LABEL,
 };
 use crate::rng::Rng;
+
+/// `F.cross_entropy(logits, targets, reduction='none', ignore_index=-1)`: logits `[R, C]`,
+/// targets `[R]` -> `[R]`.
+fn cross_entropy_rows(logits: &Tensor, targets: &Tensor) -> Tensor {
+    logits.cross_entropy_loss::<Tensor>(targets, None, Reduction::None, IGNORE_LABEL, 0.0)
+}
 
 /// Options of [`SsdLoss`]; the JSON names are those of the parity reference.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -143,19 +153,21 @@ impl DetectionLoss for SsdLoss {
         let num_pos = pos.sum_dim_intlist(1, false, Kind::Int64);
         let loc_sum = smooth_l1_over_positives(&loc_preds, &loc_targets, &pos, self.config.beta);
 
-        let ce = cls_preds
-            .view([n * a, c])
-            .cross_entropy_loss::<Tensor>(
-                &cls_targets.view([n * a]),
-                None,
-                Reduction::None,
-                IGNORE_LABEL,
-                0.0,
-            )
-            .view([n, a]);
+        // Per-anchor cross entropy for the mining, without gradient.
+        let ce = tch::no_grad(|| {
+            cross_entropy_rows(&cls_preds.view([n * a, c]), &cls_targets.view([n * a]))
+        })
+        .view([n, a]);
         let neg = self.mine_negatives(&ce, cls_targets, &num_pos);
         self.calls.fetch_add(1, Ordering::Relaxed);
-        let cls_sum = ce.masked_select(&pos.logical_or(&neg)).sum(ce.kind());
+        // cls_loss[pos|neg].sum(): the same cross entropy again, with gradient, on the kept
+        // anchors only (a few percent), so the backward pass touches only their rows.
+        let kept = pos.logical_or(&neg).reshape([-1]).nonzero().squeeze_dim(1);
+        let kept_ce = cross_entropy_rows(
+            &cls_preds.view([n * a, c]).index_select(0, &kept),
+            &cls_targets.view([n * a]).index_select(0, &kept),
+        );
+        let cls_sum = kept_ce.sum(kept_ce.kind());
 
         Ok(LossSums {
             loc_sum,
