@@ -375,3 +375,44 @@ fn bad_input_gets_a_clear_error() {
         &["no such file"],
     );
 }
+
+#[test]
+fn ctrl_c_saves_a_checkpoint_and_exits_130() {
+    let data = synth("train-sigint");
+    let out = common::scratch("train-sigint-run");
+    let args = train_args(s(&data), s(&out), &["--iters", "10000"]);
+    let mut child = Command::new(common::tchcv_bin())
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait for a few logged steps, then SIGINT as a terminal's Ctrl-C would send.
+    let start = std::time::Instant::now();
+    while steps_logged(&out) < 3 {
+        assert!(start.elapsed().as_secs() < 120, "training did not start");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // SAFETY: sending a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "interrupted runs exit with 130");
+    let state = tchcv::train::checkpoint::load(&out.join("last.safetensors"))
+        .unwrap()
+        .state;
+    assert!(
+        state.iteration >= 3 && state.iteration < 10000,
+        "checkpoint at iteration {}",
+        state.iteration
+    );
+    assert_eq!(
+        steps(&out).len() as u64,
+        state.iteration,
+        "every finished step is in the checkpoint"
+    );
+}
+
+fn steps_logged(run: &Path) -> usize {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
