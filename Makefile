@@ -18,9 +18,11 @@ build: setup
 
 # Every test, in release (they do real tensor work), including the PyTorch parity suites.
 test: setup
+	@rm -f target/test-skips.log
 	$(CARGO) test --release --no-fail-fast -- --test-threads 1
 	$(TCHCV_PYTHON) tests/reference/losses.py selftest
 	$(TCHCV_PYTHON) tests/reference/voc_eval.py selftest
+	@echo "== skipped (each with its reason):"; sort -u target/test-skips.log 2>/dev/null || echo "   none"
 
 demo: build
 	scripts/demo.sh

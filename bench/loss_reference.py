@@ -20,12 +20,18 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 
-def ssd_loss(loc_preds, loc_targets, cls_preds, cls_targets):
-    """torchcv SSDLoss.forward: [N,A,4], [N,A,4], [N,A,C], [N,A] -> scalar."""
+def positives_and_loc_loss(loc_preds, loc_targets, cls_targets):
+    """torchcv's first lines: pos [N,A], the batch's num_pos (a Python int) and the Smooth-L1
+    sum over the positives."""
     pos = cls_targets > 0
-    num_pos = pos.sum().item()
     mask = pos.unsqueeze(2).expand_as(loc_preds)
     loc_loss = F.smooth_l1_loss(loc_preds[mask], loc_targets[mask], reduction="sum")
+    return pos, pos.sum().item(), loc_loss
+
+
+def ssd_loss(loc_preds, loc_targets, cls_preds, cls_targets):
+    """torchcv SSDLoss.forward: [N,A,4], [N,A,4], [N,A,C], [N,A] -> scalar."""
+    pos, num_pos, loc_loss = positives_and_loc_loss(loc_preds, loc_targets, cls_targets)
     n, a, c = cls_preds.shape
     cls_loss = F.cross_entropy(cls_preds.view(-1, c), cls_targets.view(-1), reduction="none",
                                ignore_index=-1).view(n, a)
@@ -43,10 +49,7 @@ def ssd_loss(loc_preds, loc_targets, cls_preds, cls_targets):
 
 def focal_loss(loc_preds, loc_targets, cls_preds, cls_targets, alpha=0.25, gamma=2.0):
     """RetinaNet sigmoid focal loss (torchvision formula), normalised by the batch positives."""
-    pos = cls_targets > 0
-    num_pos = pos.sum().item()
-    mask = pos.unsqueeze(2).expand_as(loc_preds)
-    loc_loss = F.smooth_l1_loss(loc_preds[mask], loc_targets[mask], reduction="sum")
+    pos, num_pos, loc_loss = positives_and_loc_loss(loc_preds, loc_targets, cls_targets)
     valid = cls_targets > -1
     c = cls_preds.shape[-1]
     x = cls_preds[valid]
@@ -61,10 +64,7 @@ def focal_loss(loc_preds, loc_targets, cls_preds, cls_targets, alpha=0.25, gamma
 
 def softmax_focal_loss(loc_preds, loc_targets, cls_preds, cls_targets, gamma=2.0):
     """Softmax focal loss without class weights, normalised by the batch positives."""
-    pos = cls_targets > 0
-    num_pos = pos.sum().item()
-    mask = pos.unsqueeze(2).expand_as(loc_preds)
-    loc_loss = F.smooth_l1_loss(loc_preds[mask], loc_targets[mask], reduction="sum")
+    pos, num_pos, loc_loss = positives_and_loc_loss(loc_preds, loc_targets, cls_targets)
     valid = cls_targets > -1
     c = cls_preds.shape[-1]
     x = cls_preds[valid].view(-1, c)

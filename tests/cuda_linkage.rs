@@ -5,6 +5,8 @@
 //! the error a CUDA tensor request gives: "Found no NVIDIA driver" (CUDA linked) versus
 //! "Could not run 'aten::empty.memory_format' ... 'CUDA' backend" (CUDA dropped).
 
+mod common;
+
 use std::path::PathBuf;
 
 /// Whether the libtorch this process loaded ships its CUDA runtime (the pip wheel's layout):
@@ -25,7 +27,9 @@ fn cuda_tensor_request_reaches_the_driver() {
         return;
     }
     let Some(lib) = cuda_runtime_installed() else {
-        eprintln!("SKIPPED: this libtorch has no CUDA runtime (CPU-only install); nothing to link");
+        common::note_skip(
+            "SKIPPED: this libtorch has no CUDA runtime (CPU-only install); nothing to link",
+        );
         return;
     };
     let err = tchcv::info::cuda_probe_error().expect("CUDA is unavailable, so the request fails");

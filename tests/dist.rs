@@ -42,18 +42,6 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// True when distributed support is compiled in; else prints why the test is skipped.
-fn dist_or_skip(what: &str) -> bool {
-    if dist::available() {
-        return true;
-    }
-    eprintln!(
-        "SKIPPED (no distributed support in this build: {}): {what}",
-        dist::build_note()
-    );
-    false
-}
-
 // ---- The training both sides run ----------------------------------------------------------
 
 /// What a worker does.
@@ -455,14 +443,14 @@ fn train_and_compare(name: &str, world: usize) {
 
 #[test]
 fn two_ranks_train_like_one_process_with_the_global_batch() {
-    if dist_or_skip("two ranks vs one process") {
+    if common::dist_or_skip("two ranks vs one process") {
         train_and_compare("dist_two_ranks", 2);
     }
 }
 
 #[test]
 fn three_ranks_train_like_one_process_with_the_global_batch() {
-    if dist_or_skip("three ranks vs one process") {
+    if common::dist_or_skip("three ranks vs one process") {
         train_and_compare("dist_three_ranks", 3);
     }
 }
@@ -485,7 +473,7 @@ struct Fault {
 /// Run `fault`: every survivor must exit 3 with `worker error:` naming the culprit, at most
 /// `timeout + slack` seconds after the fault.
 fn survivors_fail(fault: Fault) {
-    if !dist_or_skip(fault.name) {
+    if !common::dist_or_skip(fault.name) {
         return;
     }
     let _serial = serial();
@@ -616,7 +604,7 @@ fn torchrun_two_ranks(name: &str, rendezvous: &[&str]) {
 /// torchrun's static rendezvous: its agent hosts the store at --master-port.
 #[test]
 fn torchrun_launches_two_ranks_that_agree() {
-    if dist_or_skip("torchrun") {
+    if common::dist_or_skip("torchrun") {
         let port = free_port().to_string();
         let args = ["--master-addr", "127.0.0.1", "--master-port", &port];
         torchrun_two_ranks("dist_torchrun", &args);
@@ -626,7 +614,7 @@ fn torchrun_launches_two_ranks_that_agree() {
 /// torchrun's c10d rendezvous (what multi-node runs use: --rdzv-endpoint).
 #[test]
 fn torchrun_with_c10d_rendezvous() {
-    if dist_or_skip("torchrun c10d rendezvous") {
+    if common::dist_or_skip("torchrun c10d rendezvous") {
         let endpoint = format!("127.0.0.1:{}", free_port());
         let args = ["--rdzv-backend", "c10d", "--rdzv-endpoint", &endpoint];
         torchrun_two_ranks("dist_torchrun_c10d", &args);
@@ -635,7 +623,7 @@ fn torchrun_with_c10d_rendezvous() {
 
 #[test]
 fn one_process_group_collectives_are_the_identity() {
-    if !dist_or_skip("world size 1") {
+    if !common::dist_or_skip("world size 1") {
         return;
     }
     let _serial = serial();
@@ -738,7 +726,7 @@ fn two_ranks_in_threads(
 
 #[test]
 fn a_different_model_on_one_rank_fails_every_rank() {
-    if !dist_or_skip("layout check") {
+    if !common::dist_or_skip("layout check") {
         return;
     }
     let _serial = serial();
@@ -762,7 +750,7 @@ fn a_different_model_on_one_rank_fails_every_rank() {
 
 #[test]
 fn a_long_barrier_outlasts_the_group_timeout_and_a_plain_one_does_not() {
-    if !dist_or_skip("long barrier") {
+    if !common::dist_or_skip("long barrier") {
         return;
     }
     let _serial = serial();
@@ -854,7 +842,7 @@ fn nccl_world_size_one_on_cuda() {
     let Some(device) = common::cuda_or_skip("NCCL world size 1") else {
         return;
     };
-    if !dist_or_skip("NCCL world size 1") {
+    if !common::dist_or_skip("NCCL world size 1") {
         return;
     }
     assert!(

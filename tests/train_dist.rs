@@ -14,17 +14,6 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tchcv::data::synth::{write_dataset, SynthConfig};
 
-fn dist_or_skip(what: &str) -> bool {
-    if tchcv::dist::available() {
-        return true;
-    }
-    eprintln!(
-        "SKIPPED (no distributed support in this build: {}): {what}",
-        tchcv::dist::build_note()
-    );
-    false
-}
-
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -187,7 +176,7 @@ fn single_process(data: &Path, spec: &Path, out: &Path) {
 
 #[test]
 fn two_processes_train_like_one_with_the_global_batch_and_resume_together() {
-    if !dist_or_skip("tchcv train on two processes") {
+    if !common::dist_or_skip("tchcv train on two processes") {
         return;
     }
     let (data, spec) = setup("train-dist-flags");
@@ -243,7 +232,7 @@ fn two_processes_train_like_one_with_the_global_batch_and_resume_together() {
 
 #[test]
 fn torchrun_launches_tchcv_train() {
-    if !dist_or_skip("torchrun --no-python tchcv train") {
+    if !common::dist_or_skip("torchrun --no-python tchcv train") {
         return;
     }
     let torchrun = common::python()

@@ -40,10 +40,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Kind, Reduction, Tensor};
 
 use super::inputs::LabelRule;
-use super::{
-    check_option, in_compute_kind, smooth_l1_over_positives, valid_rows, DetectionLoss, LossInputs,
-    LossSums, Normalization,
-};
+use super::{check_option, valid_rows, DetectionLoss, LossInputs, LossSums, Normalization};
 
 /// Options of [`FocalLoss`]; the JSON names are those of the parity reference.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -149,20 +146,15 @@ impl DetectionLoss for FocalLoss {
     /// column; cls_targets: `[N, A]` int64, 0 = background, k in 1..=C = column k-1, -1 = ignore.
     fn sums(&self, inputs: &LossInputs) -> Result<LossSums> {
         let rule = LabelRule {
-            max_label: inputs.cls_preds.size().last().copied().unwrap_or(0),
+            background_column: false,
             meaning:
                 "focal loss: no background column, 0 = background, k = column k-1, -1 = ignore",
         };
-        let dims = inputs.validate(&rule, self.config.check_finite)?;
-        let loc_preds = in_compute_kind(inputs.loc_preds);
-        let loc_targets = in_compute_kind(inputs.loc_targets).to_kind(loc_preds.kind());
-        let cls_preds = in_compute_kind(inputs.cls_preds);
+        let p = inputs.prepare(&rule, self.config.check_finite, self.config.beta)?;
+        let (cls_preds, pos, loc_sum) = (p.cls_preds, p.pos, p.loc_sum);
         let cls_targets = inputs.cls_targets;
 
-        let pos = cls_targets.gt(0);
-        let loc_sum = smooth_l1_over_positives(&loc_preds, &loc_targets, &pos, self.config.beta);
-
-        let (x, y) = valid_rows(&cls_preds, cls_targets, dims.has_ignored);
+        let (x, y) = valid_rows(&cls_preds, cls_targets, p.dims.has_ignored);
         let cls_sum = focal_sum(&x, &y, self.config.alpha, self.config.gamma);
 
         let num_pos = pos.sum(Kind::Int64).int64_value(&[]);

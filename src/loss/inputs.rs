@@ -3,6 +3,7 @@
 use anyhow::Result;
 use tch::{Device, Kind, Tensor};
 
+use super::{in_compute_kind, smooth_l1_over_positives};
 use crate::bail_input;
 
 /// Predictions and encoded targets for a batch of `N` images with `A` anchors.
@@ -27,11 +28,23 @@ pub(crate) struct BatchDims {
     pub has_ignored: bool,
 }
 
-/// The labels a loss accepts: `-1 ..= max_label`.
+/// The labels a loss accepts: `-1 ..= C-1` with a background column, `-1 ..= C` without.
 pub(crate) struct LabelRule {
-    pub max_label: i64,
+    pub background_column: bool,
     /// How the loss reads labels, for error messages.
     pub meaning: &'static str,
+}
+
+/// What every loss starts from: the batch's sizes, the classification logits in the compute
+/// kind, the positives and the Smooth-L1 sum over them.
+pub(crate) struct Prepared {
+    pub dims: BatchDims,
+    /// `[N, A, C]` in the compute kind.
+    pub cls_preds: Tensor,
+    /// `[N, A]` bool: `cls_targets > 0`.
+    pub pos: Tensor,
+    /// Smooth-L1 summed over the positive anchors, scalar.
+    pub loc_sum: Tensor,
 }
 
 fn is_float(kind: Kind) -> bool {
@@ -87,6 +100,7 @@ impl LossInputs<'_> {
             );
         }
         let c = cls[2];
+        let max_label = if labels.background_column { c - 1 } else { c };
         let tgt = self.cls_targets.size();
         if tgt != [n, a] {
             bail_input!(
@@ -111,11 +125,10 @@ impl LossInputs<'_> {
             let lo = self.cls_targets.min().int64_value(&[]);
             has_ignored = lo == -1;
             let hi = self.cls_targets.max().int64_value(&[]);
-            if lo < -1 || hi > labels.max_label {
+            if lo < -1 || hi > max_label {
                 let bad = if lo < -1 { lo } else { hi };
                 bail_input!(
-                    "cls_targets: label {bad} out of range [-1, {}] for cls_preds with C = {c} ({})",
-                    labels.max_label,
+                    "cls_targets: label {bad} out of range [-1, {max_label}] for cls_preds with C = {c} ({})",
                     labels.meaning
                 );
             }
@@ -147,6 +160,27 @@ impl LossInputs<'_> {
             a,
             c,
             has_ignored,
+        })
+    }
+
+    /// [`Self::validate`], then the predictions in the compute kind, the positives and the
+    /// Smooth-L1 sum over them (`beta`): the start every loss shares.
+    pub(crate) fn prepare(
+        &self,
+        labels: &LabelRule,
+        check_finite: bool,
+        beta: f64,
+    ) -> Result<Prepared> {
+        let dims = self.validate(labels, check_finite)?;
+        let loc_preds = in_compute_kind(self.loc_preds);
+        let loc_targets = in_compute_kind(self.loc_targets).to_kind(loc_preds.kind());
+        let pos = self.cls_targets.gt(0);
+        let loc_sum = smooth_l1_over_positives(&loc_preds, &loc_targets, &pos, beta);
+        Ok(Prepared {
+            dims,
+            cls_preds: in_compute_kind(self.cls_preds),
+            pos,
+            loc_sum,
         })
     }
 }

@@ -18,10 +18,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use super::inputs::LabelRule;
-use super::{
-    check_option, in_compute_kind, smooth_l1_over_positives, valid_rows, DetectionLoss, LossInputs,
-    LossSums, Normalization,
-};
+use super::{check_option, valid_rows, DetectionLoss, LossInputs, LossSums, Normalization};
 
 /// Where the class weights come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -174,20 +171,14 @@ impl DetectionLoss for SoftmaxFocalLoss {
     /// cls_targets: `[N, A]` int64 in `-1 ..= C-1`.
     fn sums(&self, inputs: &LossInputs) -> Result<LossSums> {
         let rule = LabelRule {
-            max_label: inputs.cls_preds.size().last().copied().unwrap_or(0) - 1,
+            background_column: true,
             meaning: "softmax focal loss: 0 = background column, 1..C-1 = classes, -1 = ignore",
         };
-        let dims = inputs.validate(&rule, self.config.check_finite)?;
-        let c = dims.c;
-        let loc_preds = in_compute_kind(inputs.loc_preds);
-        let loc_targets = in_compute_kind(inputs.loc_targets).to_kind(loc_preds.kind());
-        let cls_preds = in_compute_kind(inputs.cls_preds);
+        let p = inputs.prepare(&rule, self.config.check_finite, self.config.beta)?;
+        let (c, cls_preds, pos, loc_sum) = (p.dims.c, p.cls_preds, p.pos, p.loc_sum);
         let cls_targets = inputs.cls_targets;
 
-        let pos = cls_targets.gt(0);
-        let loc_sum = smooth_l1_over_positives(&loc_preds, &loc_targets, &pos, self.config.beta);
-
-        let (x, y) = valid_rows(&cls_preds, cls_targets, dims.has_ignored);
+        let (x, y) = valid_rows(&cls_preds, cls_targets, p.dims.has_ignored);
         let log_p_t = x
             .log_softmax(1, x.kind())
             .gather(1, &y.unsqueeze(1), false)

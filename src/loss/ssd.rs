@@ -29,10 +29,7 @@ use tch::{Kind, Reduction, Tensor};
 
 use super::inputs::LabelRule;
 use super::mining::{top_k_per_row, NegativeMining};
-use super::{
-    check_option, in_compute_kind, smooth_l1_over_positives, DetectionLoss, LossInputs, LossSums,
-    Normalization, IGNORE_LABEL,
-};
+use super::{check_option, DetectionLoss, LossInputs, LossSums, Normalization, IGNORE_LABEL};
 use crate::rng::Rng;
 
 /// `F.cross_entropy(logits, targets, reduction='none', ignore_index=-1)`: logits `[R, C]`,
@@ -139,19 +136,14 @@ impl DetectionLoss for SsdLoss {
     /// cls_targets: `[N, A]` int64 in `-1 ..= C-1`.
     fn sums(&self, inputs: &LossInputs) -> Result<LossSums> {
         let rule = LabelRule {
-            max_label: inputs.cls_preds.size().last().copied().unwrap_or(0) - 1,
+            background_column: true,
             meaning: "SSD loss: 0 = background column, 1..C-1 = classes, -1 = ignore",
         };
-        let dims = inputs.validate(&rule, self.config.check_finite)?;
-        let (n, a, c) = (dims.n, dims.a, dims.c);
-        let loc_preds = in_compute_kind(inputs.loc_preds);
-        let loc_targets = in_compute_kind(inputs.loc_targets).to_kind(loc_preds.kind());
-        let cls_preds = in_compute_kind(inputs.cls_preds);
+        let p = inputs.prepare(&rule, self.config.check_finite, self.config.beta)?;
+        let (n, a, c) = (p.dims.n, p.dims.a, p.dims.c);
+        let (cls_preds, pos, loc_sum) = (p.cls_preds, p.pos, p.loc_sum);
         let cls_targets = inputs.cls_targets;
-
-        let pos = cls_targets.gt(0);
         let num_pos = pos.sum_dim_intlist(1, false, Kind::Int64);
-        let loc_sum = smooth_l1_over_positives(&loc_preds, &loc_targets, &pos, self.config.beta);
 
         // Per-anchor cross entropy for the mining, without gradient.
         let ce = tch::no_grad(|| {

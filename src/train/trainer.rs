@@ -460,11 +460,17 @@ impl Run {
                         }
                     }
                 }
-                let stop_now = self.options.interrupt.load(Ordering::Relaxed)
+                let mut stop_now = self.options.interrupt.load(Ordering::Relaxed)
                     || self
                         .options
                         .stop_after
                         .is_some_and(|s| self.state.iteration >= s);
+                if let Some(g) = &self.group {
+                    // Every rank stops after the same step when any of them was interrupted.
+                    let mut any = [f64::from(u8::from(stop_now))];
+                    g.all_reduce_f64(&mut any)?;
+                    stop_now = any[0] > 0.0;
+                }
                 if stop_now {
                     self.save(false)?;
                     self.progress.line(&format!(

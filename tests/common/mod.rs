@@ -71,6 +71,21 @@ pub fn fresh_seed(what: &str) -> u64 {
     seed
 }
 
+/// Say why a test is skipping: on stderr (shown with `--nocapture`) and in
+/// `target/test-skips.log`, which `make test` prints at the end, so a skip is never silent.
+pub fn note_skip(message: &str) {
+    eprintln!("{message}");
+    let log = repo().join("target/test-skips.log");
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+    {
+        use std::io::Write;
+        let _ = writeln!(f, "{message}");
+    }
+}
+
 /// `../shared/data/<name>` beside the repository, or None with a printed reason.
 pub fn shared_dataset(name: &str) -> Option<PathBuf> {
     let dir = repo().join("../shared/data").join(name);
@@ -90,7 +105,9 @@ pub fn cuda_or_skip(what: &str) -> Option<tch::Device> {
     if tch::Cuda::is_available() {
         Some(tch::Device::Cuda(0))
     } else {
-        eprintln!("SKIPPED (no GPU): {what}: CUDA is not available on this machine");
+        note_skip(&format!(
+            "SKIPPED (no GPU): {what}: CUDA is not available on this machine"
+        ));
         None
     }
 }
@@ -131,4 +148,16 @@ pub fn assert_close(what: &str, a: &tch::Tensor, b: &tch::Tensor, rtol: f64, ato
         "{what}: max |a-b| = {:.3e} exceeds atol {atol:e} + rtol {rtol:e} * |b| (by {excess:.3e})",
         max_abs_diff(&a64, &b64)
     );
+}
+
+/// True when distributed (c10d) support is compiled in; else says why the test is skipped.
+pub fn dist_or_skip(what: &str) -> bool {
+    if tchcv::dist::available() {
+        return true;
+    }
+    note_skip(&format!(
+        "SKIPPED (no distributed support in this build: {}): {what}",
+        tchcv::dist::build_note()
+    ));
+    false
 }
