@@ -272,3 +272,26 @@ fn bad_input_exits_2_naming_the_tensor() {
         &["unknown field `alpha`"],
     );
 }
+
+#[test]
+fn npz_input_is_accepted() {
+    let name = first_fixture("ssd");
+    let (input, case) = fixture(&name);
+    let tensors = common::read_safetensors(&input);
+    let npz = common::scratch("cli-loss-npz").join("case.npz");
+    let names = ["loc_preds", "loc_targets", "cls_preds", "cls_targets"];
+    let named: Vec<(&str, &Tensor)> = names.iter().map(|n| (*n, &tensors[*n])).collect();
+    Tensor::write_npz(&named, &npz).unwrap();
+    let out = tchcv(&["loss", "--input", npz.to_str().unwrap(), "--loss", "ssd"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (g, w) = (
+        got["total"].as_f64().unwrap(),
+        case["expected"]["total"].as_f64().unwrap(),
+    );
+    assert!((g - w).abs() <= 1e-6_f64.max(1e-5 * w.abs()), "{g} vs {w}");
+}

@@ -32,42 +32,42 @@ struct Cli {
 enum Command {
     /// Versions, libtorch location, CUDA devices and threads.
     Info(info::Args),
-    /// Evaluate a loss on tensors from a file (check tchcv against your PyTorch code).
-    Loss(loss::Args),
-    /// Time tchcv against its PyTorch counterpart, side by side.
-    Bench(bench::Args),
-    /// Score detections (VOC devkit results files) against VOC ground truth: AP per class, mAP.
+    /// Write a synthetic VOC-format dataset of drawn shapes (what `make demo` trains on).
+    Synth(synth::Args),
+    /// Read a VOC dataset and report images, objects per class and every problem.
+    CheckData(check_data::Args),
+    /// Train a detector on VOC-format data (loc and cls loss per positive, checkpoints, resume).
+    Train(train::Args),
+    /// VOC mAP of a checkpoint, or of devkit results files: AP per class (devkit algorithm).
     #[command(long_about = eval::ABOUT)]
     Eval(eval::Args),
+    /// Draw a trained detector's boxes on images (and write them as JSON).
+    Detect(detect::Args),
     /// Write a run's loss.png (from metrics.jsonl) and pr.png (from eval.json).
     Plot(plot::Args),
+    /// Evaluate a loss on tensors from a file (check tchcv against your PyTorch code).
+    Loss(loss::Args),
     /// A model spec's anchors to a file, and their count per feature map.
     Anchors(anchors::Args),
     /// One image's ground-truth boxes to training targets (loc_targets, cls_targets).
     Encode(encode::Args),
-    /// Read a VOC dataset and report images, objects per class and every problem.
-    CheckData(check_data::Args),
-    /// Write a synthetic VOC-format dataset of drawn shapes (what `make demo` trains on).
-    Synth(synth::Args),
-    /// Train a detector on VOC-format data (loc and cls loss per positive, checkpoints, resume).
-    Train(train::Args),
-    /// Draw a trained detector's boxes on images (and write them as JSON).
-    Detect(detect::Args),
+    /// Time tchcv against its PyTorch counterpart, side by side.
+    Bench(bench::Args),
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Info(args) => info::run(args),
-        Command::Loss(args) => loss::run(args),
-        Command::Bench(args) => bench::run(args),
+        Command::Synth(args) => synth::run(args),
+        Command::CheckData(args) => check_data::run(args),
+        Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Detect(args) => detect::run(args),
         Command::Plot(args) => plot::run(args),
+        Command::Loss(args) => loss::run(args),
         Command::Anchors(args) => anchors::run(args),
         Command::Encode(args) => encode::run(args),
-        Command::CheckData(args) => check_data::run(args),
-        Command::Synth(args) => synth::run(args),
-        Command::Train(args) => train::run(args),
-        Command::Detect(args) => detect::run(args),
+        Command::Bench(args) => bench::run(args),
     }
 }
 

@@ -23,7 +23,7 @@ pub struct Args {
     /// Data root: a VOCdevkit folder or a single VOC-format folder.
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Training sets, e.g. trainval or 2007:trainval,2012:trainval.
+    /// Training sets, e.g. trainval or 2007:trainval,2012:trainval (default: trainval).
     #[arg(long)]
     sets: Option<String>,
     /// Sets to evaluate the mAP on (every --eval-every epochs, and at the end).
@@ -35,7 +35,7 @@ pub struct Args {
     /// Train on objects marked difficult too.
     #[arg(long)]
     use_difficult: bool,
-    /// Model spec (models/*.json).
+    /// Model spec (default: models/ssd300.json).
     #[arg(long)]
     model: Option<PathBuf>,
     /// Backbone weights (safetensors from scripts/convert_weights.py).
@@ -59,21 +59,25 @@ pub struct Args {
     /// Iterations to train.
     #[arg(long)]
     iters: Option<u64>,
-    /// Images per iteration (per process).
+    /// Images per iteration, per process (default: 32).
     #[arg(long)]
     batch: Option<usize>,
+    /// Base learning rate (default: 1e-3).
     #[arg(long)]
     lr: Option<f64>,
+    /// Optimizer (default: sgd).
     #[arg(long, value_enum)]
     optimizer: Option<OptimizerKind>,
+    /// SGD momentum (default: 0.9).
     #[arg(long)]
     momentum: Option<f64>,
+    /// Weight decay, on every parameter as torchcv (default: 1e-4).
     #[arg(long)]
     weight_decay: Option<f64>,
-    /// Linear warm-up iterations.
+    /// Linear warm-up iterations from 0.001 x lr (default: 0).
     #[arg(long)]
     warmup: Option<u64>,
-    /// constant, cosine[:MIN_FACTOR] or step:ITER[,ITER...][:GAMMA].
+    /// constant (default), cosine[:MIN_FACTOR] or step:ITER[,ITER...][:GAMMA] (gamma 0.1).
     #[arg(long)]
     lr_schedule: Option<String>,
     /// Clip the gradient norm.
@@ -82,12 +86,13 @@ pub struct Args {
     /// Data worker threads (default: from the cores and the device).
     #[arg(long)]
     workers: Option<usize>,
-    /// auto, cpu, cuda or cuda:N.
+    /// auto (default: CUDA when available), cpu, cuda or cuda:N.
     #[arg(long)]
     device: Option<String>,
+    /// Seed of the initialisation, data order, augmentation and random mining (default: 0).
     #[arg(long)]
     seed: Option<u64>,
-    /// The run folder.
+    /// The run folder (default: runs/train).
     #[arg(long)]
     out: Option<PathBuf>,
     /// Continue the run in --out from its last checkpoint (its saved configuration; flags given
@@ -100,7 +105,7 @@ pub struct Args {
     /// Also checkpoint every K iterations.
     #[arg(long)]
     checkpoint_every: Option<u64>,
-    /// Stop after this many non-finite losses in a row.
+    /// Stop after this many non-finite losses in a row (default: 5).
     #[arg(long)]
     max_nonfinite: Option<u32>,
     /// Augmentation steps to turn off (comma separated): photometric, zoom-out, crop, flip, all.
@@ -127,7 +132,7 @@ pub struct Args {
     /// gloo or nccl (default: nccl on CUDA, gloo on CPU).
     #[arg(long)]
     dist_backend: Option<String>,
-    /// Seconds a collective waits for the other ranks.
+    /// Seconds a collective waits for the other ranks (default: 300).
     #[arg(long)]
     dist_timeout: Option<f64>,
 }
