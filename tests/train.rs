@@ -358,6 +358,25 @@ fn bad_input_gets_a_clear_error() {
         ],
         &["models/ssd300.json", "does not match the checkpoint"],
     );
+    // The same model with another description resumes.
+    let mut spec: Value =
+        serde_json::from_str(&std::fs::read_to_string("models/ssd_small.json").unwrap()).unwrap();
+    spec["description"] = "the same layout, described anew".into();
+    let renamed = out.join("ssd_small_described.json");
+    std::fs::write(&renamed, spec.to_string()).unwrap();
+    ok(
+        &tchcv(&[
+            "train",
+            "--resume",
+            "--out",
+            s(&out),
+            "--model",
+            s(&renamed),
+            "--iters",
+            "2",
+        ]),
+        "resume with a re-described spec",
+    );
     expect_error(
         &["train", "--resume", "--out", "/nonexistent/run"],
         &["no checkpoint to resume from"],
@@ -415,4 +434,54 @@ fn steps_logged(run: &Path) -> usize {
     std::fs::read_to_string(run.join("metrics.jsonl"))
         .map(|t| t.lines().count())
         .unwrap_or(0)
+}
+
+#[test]
+fn init_loads_backbone_weights() {
+    let data = synth("train-init");
+    let first = common::scratch("train-init-first");
+    ok(
+        &tchcv(&train_args(s(&data), s(&first), &["--iters", "2"])),
+        "first run",
+    );
+    // The first run's backbone, as `scripts/convert_weights.py` would write it.
+    let trained = tchcv::train::checkpoint::load(&first.join("last.safetensors")).unwrap();
+    let backbone: Vec<(String, tch::Tensor)> = trained
+        .model
+        .into_iter()
+        .filter(|(name, _)| name.starts_with("extractor."))
+        .collect();
+    assert!(!backbone.is_empty());
+    let file = first.join("backbone.safetensors");
+    tch::Tensor::write_safetensors(&backbone, &file).unwrap();
+
+    let second = common::scratch("train-init-second");
+    let out = tchcv(&train_args(
+        s(&data),
+        s(&second),
+        &["--iters", "1", "--init", s(&file), "--lr", "1e-12"],
+    ));
+    ok(&out, "run with --init");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("init: {} backbone tensors", backbone.len())),
+        "{stderr}"
+    );
+    // With a negligible step the backbone's weights are still the first run's (heads are new;
+    // batch-norm running statistics move with every training-mode forward).
+    let loaded = tchcv::train::checkpoint::load(&second.join("last.safetensors")).unwrap();
+    for (name, t) in backbone.iter().filter(|(n, _)| !n.contains("running_")) {
+        assert!(
+            common::max_abs_diff(t, &loaded.model[name]) < 1e-6,
+            "{name}"
+        );
+    }
+    // A file that does not fit says what is missing.
+    let wrong = first.join("wrong.safetensors");
+    tch::Tensor::write_safetensors(&backbone[..1], &wrong).unwrap();
+    let bad = common::scratch("train-init-bad");
+    expect_error(
+        &train_args(s(&data), s(&bad), &["--iters", "1", "--init", s(&wrong)]),
+        &["missing", "extractor."],
+    );
 }

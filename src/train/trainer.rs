@@ -190,7 +190,7 @@ impl Run {
         // The spec: the file's, which must equal the checkpoint's when resuming.
         let spec = ModelSpec::load(&config.model)?;
         if let Some(ckpt) = &resumed {
-            if spec.to_json() != ckpt.state.spec {
+            if !same_model(&spec.to_json(), &ckpt.state.spec) {
                 crate::bail_input!(
                     "model spec {} does not match the checkpoint {} (trained with spec {:?})",
                     config.model.display(),
@@ -713,6 +713,18 @@ impl Run {
             None => Ok(()),
         }
     }
+}
+
+/// Two specs (as JSON) describe the same model: equal but for the free-text `description`.
+fn same_model(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    let without_description = |v: &serde_json::Value| {
+        let mut v = v.clone();
+        if let Some(fields) = v.as_object_mut() {
+            fields.remove("description");
+        }
+        v
+    };
+    without_description(a) == without_description(b)
 }
 
 /// Objects per class in the training set (background count 0 first), for static class weights.
