@@ -86,6 +86,24 @@ fn steps(run: &Path) -> Vec<(u64, f64, f64, f64)> {
         .collect()
 }
 
+/// The epoch summaries of a run: (epoch, total, loc_per_pos, cls_per_pos).
+fn epoch_lines(run: &Path) -> Vec<(u64, f64, f64, f64)> {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).expect("metrics.jsonl");
+    text.lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("JSON line"))
+        .filter(|v| v["kind"] == "epoch")
+        .map(|v| {
+            let f = |k: &str| v[k].as_f64().unwrap();
+            (
+                v["epoch"].as_u64().unwrap(),
+                f("total"),
+                f("loc_per_pos"),
+                f("cls_per_pos"),
+            )
+        })
+        .collect()
+}
+
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -188,6 +206,15 @@ fn resume_repeats_an_uninterrupted_run_exactly() {
         a, b,
         "10 iterations in one run vs 5 + resume + 5: identical losses"
     );
+    // The epoch summaries (epoch 0 was cut by the stop) and the best checkpoint agree too.
+    assert_eq!(epoch_lines(&whole), epoch_lines(&split));
+    let best = |run: &Path| {
+        tchcv::train::checkpoint::load(&run.join("best.safetensors"))
+            .unwrap()
+            .state
+            .best
+    };
+    assert_eq!(best(&whole), best(&split));
 }
 
 #[test]
@@ -279,29 +306,29 @@ fn checkpoint_round_trips_and_evaluates_and_detects() {
 fn nonfinite_losses_are_skipped_then_stop_the_run_keeping_the_checkpoint() {
     let data = synth("train-nan");
     let out = common::scratch("train-nan-run");
-    // A good first run leaves a checkpoint.
+    // A good run leaves a checkpoint (iteration 3 of an epoch of 6).
     ok(
         &tchcv(&train_args(s(&data), s(&out), &["--iters", "3"])),
         "good run",
     );
     let before = std::fs::read(out.join("last.safetensors")).unwrap();
-    // An absurd learning rate makes the loss overflow; three in a row stop the run.
-    let args = train_args(
-        s(&data),
+    // Resumed with an absurd learning rate, the weights blow up and the loss overflows; three
+    // non-finite losses in a row stop the run. The epoch ends inside that streak: its
+    // checkpoint must not replace the good one.
+    let args = [
+        "train",
+        "--resume",
+        "--out",
         s(&out),
-        &[
-            "--iters",
-            "40",
-            "--lr",
-            "1e30",
-            "--max-nonfinite",
-            "3",
-            "--stop-after",
-            "1000",
-        ],
-    );
+        "--iters",
+        "40",
+        "--lr",
+        "1e30",
+        "--max-nonfinite",
+        "3",
+    ];
     let run = Command::new(common::tchcv_bin())
-        .args(&args)
+        .args(args)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&run.stderr);
@@ -309,11 +336,14 @@ fn nonfinite_losses_are_skipped_then_stop_the_run_keeping_the_checkpoint() {
     assert_eq!(run.status.code(), Some(1), "{stdout}\n{stderr}");
     assert!(stderr.contains("3 non-finite losses in a row"), "{stderr}");
     assert!(stdout.contains("NaN or inf, step skipped"), "{stdout}");
+    assert!(stdout.contains("checkpoint not written"), "{stdout}");
     assert_eq!(
         std::fs::read(out.join("last.safetensors")).unwrap(),
         before,
         "last good checkpoint intact"
     );
+    let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert!(text.contains("\"kind\":\"nonfinite\""), "skips are logged");
 }
 
 fn expect_error(args: &[&str], needles: &[&str]) {

@@ -53,6 +53,15 @@ fn random_case(b: &LossBench, device: Device) -> [Tensor; 4] {
 
 /// Time tchcv (and the reference on the same tensors) on `device`.
 pub fn run(b: &LossBench, device: Device) -> Result<Comparison> {
+    let min_c = if b.loss.has_background_column() { 2 } else { 1 };
+    if b.n < 1 || b.a < 1 || b.c < min_c {
+        crate::bail_input!(
+            "bench loss: --n and --a must be >= 1 and --c >= {min_c} (classes, background column included), got {} {} {}",
+            b.n,
+            b.a,
+            b.c
+        );
+    }
     let [loc_preds, loc_targets, cls_preds, cls_targets] = random_case(b, device);
     let loss = b.loss.build(serde_json::json!({ "check_finite": false }))?;
     let loc_preds = loc_preds.set_requires_grad(true);
@@ -107,7 +116,8 @@ pub fn run(b: &LossBench, device: Device) -> Result<Comparison> {
         let report = report?;
         // The same work: both sides must compute the same loss on these tensors.
         let theirs = report["total"].as_f64().unwrap_or(f64::NAN);
-        if (theirs - total).abs() > 1e-4 * total.abs().max(1.0) {
+        let agree = (theirs - total).abs() <= 1e-4 * total.abs().max(1.0);
+        if !agree {
             anyhow::bail!("bench loss: tchcv computed {total}, the PyTorch reference {theirs}: not the same loss");
         }
         Some((report["median_ms"].as_f64().unwrap_or(f64::NAN), theirs))

@@ -22,7 +22,7 @@ pub struct Args {
     /// Output folder: <name>.png per image and detections.json.
     #[arg(long)]
     out: PathBuf,
-    /// Draw detections scoring at least this.
+    /// Draw detections scoring above this.
     #[arg(long, default_value_t = 0.5)]
     score: f64,
     /// Class-wise NMS suppresses IoU above this.
@@ -76,6 +76,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         .with_context(|| format!("creating {}", args.out.display()))?;
     let mut all: Vec<ImageDetections> = Vec::new();
     let mut failed = 0;
+    let mut written = std::collections::HashSet::new();
     for path in image_files(&args.images)? {
         let name = path.display().to_string();
         let result = tchcv::data::image::read(&path).and_then(|decoded| {
@@ -94,7 +95,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let file = args.out.join(format!("{stem}.png"));
+            // Two inputs with the same stem (a/x.jpg, b/x.jpg) get x.png and x-2.png.
+            let mut file = args.out.join(format!("{stem}.png"));
+            for k in 2.. {
+                if written.insert(file.clone()) {
+                    break;
+                }
+                file = args.out.join(format!("{stem}-{k}.png"));
+            }
             picture
                 .save(&file)
                 .with_context(|| format!("writing {}", file.display()))?;
@@ -115,7 +123,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
     tchcv::eval::detections::write_detections_json(&args.out.join("detections.json"), &all)?;
     if failed > 0 {
-        eprintln!("{failed} image(s) could not be read and were skipped");
+        eprintln!("{failed} image(s) failed (see above) and were skipped");
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)

@@ -103,9 +103,16 @@ pub struct Args {
     json: Option<PathBuf>,
 }
 
-/// Run the checkpoint's model over the sets and write devkit results files; returns their
-/// folder and the class names.
-fn write_checkpoint_detections(args: &Args, checkpoint: &Path) -> Result<(PathBuf, Vec<String>)> {
+/// Where the detections come from, and what they are scored against.
+struct Scoring {
+    detections: PathBuf,
+    classes: Vec<String>,
+    ground_truth: Vec<eval::GroundTruth>,
+}
+
+/// Run the checkpoint's model over the sets and write devkit results files. The ground truth is
+/// in the frame of the model's detections (upright images).
+fn write_checkpoint_detections(args: &Args, checkpoint: &Path) -> Result<Scoring> {
     let device = tchcv::device::parse_device(&args.device)?;
     let trained = tchcv::train::checkpoint::load_detector(checkpoint, device)?;
     let dataset = eval::open_for_eval(&args.data, &args.sets, Some(trained.classes.clone()), true)?;
@@ -146,28 +153,29 @@ fn write_checkpoint_detections(args: &Args, checkpoint: &Path) -> Result<(PathBu
         tchcv::device::device_name(device),
         out.display()
     );
-    Ok((out, classes))
+    Ok(Scoring {
+        detections: out,
+        classes,
+        ground_truth: eval::ground_truth_of(loader.dataset(), true),
+    })
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    let (detections, checkpoint_classes) = match (&args.checkpoint, &args.detections) {
-        (Some(checkpoint), _) => {
-            let (dir, classes) = write_checkpoint_detections(&args, checkpoint)?;
-            (dir, Some(classes))
+    let Scoring {
+        detections,
+        classes,
+        ground_truth,
+    } = match (&args.checkpoint, &args.detections) {
+        (Some(checkpoint), _) => write_checkpoint_detections(&args, checkpoint)?,
+        (None, Some(dir)) => {
+            let (classes, ground_truth) = eval::load_ground_truth(&args.data, &args.sets)?;
+            Scoring {
+                detections: dir.clone(),
+                classes,
+                ground_truth,
+            }
         }
-        (None, Some(dir)) => (dir.clone(), None),
         (None, None) => tchcv::bail_input!("give --detections DIR or --checkpoint FILE"),
-    };
-    let (classes, ground_truth) = match checkpoint_classes {
-        Some(classes) => {
-            let map = tchcv::data::ClassMap::new(classes)?;
-            let dataset = eval::open_for_eval(&args.data, &args.sets, Some(map), false)?;
-            (
-                dataset.classes.names().to_vec(),
-                eval::ground_truth_of(&dataset),
-            )
-        }
-        None => eval::load_ground_truth(&args.data, &args.sets)?,
     };
     let results = eval::read_voc_results(&detections, &args.prefix, &classes)?;
     if results.missing.len() == classes.len() {

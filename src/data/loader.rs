@@ -78,6 +78,9 @@ pub struct LoaderConfig {
     /// Ignored when CUDA is not available.
     pub pin_memory: bool,
     pub shard: Shard,
+    /// Hand out a batch whose images were all unreadable (empty) instead of skipping it, so
+    /// every rank of a distributed run takes the same number of steps.
+    pub keep_empty_batches: bool,
 }
 
 impl Default for LoaderConfig {
@@ -95,6 +98,7 @@ impl Default for LoaderConfig {
             use_difficult: false,
             pin_memory: false,
             shard: Shard::default(),
+            keep_empty_batches: false,
         }
     }
 }
@@ -352,6 +356,7 @@ impl Loader {
             next: 0,
             total: chunks.len(),
             pin: self.config.pin_memory && tch::Cuda::is_available(),
+            keep_empty: self.config.keep_empty_batches,
             done: false,
         }
     }
@@ -511,6 +516,7 @@ pub struct EpochIter {
     next: usize,
     total: usize,
     pin: bool,
+    keep_empty: bool,
     done: bool,
 }
 
@@ -534,7 +540,7 @@ impl Iterator for EpochIter {
                     return Some(Err(e));
                 }
                 // Every image of this batch was unreadable (counted): go on with the next.
-                Ok(b) if b.is_empty() => continue,
+                Ok(b) if b.is_empty() && !self.keep_empty => continue,
                 Ok(mut b) => {
                     if self.pin {
                         b.images = b.images.f_pin_memory(Device::Cuda(0)).unwrap_or(b.images);

@@ -150,6 +150,9 @@ pub struct ImageRecord {
     pub height: u32,
     /// `<size>` from the XML, if present and non-zero.
     pub xml_size: Option<(u32, u32)>,
+    /// The image file's header, when it was read at open time ([`ImageCheck::Header`],
+    /// [`ImageCheck::Decode`], or a missing `<size>`): stored size and EXIF orientation.
+    pub probe: Option<img::Probe>,
     /// Usable objects (clipped; degenerate, unknown-class and malformed ones dropped).
     pub objects: Vec<VocObject>,
     /// The set it came from, e.g. `2007:trainval`.
@@ -698,6 +701,7 @@ fn build_record(
         xml_size: raw.size,
         objects,
         source,
+        probe,
     };
     if check == ImageCheck::Decode {
         match load_record(&record, true) {
@@ -735,6 +739,27 @@ fn build_record(
         }
     }
     Ok((record, problems))
+}
+
+impl ImageRecord {
+    /// The objects' boxes in VOC's 1-based convention, in the frame of the *upright* decoded
+    /// image (the frame tchcv's detections are in): the XML boxes, turned with the EXIF
+    /// orientation where they were annotated on the stored pixels. Needs [`Self::probe`]; without
+    /// it the XML boxes are returned as they are.
+    pub fn upright_voc_boxes(&self) -> Vec<[f32; 4]> {
+        let turn = self
+            .probe
+            .filter(|p| !boxes_are_upright(self.xml_size, p.stored_size, p.orientation));
+        self.objects
+            .iter()
+            .map(|o| match turn {
+                Some(p) => {
+                    pixel_to_voc_box(img::orient_box(o.pixel_box(), p.stored_size, p.orientation))
+                }
+                None => o.bbox,
+            })
+            .collect()
+    }
 }
 
 /// Decode a record's image and map its boxes (see [`VocDataset::load`]).

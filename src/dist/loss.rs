@@ -15,8 +15,9 @@
 //! So each rank backpropagates its share `L_r` and the gradients are **summed** over ranks
 //! ([`GradReduction::Sum`](super::GradReduction::Sum)): the result is the gradient of one
 //! process with batch W*B, up to float summation order. (With PyTorch DDP's averaging, the
-//! share would have to be multiplied by W; summing avoids that scale.) Rank r takes the r-th
-//! slice of each global batch of W*B images.
+//! share would have to be multiplied by W; summing avoids that scale.) The loader gives rank r
+//! every W-th image of the shuffled order from position r, so the ranks' batches k together
+//! hold the images of global batch k of W*B.
 
 use anyhow::Result;
 

@@ -11,14 +11,20 @@ use super::voc::GroundTruth;
 use crate::data::{ClassMap, ImageCheck, ReadOptions, SetSpec, Severity, VocDataset};
 
 /// One [`GroundTruth`] per image of `dataset`, in dataset order; difficult objects included
-/// (flagged), as the devkit needs them.
-pub fn ground_truth_of(dataset: &VocDataset) -> Vec<GroundTruth> {
+/// (flagged), as the devkit needs them. `upright`: boxes in the frame of the upright decoded
+/// image (EXIF orientation applied, the frame of tchcv's own detections; needs the image
+/// headers, see [`open_for_eval`]); else as annotated (the frame of devkit results files).
+pub fn ground_truth_of(dataset: &VocDataset, upright: bool) -> Vec<GroundTruth> {
     dataset
         .records
         .iter()
         .map(|r| GroundTruth {
             image_id: r.id.clone(),
-            boxes: r.objects.iter().map(|o| o.bbox).collect(),
+            boxes: if upright {
+                r.upright_voc_boxes()
+            } else {
+                r.objects.iter().map(|o| o.bbox).collect()
+            },
             labels: r.objects.iter().map(|o| o.class_id).collect(),
             difficult: r.objects.iter().map(|o| o.difficult).collect(),
         })
@@ -28,7 +34,8 @@ pub fn ground_truth_of(dataset: &VocDataset) -> Vec<GroundTruth> {
 /// Open `sets` under `root` for evaluation: an error (naming the files) when the reader had to
 /// skip an image, since scores against partial ground truth would mislead. `classes`: the
 /// class list (a checkpoint's); `None`: discovered as the reader does. `images`: whether the
-/// images must be there (to run a detector) or only the annotations (to score result files).
+/// images must be there (to run a detector; their headers are read for the EXIF orientation) or
+/// only the annotations (to score result files).
 pub fn open_for_eval(
     root: &Path,
     sets: &[String],
@@ -73,5 +80,8 @@ pub fn open_for_eval(
 /// the standard order when the data uses only those, else the names found, sorted).
 pub fn load_ground_truth(root: &Path, sets: &[String]) -> Result<(Vec<String>, Vec<GroundTruth>)> {
     let dataset = open_for_eval(root, sets, None, false)?;
-    Ok((dataset.classes.names().to_vec(), ground_truth_of(&dataset)))
+    Ok((
+        dataset.classes.names().to_vec(),
+        ground_truth_of(&dataset, false),
+    ))
 }

@@ -115,7 +115,8 @@ pub fn detect_image(
 }
 
 /// Run `model` over every batch of `loader` (an evaluation loader: no augmentation, fixed
-/// order). Boxes are in each image's 0-based pixels.
+/// order). Boxes are in each image's 0-based pixels (upright: EXIF orientation applied). An
+/// unreadable image is an error naming it.
 pub fn detect_dataset(
     model: &dyn Detector,
     coder: &BoxCoder,
@@ -134,6 +135,13 @@ pub fn detect_dataset(
             &class_names,
             device,
         )?);
+    }
+    if let Some(problem) = loader.stats().problems().first() {
+        // A skipped image would still count its ground truth: the mAP would silently drop.
+        crate::bail_input!(
+            "{} image(s) of the evaluation set could not be read, e.g. {problem}",
+            loader.stats().skipped()
+        );
     }
     Ok(images)
 }
@@ -169,7 +177,7 @@ pub fn evaluate_detector(
     let class_names = dataset.classes.names();
     let result = evaluate(
         class_names,
-        &ground_truth_of(dataset),
+        &ground_truth_of(dataset, true),
         &voc_detections(&images),
         voc,
     )?;

@@ -98,6 +98,21 @@ pub struct LossSums {
 }
 
 impl LossSums {
+    /// The parts of an empty batch (a distributed rank whose images were all unreadable still
+    /// takes part in the step's collectives with these).
+    pub fn zero(device: tch::Device) -> Self {
+        let zero = || Tensor::zeros([], (Kind::Float, device));
+        Self {
+            loc_sum: zero(),
+            cls_sum: zero(),
+            num_pos: 0,
+            num_neg: 0,
+            num_valid: 0,
+            cls_mean: false,
+            neg_mask: None,
+        }
+    }
+
     /// Divide by `normalizer` (`D`, usually the batch positives) and, for a `mean` classification
     /// reduction, the classification part by `cls_mean_normalizer` (the valid anchors).
     pub fn finish(self, normalizer: f64, cls_mean_normalizer: f64) -> LossOutput {

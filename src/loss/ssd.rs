@@ -147,17 +147,20 @@ impl DetectionLoss for SsdLoss {
 
         // Per-anchor cross entropy for the mining, without gradient.
         let ce = tch::no_grad(|| {
-            cross_entropy_rows(&cls_preds.view([n * a, c]), &cls_targets.view([n * a]))
+            cross_entropy_rows(
+                &cls_preds.reshape([n * a, c]),
+                &cls_targets.reshape([n * a]),
+            )
         })
-        .view([n, a]);
+        .reshape([n, a]);
         let neg = self.mine_negatives(&ce, cls_targets, &num_pos);
         self.calls.fetch_add(1, Ordering::Relaxed);
         // cls_loss[pos|neg].sum(): the same cross entropy again, with gradient, on the kept
         // anchors only (a few percent), so the backward pass touches only their rows.
         let kept = pos.logical_or(&neg).reshape([-1]).nonzero().squeeze_dim(1);
         let kept_ce = cross_entropy_rows(
-            &cls_preds.view([n * a, c]).index_select(0, &kept),
-            &cls_targets.view([n * a]).index_select(0, &kept),
+            &cls_preds.reshape([n * a, c]).index_select(0, &kept),
+            &cls_targets.reshape([n * a]).index_select(0, &kept),
         );
         let cls_sum = kept_ce.sum(kept_ce.kind());
 

@@ -31,6 +31,15 @@ pub struct RunState {
     pub loss_calls: u64,
     /// Steps skipped because the loss was NaN or inf.
     pub nonfinite_skips: u64,
+    /// Of which in a row, up to now.
+    #[serde(default)]
+    pub nonfinite_in_row: u32,
+    /// The current epoch's sums so far (its summary line and the no-test-set "best").
+    #[serde(default)]
+    pub epoch_progress: EpochProgress,
+    /// Processes in the run (a resumed epoch must be split the same way).
+    #[serde(default = "one")]
+    pub world_size: usize,
     /// The best evaluation (or loss) so far and its iteration.
     pub best: Option<(f64, u64)>,
     /// Class names, index = 0-based label.
@@ -39,6 +48,32 @@ pub struct RunState {
     pub spec: serde_json::Value,
     /// The training configuration.
     pub config: serde_json::Value,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// Sums over the steps of the current epoch, for its summary line.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EpochProgress {
+    pub steps: u64,
+    pub loc_per_pos: f64,
+    pub cls_per_pos: f64,
+    pub total: f64,
+    pub images: usize,
+    pub seconds: f64,
+}
+
+impl EpochProgress {
+    pub fn add(&mut self, s: &crate::loss::LossStats, images: usize, seconds: f64) {
+        self.steps += 1;
+        self.loc_per_pos += s.loc_per_pos;
+        self.cls_per_pos += s.cls_per_pos;
+        self.total += s.total;
+        self.images += images;
+        self.seconds += seconds;
+    }
 }
 
 /// A loaded checkpoint.

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 use tch::{nn, Device, Kind, Tensor};
 
-use super::checkpoint::{self, RunState};
+use super::checkpoint::{self, EpochProgress, RunState};
 use super::config::{ClassWeightsMode, TrainConfig};
 use super::metrics::MetricsLog;
 use super::optim::{trainable_params, Optimizer, Param};
@@ -23,7 +23,7 @@ use crate::data::{
 };
 use crate::dist::{global_normalizer, Backend, DistConfig, GradReduction, ProcessGroup};
 use crate::eval::{evaluate_detector, VocEvalConfig, VocEvalResult};
-use crate::loss::{DetectionLoss, LossInputs, LossKind, LossStats};
+use crate::loss::{DetectionLoss, LossInputs, LossKind, LossStats, LossSums};
 use crate::models::{self, Detector};
 use crate::spec::ModelSpec;
 
@@ -82,16 +82,13 @@ pub fn best_checkpoint(out: &Path) -> PathBuf {
 
 /// The configuration a run folder was trained with (from `last.json`), for `--resume`.
 pub fn saved_config(out: &Path) -> Result<serde_json::Value> {
-    let path = checkpoint::state_json_path(&last_checkpoint(out));
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        crate::bad_input(format!(
-            "--resume: {}: {e} (no checkpoint to resume from)",
-            path.display()
-        ))
-    })?;
-    let state: RunState = serde_json::from_str(&text)
-        .map_err(|e| crate::bad_input(format!("{}: {e}", path.display())))?;
-    Ok(state.config)
+    let path = last_checkpoint(out);
+    if !path.is_file() {
+        crate::bail_input!("--resume: {}: no checkpoint to resume from", path.display());
+    }
+    // The state inside the checkpoint, not the readable copy beside it: a crash between the two
+    // renames could leave the copy a step behind.
+    Ok(checkpoint::load(&path)?.state.config)
 }
 
 /// Everything a running training holds.
@@ -152,7 +149,7 @@ fn cores_for_this_process(group: &Option<ProcessGroup>) -> usize {
 }
 
 impl Run {
-    fn new(config: TrainConfig, options: TrainOptions) -> Result<Self> {
+    fn new(mut config: TrainConfig, options: TrainOptions) -> Result<Self> {
         // Distributed launch: flags, else torchrun's variables.
         let dist = DistConfig::from_flags_or_env(
             config.world_size,
@@ -229,6 +226,8 @@ impl Run {
             eprintln!("data: {} images; {}", dataset.len(), report.summary_line());
         }
 
+        // Scores have a background column exactly when the spec's head does.
+        config.decode.background_column = spec.has_background_column();
         let coder = Arc::new(BoxCoder::from_spec(&spec)?);
         let [w, h] = spec.input_size;
         let input_size = [w as u32, h as u32];
@@ -244,6 +243,7 @@ impl Run {
             use_difficult: config.use_difficult,
             pin_memory: device.is_cuda(),
             shard: Shard { rank, world },
+            keep_empty_batches: world > 1,
             ..LoaderConfig::default()
         };
         let class_histogram = object_histogram(&dataset, classes.len(), config.use_difficult);
@@ -276,7 +276,18 @@ impl Run {
             }
         }
 
-        let kind = config.loss.unwrap_or(spec.loss.parse::<LossKind>()?);
+        let kind = match config.loss {
+            Some(kind) => kind,
+            None => spec.loss.parse::<LossKind>()?,
+        };
+        if kind.has_background_column() != spec.has_background_column() {
+            crate::bail_input!(
+                "--loss {kind:?} does not fit {}: its head has {} background column (spec loss {:?})",
+                config.model.display(),
+                if spec.has_background_column() { "a" } else { "no" },
+                spec.loss
+            );
+        }
         let mut loss_options = config.loss_options(kind, rank);
         if kind == LossKind::SoftmaxFocal && config.class_weights != ClassWeightsMode::None {
             let o = loss_options.as_object_mut().context("loss options")?;
@@ -317,12 +328,35 @@ impl Run {
             next_batch: 0,
             loss_calls: 0,
             nonfinite_skips: 0,
+            nonfinite_in_row: 0,
+            epoch_progress: Default::default(),
+            world_size: world,
             best: None,
             classes: classes.names().to_vec(),
             spec: spec.to_json(),
             config: serde_json::to_value(&config)?,
         };
         if let Some(ckpt) = resumed {
+            let saved: TrainConfig =
+                serde_json::from_value(ckpt.state.config.clone()).unwrap_or_default();
+            let mid_epoch = ckpt.state.next_batch > 0;
+            if mid_epoch && (saved.batch != config.batch || ckpt.state.world_size != world) {
+                crate::bail_input!(
+                    "--resume: the run stopped in the middle of epoch {} with --batch {} on {} process(es); \
+                     it can only continue that epoch the same way (got --batch {} on {world})",
+                    ckpt.state.epoch,
+                    saved.batch,
+                    ckpt.state.world_size,
+                    config.batch
+                );
+            }
+            if saved.optimizer != config.optimizer {
+                crate::bail_input!(
+                    "--resume: the run was trained with --optimizer {:?}; its state does not fit {:?}",
+                    saved.optimizer,
+                    config.optimizer
+                );
+            }
             crate::io::load_into_varstore(
                 &vs,
                 &ckpt.model,
@@ -334,6 +368,7 @@ impl Run {
                 .context("restoring the optimizer state")?;
             state = RunState {
                 config: state.config,
+                world_size: world,
                 ..ckpt.state
             };
             loss.set_calls(state.loss_calls);
@@ -351,9 +386,17 @@ impl Run {
             classes.save_json(&out.join("classes.json"))?;
             if !options.resume && last_checkpoint(&out).exists() {
                 eprintln!(
-                    "note: {} holds an earlier run; starting afresh replaces its checkpoints and metrics (continue it with --resume)",
+                    "note: {} holds an earlier run; starting afresh removes its checkpoints, evaluation and metrics (continue it with --resume instead)",
                     out.display()
                 );
+                for stale in [
+                    last_checkpoint(&out),
+                    best_checkpoint(&out),
+                    out.join("eval.json"),
+                ] {
+                    let _ = std::fs::remove_file(checkpoint::state_json_path(&stale));
+                    let _ = std::fs::remove_file(&stale);
+                }
             }
             Some(MetricsLog::open(
                 &out.join("metrics.jsonl"),
@@ -411,12 +454,10 @@ impl Run {
     fn train_loop(&mut self) -> Result<TrainSummary> {
         let mut last = None;
         let mut eval = None;
-        let mut nonfinite_in_row = 0u32;
         let mut interrupted = false;
         let iters_per_epoch = self.loader.batches_per_epoch();
         'epochs: while self.state.iteration < self.total_iters {
             let epoch = self.state.epoch;
-            let mut epoch_sum = EpochSum::default();
             let mut batches = self.loader.epoch_from(epoch, self.state.next_batch);
             let mut tick = Instant::now();
             let mut exhausted = false;
@@ -441,15 +482,16 @@ impl Run {
                 let images_per_s = images as f64 / seconds.max(1e-9);
                 match stats {
                     Some(s) => {
-                        nonfinite_in_row = 0;
-                        epoch_sum.add(&s, images, seconds);
+                        self.state.nonfinite_in_row = 0;
+                        self.state.epoch_progress.add(&s, images, seconds);
                         self.log_step(iter, epoch, &s, lr, images_per_s)?;
                         last = Some(s);
                     }
                     None => {
-                        nonfinite_in_row += 1;
+                        self.state.nonfinite_in_row += 1;
                         self.state.nonfinite_skips += 1;
                         self.log_nonfinite(iter, epoch)?;
+                        let nonfinite_in_row = self.state.nonfinite_in_row;
                         if nonfinite_in_row >= self.config.max_nonfinite {
                             bail!(
                                 "stopping: {nonfinite_in_row} non-finite losses in a row (iterations {} to {iter}); \
@@ -481,34 +523,37 @@ impl Run {
                     interrupted = true;
                     break 'epochs;
                 }
+                // (At an epoch's last batch the epoch end below saves anyway.)
                 if self.config.checkpoint_every > 0
                     && self
                         .state
                         .iteration
                         .is_multiple_of(self.config.checkpoint_every)
+                    && self.state.next_batch < iters_per_epoch
                 {
                     self.save(false)?;
                 }
             }
             drop(batches);
             if exhausted || self.state.next_batch >= iters_per_epoch {
+                let progress = std::mem::take(&mut self.state.epoch_progress);
                 self.state.epoch += 1;
                 self.state.next_batch = 0;
-                self.epoch_summary(epoch, &epoch_sum);
+                self.epoch_summary(epoch, &progress);
                 let eval_due = self.config.eval_every > 0
                     && self.state.epoch.is_multiple_of(self.config.eval_every);
                 let is_last = self.state.iteration >= self.total_iters;
                 if eval_due && !is_last {
                     eval = self.evaluate()?.or(eval);
                 }
-                let improved = self.update_best(&eval, &epoch_sum, eval_due && !is_last);
+                let improved = self.update_best(&eval, &progress, eval_due && !is_last);
                 self.save(improved)?;
             }
         }
         if !interrupted {
             if self.config.test_sets.is_some() {
                 eval = self.evaluate()?.or(eval);
-                let improved = self.update_best(&eval, &EpochSum::default(), true);
+                let improved = self.update_best(&eval, &EpochProgress::default(), true);
                 self.save(improved)?;
             } else {
                 self.save(false)?;
@@ -539,17 +584,24 @@ impl Run {
     /// One iteration: forward, loss normalised by the global positives, backward, all-reduce,
     /// update. `None` when the loss is NaN or inf (the step is skipped).
     fn step(&mut self, batch: &crate::data::Batch, lr: f64) -> Result<Option<LossStats>> {
-        let images = batch.images.to_device(self.device);
-        let loc_targets = batch.loc_targets.to_device(self.device);
-        let cls_targets = batch.cls_targets.to_device(self.device);
-        let (loc_preds, cls_preds) = self.model.forward_t(&images, true)?;
-        let inputs = LossInputs {
-            loc_preds: &loc_preds,
-            loc_targets: &loc_targets,
-            cls_preds: &cls_preds,
-            cls_targets: &cls_targets,
+        let empty = batch.is_empty();
+        let sums = if empty {
+            // Every image of this rank's batch was unreadable: contribute nothing, but take part
+            // in the collectives like the other ranks.
+            LossSums::zero(self.device)
+        } else {
+            let images = batch.images.to_device(self.device);
+            let loc_targets = batch.loc_targets.to_device(self.device);
+            let cls_targets = batch.cls_targets.to_device(self.device);
+            let (loc_preds, cls_preds) = self.model.forward_t(&images, true)?;
+            let inputs = LossInputs {
+                loc_preds: &loc_preds,
+                loc_targets: &loc_targets,
+                cls_preds: &cls_preds,
+                cls_targets: &cls_targets,
+            };
+            self.loss.sums(&inputs)?
         };
-        let sums = self.loss.sums(&inputs)?;
         let global = global_normalizer(self.group.as_ref(), &sums, self.loss.normalization())?;
         let stats = global.stats();
         if !(stats.total.is_finite() && stats.loc_sum.is_finite() && stats.cls_sum.is_finite()) {
@@ -557,7 +609,9 @@ impl Run {
         }
         let out = global.finish(sums);
         self.optimizer.zero_grad();
-        out.total.backward();
+        if !empty {
+            out.total.backward();
+        }
         if let Some(g) = &self.group {
             g.all_reduce_varstore_gradients(&self.vs, GradReduction::Sum)?;
         }
@@ -598,16 +652,16 @@ impl Run {
         Ok(())
     }
 
-    fn epoch_summary(&mut self, epoch: u64, sum: &EpochSum) {
+    fn epoch_summary(&mut self, epoch: u64, sum: &EpochProgress) {
         if sum.steps == 0 {
             return;
         }
         let n = sum.steps as f64;
         let line = format!(
-            "epoch {epoch} done: {} iterations | loc_loss {:.4} | cls_loss {:.4} | total {:.4} (means per positive) | {:.1} img/s | skipped images {} | non-finite steps {}",
+            "epoch {epoch} done: {} iterations | loc_loss {:.4} | cls_loss {:.4} | total {:.4} (means per positive) | {:.1} img/s | unreadable images skipped so far {} | non-finite steps {}",
             sum.steps,
-            sum.loc / n,
-            sum.cls / n,
+            sum.loc_per_pos / n,
+            sum.cls_per_pos / n,
             sum.total / n,
             sum.images as f64 / sum.seconds.max(1e-9),
             self.loader.stats().skipped(),
@@ -617,7 +671,7 @@ impl Run {
         if let Some(m) = &mut self.metrics {
             let _ = m.write(&json!({
                 "kind": "epoch", "epoch": epoch, "iter": self.state.iteration,
-                "loc_per_pos": sum.loc / n, "cls_per_pos": sum.cls / n, "total": sum.total / n,
+                "loc_per_pos": sum.loc_per_pos / n, "cls_per_pos": sum.cls_per_pos / n, "total": sum.total / n,
                 "images_per_s": sum.images as f64 / sum.seconds.max(1e-9),
                 "skipped_images": self.loader.stats().skipped(),
             }));
@@ -645,7 +699,7 @@ impl Run {
                 ));
                 if let Some(m) = &mut self.metrics {
                     m.write(&json!({
-                        "kind": "eval", "iter": self.state.iteration, "epoch": self.state.epoch,
+                        "kind": "eval", "iter": self.state.iteration, "epochs_done": self.state.epoch,
                         "map_voc07": result.map_voc07, "map_area": result.map_area,
                     }))?;
                 }
@@ -662,7 +716,7 @@ impl Run {
     fn update_best(
         &mut self,
         eval: &Option<VocEvalResult>,
-        sum: &EpochSum,
+        sum: &EpochProgress,
         evaluated: bool,
     ) -> bool {
         let score = if evaluated {
@@ -682,10 +736,16 @@ impl Run {
         }
     }
 
-    /// Save `last` (and `best`); rank 0 writes, the others wait.
+    /// Save `last` (and `best`); rank 0 writes, the others wait. Weights that hold NaN or inf
+    /// (a step that blew up just before) are not saved: the last good checkpoint stays.
     fn save(&mut self, best: bool) -> Result<()> {
-        if self.main() {
-            self.state.next_batch = self.state.next_batch.min(self.loader.batches_per_epoch());
+        if self.main() && !weights_finite(&self.vs) {
+            self.progress.line(&format!(
+                "warning: the weights hold NaN or inf at iteration {}: checkpoint not written, {} keeps the last good one",
+                self.state.iteration,
+                last_checkpoint(&self.config.out).display()
+            ));
+        } else if self.main() {
             let model: HashMap<String, Tensor> = self.vs.variables();
             let optim = self.optimizer.state_tensors();
             checkpoint::save(
@@ -713,6 +773,14 @@ impl Run {
             None => Ok(()),
         }
     }
+}
+
+/// Whether every variable (weights and batch-norm statistics) is finite.
+fn weights_finite(vs: &nn::VarStore) -> bool {
+    let _no_grad = tch::no_grad_guard();
+    vs.variables()
+        .values()
+        .all(|t| !t.is_floating_point() || t.isfinite().all().int64_value(&[]) == 1)
 }
 
 /// Two specs (as JSON) describe the same model: equal but for the free-text `description`.
@@ -759,27 +827,5 @@ fn clip_grad_norm(params: &[Param], max_norm: f64) {
         for mut g in grads {
             let _ = g.g_mul_scalar_(scale);
         }
-    }
-}
-
-/// Means over an epoch for its summary line.
-#[derive(Debug, Default)]
-struct EpochSum {
-    steps: u64,
-    loc: f64,
-    cls: f64,
-    total: f64,
-    images: usize,
-    seconds: f64,
-}
-
-impl EpochSum {
-    fn add(&mut self, s: &LossStats, images: usize, seconds: f64) {
-        self.steps += 1;
-        self.loc += s.loc_per_pos;
-        self.cls += s.cls_per_pos;
-        self.total += s.total;
-        self.images += images;
-        self.seconds += seconds;
     }
 }
