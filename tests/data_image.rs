@@ -353,3 +353,46 @@ fn resize_is_close_to_pil_bilinear() {
         );
     }
 }
+
+/// Evaluation compares tchcv's detections, made on the upright image, with ground truth in the
+/// same frame: the XML boxes turned with the EXIF orientation exactly as training turns them.
+#[test]
+fn evaluation_ground_truth_of_exif_rotated_images_is_upright() {
+    let root = common::scratch("data_image_exif_eval");
+    let mut voc = VocDir::new(&root);
+    let stored = image_with_rect((40, 24), [3, 2, 15, 9]);
+    let jpeg = jpeg_bytes(&stored);
+    for code in 1..=8u16 {
+        let id = format!("o{code}");
+        let xml = voc_fixture::xml(&id, Some((40, 24)), &[obj("cat", [4.0, 3.0, 15.0, 9.0])]);
+        voc.add_raw(
+            &id,
+            &xml,
+            Some(("jpg", &with_exif_orientation(&jpeg, code))),
+        );
+    }
+    voc.write_set("test");
+    let ds = tchcv::eval::open_for_eval(&root, &["test".to_string()], None, true).unwrap();
+    let upright = tchcv::eval::ground_truth_of(&ds, true);
+    let annotated = tchcv::eval::ground_truth_of(&ds, false);
+    for (i, r) in ds.records.iter().enumerate() {
+        let trained_on = ds.load(i, true).unwrap().boxes[0];
+        let gt = tchcv::data::voc::voc_to_pixel_box(upright[i].boxes[0]);
+        let off = gt
+            .iter()
+            .zip(trained_on)
+            .map(|(g, t)| (g - t).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            off < 1e-3,
+            "{}: evaluation box {gt:?}, training box {trained_on:?}",
+            r.id
+        );
+        assert_eq!(
+            annotated[i].boxes[0],
+            [4.0, 3.0, 15.0, 9.0],
+            "{}: results files keep the XML frame",
+            r.id
+        );
+    }
+}

@@ -515,3 +515,68 @@ fn init_loads_backbone_weights() {
         &["missing", "extractor."],
     );
 }
+
+/// A RetinaNet (focal loss, sigmoid scores without a background column) evaluates the same
+/// during training as `tchcv eval --checkpoint`; a --loss with a background column is refused.
+#[test]
+fn focal_heads_train_and_evaluate_without_a_background_column() {
+    let data = synth("train-retina");
+    let dir = common::scratch("train-retina-run");
+    let spec = serde_json::json!({
+        "name": "retina_tiny", "input_size": [128, 128], "backbone": "resnet18", "head": "retina",
+        "loss": "focal", "network": {"fpn_channels": 32, "head_convs": 1},
+        "anchors": {"style": "retina", "feature_maps": [16, 8, 4], "strides": [8, 16, 32],
+                    "areas": [1024, 4096, 16384], "aspect_ratios": [0.5, 1, 2], "scales": [1, 1.26]},
+        "matching": {"rule": "max_iou", "pos_iou": 0.5, "neg_iou": 0.4}
+    });
+    let spec_path = dir.join("retina_tiny.json");
+    std::fs::write(&spec_path, spec.to_string()).unwrap();
+    let out = dir.join("run");
+    let mut args = train_args(
+        s(&data),
+        s(&out),
+        &["--iters", "4", "--test-sets", "test", "--lr", "0.01"],
+    );
+    args[6] = s(&spec_path);
+    ok(&tchcv(&args), "train a RetinaNet");
+    let during: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("eval.json")).unwrap()).unwrap();
+    let json = out.join("again.json");
+    let ckpt = out.join("best.safetensors");
+    ok(
+        &tchcv(&[
+            "eval",
+            "--data",
+            s(&data),
+            "--sets",
+            "test",
+            "--checkpoint",
+            s(&ckpt),
+            "--device",
+            "cpu",
+            "--json",
+            s(&json),
+        ]),
+        "eval --checkpoint",
+    );
+    let after: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(during["map_voc07"], after["map_voc07"]);
+    // The same detections per class (a softmax over a background column the head does not have
+    // would drop every class-0 detection and shift the others).
+    let per_class = |v: &Value| -> Vec<Value> {
+        v["classes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["n_det"].clone())
+            .collect()
+    };
+    assert_eq!(per_class(&during), per_class(&after));
+    assert!(
+        per_class(&after)[0].as_u64().unwrap() > 0,
+        "class 0 is detected: {after}"
+    );
+    let mut ssd = args.clone();
+    ssd.extend(["--loss", "ssd"]);
+    expect_error(&ssd, &["retina_tiny.json", "background column"]);
+}

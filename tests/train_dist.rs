@@ -271,3 +271,80 @@ fn torchrun_launches_tchcv_train() {
     ok(&out, "torchrun");
     compare(&single, &group);
 }
+
+/// A rank whose whole batch is unreadable still takes part in the step (with nothing to add),
+/// so the ranks stay in step instead of hanging in mismatched collectives.
+#[test]
+fn an_unreadable_batch_on_one_rank_keeps_the_ranks_in_step() {
+    if !common::dist_or_skip("unreadable batch on one rank") {
+        return;
+    }
+    let dir = common::scratch("train-dist-unreadable");
+    let data = dir.join("data");
+    let config = SynthConfig {
+        train: 8,
+        test: 2,
+        size: (96, 96),
+        seed: 2,
+        max_objects: 3,
+        empty_fraction: 0.0,
+        ..SynthConfig::default()
+    };
+    write_dataset(&data, &config).unwrap();
+    let first = std::fs::read_to_string(data.join("ImageSets/Main/trainval.txt")).unwrap();
+    let victim = first.lines().next().unwrap().trim().to_string();
+    std::fs::write(
+        data.join("JPEGImages").join(format!("{victim}.jpg")),
+        b"\xff\xd8\xff truncated",
+    )
+    .unwrap();
+    let out = dir.join("run");
+    let master = format!("127.0.0.1:{}", free_port());
+    let children = (0..2)
+        .map(|rank| {
+            Command::new(common::tchcv_bin())
+                .args([
+                    "train",
+                    "--data",
+                    &s(&data),
+                    "--sets",
+                    "trainval",
+                    "--model",
+                    "models/ssd_small.json",
+                    "--device",
+                    "cpu",
+                    "--workers",
+                    "1",
+                    "--batch",
+                    "1",
+                    "--iters",
+                    "8",
+                    "--out",
+                    &s(&out),
+                    "--dist-timeout",
+                    "30",
+                    "--world-size",
+                    "2",
+                    "--rank",
+                    &rank.to_string(),
+                    "--master",
+                    &master,
+                ])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (rank, out) in wait_all(children, Duration::from_secs(180))
+        .iter()
+        .enumerate()
+    {
+        ok(out, &format!("rank {rank}"));
+    }
+    let state = tchcv::train::checkpoint::load(&out.join("last.safetensors"))
+        .unwrap()
+        .state;
+    assert_eq!(state.iteration, 8);
+    assert_eq!(steps(&out).len(), 8, "rank 0 logged every step");
+}

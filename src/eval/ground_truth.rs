@@ -44,7 +44,7 @@ pub fn open_for_eval(
 ) -> Result<VocDataset> {
     let specs: Vec<SetSpec> = SetSpec::parse_list(&sets.join(","))?;
     let check_images = if images {
-        ImageCheck::Exists
+        ImageCheck::Header
     } else {
         ImageCheck::AnnotationsOnly
     };
