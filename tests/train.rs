@@ -68,16 +68,15 @@ fn train_args<'a>(data: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str
     args
 }
 
-/// The step records of a run's metrics.jsonl: (iter, total, loc_per_pos, cls_per_pos).
-fn steps(run: &Path) -> Vec<(u64, f64, f64, f64)> {
-    let text = std::fs::read_to_string(run.join("metrics.jsonl")).expect("metrics.jsonl");
-    text.lines()
-        .map(|l| serde_json::from_str::<Value>(l).expect("JSON line"))
-        .filter(|v| v["kind"] == "step")
+/// `(index, total, loc_per_pos, cls_per_pos)` of the `kind` records of a run, `index` being
+/// the record's `key` ("iter" for steps, "epoch" for epoch summaries).
+fn losses(run: &Path, kind: &str, key: &str) -> Vec<(u64, f64, f64, f64)> {
+    common::metrics(run, kind)
+        .iter()
         .map(|v| {
             let f = |k: &str| v[k].as_f64().unwrap();
             (
-                v["iter"].as_u64().unwrap(),
+                v[key].as_u64().unwrap(),
                 f("total"),
                 f("loc_per_pos"),
                 f("cls_per_pos"),
@@ -86,22 +85,14 @@ fn steps(run: &Path) -> Vec<(u64, f64, f64, f64)> {
         .collect()
 }
 
+/// The step records of a run: (iter, total, loc_per_pos, cls_per_pos).
+fn steps(run: &Path) -> Vec<(u64, f64, f64, f64)> {
+    losses(run, "step", "iter")
+}
+
 /// The epoch summaries of a run: (epoch, total, loc_per_pos, cls_per_pos).
 fn epoch_lines(run: &Path) -> Vec<(u64, f64, f64, f64)> {
-    let text = std::fs::read_to_string(run.join("metrics.jsonl")).expect("metrics.jsonl");
-    text.lines()
-        .map(|l| serde_json::from_str::<Value>(l).expect("JSON line"))
-        .filter(|v| v["kind"] == "epoch")
-        .map(|v| {
-            let f = |k: &str| v[k].as_f64().unwrap();
-            (
-                v["epoch"].as_u64().unwrap(),
-                f("total"),
-                f("loc_per_pos"),
-                f("cls_per_pos"),
-            )
-        })
-        .collect()
+    losses(run, "epoch", "epoch")
 }
 
 fn s(p: &Path) -> &str {

@@ -119,11 +119,8 @@ fn ok(out: &Output, what: &str) {
 
 /// (iter, total, loc_per_pos, cls_per_pos, num_pos, num_neg) per step of a run.
 fn steps(run: &Path) -> Vec<(u64, f64, f64, f64, i64, i64)> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|v| v["kind"] == "step")
+    common::metrics(run, "step")
+        .iter()
         .map(|v| {
             let f = |k: &str| v[k].as_f64().unwrap();
             let i = |k: &str| v[k].as_i64().unwrap();

@@ -161,3 +161,13 @@ pub fn dist_or_skip(what: &str) -> bool {
     ));
     false
 }
+
+/// The records of `kind` ("step", "epoch", "eval", "nonfinite") in a run's metrics.jsonl.
+pub fn metrics(run: &Path, kind: &str) -> Vec<serde_json::Value> {
+    let path = run.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON line"))
+        .filter(|v| v["kind"] == kind)
+        .collect()
+}
