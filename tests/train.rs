@@ -95,6 +95,29 @@ fn epoch_lines(run: &Path) -> Vec<(u64, f64, f64, f64)> {
     losses(run, "epoch", "epoch")
 }
 
+/// A run's own evaluation (`eval.json`), and `tchcv eval --checkpoint` of `ckpt` on the test
+/// set (its JSON report and stdout).
+fn evaluations(data: &Path, run: &Path, ckpt: &Path) -> (Value, Value, String) {
+    let read =
+        |p: &Path| -> Value { serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap() };
+    let json = run.join("eval-again.json");
+    let args = [
+        "eval",
+        "--data",
+        s(data),
+        "--sets",
+        "test",
+        "--checkpoint",
+        s(ckpt),
+        "--device",
+        "cpu",
+        "--json",
+        s(&json),
+    ];
+    let stdout = ok(&tchcv(&args), "eval --checkpoint");
+    (read(&run.join("eval.json")), read(&json), stdout)
+}
+
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -227,31 +250,12 @@ fn checkpoint_round_trips_and_evaluates_and_detects() {
         assert!(t.equal(&loaded.model[&name]), "{name}");
     }
     // The training-time evaluation equals `tchcv eval --checkpoint` on the same set.
-    let during: Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("eval.json")).unwrap()).unwrap();
-    let json = out.join("eval-again.json");
-    let stdout = ok(
-        &tchcv(&[
-            "eval",
-            "--data",
-            s(&data),
-            "--sets",
-            "test",
-            "--checkpoint",
-            s(&ckpt),
-            "--device",
-            "cpu",
-            "--json",
-            s(&json),
-        ]),
-        "eval --checkpoint",
-    );
+    let (during, after, stdout) = evaluations(&data, &out, &ckpt);
     assert!(stdout.contains("mAP"), "{stdout}");
     assert!(
         out.join("detections").join("circle.txt").is_file(),
         "devkit results written"
     );
-    let after: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(during["map_voc07"], after["map_voc07"]);
     assert_eq!(during["map_area"], after["map_area"]);
 
@@ -530,27 +534,7 @@ fn focal_heads_train_and_evaluate_without_a_background_column() {
     );
     args[6] = s(&spec_path);
     ok(&tchcv(&args), "train a RetinaNet");
-    let during: Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("eval.json")).unwrap()).unwrap();
-    let json = out.join("again.json");
-    let ckpt = out.join("best.safetensors");
-    ok(
-        &tchcv(&[
-            "eval",
-            "--data",
-            s(&data),
-            "--sets",
-            "test",
-            "--checkpoint",
-            s(&ckpt),
-            "--device",
-            "cpu",
-            "--json",
-            s(&json),
-        ]),
-        "eval --checkpoint",
-    );
-    let after: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let (during, after, _) = evaluations(&data, &out, &out.join("best.safetensors"));
     assert_eq!(during["map_voc07"], after["map_voc07"]);
     // The same detections per class (a softmax over a background column the head does not have
     // would drop every class-0 detection and shift the others).
