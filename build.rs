@@ -5,6 +5,7 @@
 //! * `--no-as-needed -ltorch` where the CUDA runtime is installed: the wheel's `libtorch.so` pulls
 //!   in `libtorch_cuda.so`, which rustc's default `--as-needed` would otherwise drop, leaving CUDA
 //!   silently "not available". `TCHCV_LINK_CUDA=0|1` forces the choice.
+//! * `csrc/torch_ext.cpp` (autocast, memory formats, allocator statistics): [`build_torch_ext`];
 //! * the c10d shim (`csrc/c10d_shim.cpp`, distributed training): see [`build_c10d_shim`].
 use std::path::{Path, PathBuf};
 
@@ -51,6 +52,7 @@ fn main() {
         println!("cargo:rustc-link-arg=-ltorch");
         println!("cargo:rustc-link-arg=-Wl,--as-needed");
     }
+    build_torch_ext(&lib);
     build_c10d_shim(&lib, link_cuda);
 }
 
@@ -119,36 +121,61 @@ fn nccl_include_dirs(lib: &Path) -> Result<Vec<PathBuf>, String> {
     Ok(dirs)
 }
 
+/// A C++ build of `file` against the wheel's headers, with torch-sys's flags.
+fn cpp_build(file: &str, torch_includes: &[PathBuf]) -> cc::Build {
+    let mut build = cc::Build::new();
+    build
+        .cpp(true)
+        .file(file)
+        .includes(torch_includes)
+        .flag("-std=c++17")
+        .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
+        .flag("-DGLOG_USE_GLOG_EXPORT")
+        .warnings(false);
+    build
+}
+
+/// The wheel's include dirs: `include/` and the C++ API's `include/torch/csrc/api/include`.
+fn torch_includes(lib: &Path) -> Vec<PathBuf> {
+    let include = lib.join("../include");
+    vec![include.clone(), include.join("torch/csrc/api/include")]
+}
+
 fn compile_shim(
     torch_includes: &[PathBuf],
     extra: &[PathBuf],
     defines: &[&str],
 ) -> Result<(), String> {
-    let mut build = cc::Build::new();
-    build
-        .cpp(true)
-        .file("csrc/c10d_shim.cpp")
-        .includes(torch_includes)
-        .includes(extra)
-        .flag("-std=c++17")
-        .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
-        .flag("-DGLOG_USE_GLOG_EXPORT")
-        .warnings(false);
+    let mut build = cpp_build("csrc/c10d_shim.cpp", torch_includes);
+    build.includes(extra);
     for define in defines {
         build.define(define, None);
     }
     build.try_compile("c10d_shim").map_err(|e| e.to_string())
 }
 
+// ---- libtorch calls tch does not bind: csrc/torch_ext.cpp ------------------------------------
+//
+// Autocast with a device type and dtype, memory formats (channels-last), and the device
+// allocator's statistics (`tchcv::device`, `tchcv::memory`). It needs only the wheel's headers,
+// which torch-sys compiles against too, so it is always built.
+fn build_torch_ext(lib: &Path) {
+    println!("cargo:rerun-if-changed=csrc/torch_ext.cpp");
+    println!("cargo:rerun-if-changed=csrc/torch_ext.h");
+    println!("cargo:rerun-if-changed=csrc/guarded.h");
+    cpp_build("csrc/torch_ext.cpp", &torch_includes(lib)).compile("torch_ext");
+}
+
 fn build_c10d_shim(lib: &Path, link_cuda: bool) {
     println!("cargo:rerun-if-changed=csrc/c10d_shim.cpp");
     println!("cargo:rerun-if-changed=csrc/c10d_shim.h");
+    println!("cargo:rerun-if-changed=csrc/guarded.h");
     if env_flag("TCHCV_NO_DIST") {
         return dist_absent("built with TCHCV_NO_DIST set");
     }
-    let include = lib.join("../include");
-    let torch_includes = vec![include.clone(), include.join("torch/csrc/api/include")];
-    if !include
+    let torch_includes = torch_includes(lib);
+    if !lib
+        .join("../include")
         .join("torch/csrc/distributed/c10d/ProcessGroupGloo.hpp")
         .exists()
     {

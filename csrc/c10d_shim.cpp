@@ -1,6 +1,7 @@
 // c10d_shim: see c10d_shim.h. Compiled by build.rs with -DUSE_C10D_GLOO (and -DUSE_C10D_NCCL
 // when NCCL's header and libtorch_cuda are present) against the libtorch headers of the wheel.
 #include "c10d_shim.h"
+#include "guarded.h"
 
 #include <chrono>
 #include <cstdlib>
@@ -8,6 +9,7 @@
 #include <exception>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -31,27 +33,12 @@ struct tchcv_comm {
 
 namespace {
 
-char* copy_message(const std::string& message) {
-  char* out = static_cast<char*>(std::malloc(message.size() + 1));
-  if (out != nullptr) {
-    std::memcpy(out, message.c_str(), message.size() + 1);
-  }
-  return out;
-}
+using tchcv::copy_message;
 
-// Run `body`; any exception becomes a malloc'd message (c10 errors without their backtrace).
+// Run `body`; any exception becomes a malloc'd message.
 template <typename F>
 char* guarded(F&& body) {
-  try {
-    body();
-    return nullptr;
-  } catch (const c10::Error& e) {
-    return copy_message(e.what_without_backtrace());
-  } catch (const std::exception& e) {
-    return copy_message(e.what());
-  } catch (...) {
-    return copy_message("unknown C++ exception in c10d");
-  }
+  return tchcv::guarded("c10d", std::forward<F>(body));
 }
 
 std::chrono::milliseconds millis(int64_t ms) {

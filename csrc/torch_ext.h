@@ -1,0 +1,45 @@
+// torch_ext: libtorch calls that tch 0.24 does not bind, behind a C ABI: autocast for a chosen
+// device type and dtype (tch's `autocast` is CUDA-only with libtorch's default dtype), tensor
+// memory formats (channels-last), and the device caching allocator's memory statistics.
+//
+// Conventions as in c10d_shim.h: a function that can fail returns NULL on success or an error
+// message allocated with malloc (the caller frees it with free()); no C++ exception crosses
+// this boundary. Tensors are `at::Tensor*` (tch's `C_tensor`).
+#pragma once
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef void* tchcv_tensor;
+
+// c10::DeviceType values: 0 = CPU, 1 = CUDA. Dtypes are c10::ScalarType values (5 = Half,
+// 15 = BFloat16).
+
+// The autocast state of `device_type` on this thread: *enabled (0/1) and its *scalar_type.
+char* tchcv_autocast_get(int device_type, int* enabled, int* scalar_type);
+// Turn autocast for `device_type` on or off; scalar_type >= 0 also sets its dtype.
+char* tchcv_autocast_set(int device_type, int enabled, int scalar_type);
+// Python's autocast __enter__/__exit__ bookkeeping: the nesting count after the change; leaving
+// the outermost region (count 0) clears the cast cache.
+int tchcv_autocast_enter(void);
+int tchcv_autocast_exit(void);
+
+// Memory formats: 0 = contiguous (NCHW), 1 = channels-last (NHWC strides).
+// *out = tensor.contiguous(format), a new tensor (tch frees it).
+char* tchcv_contiguous(tchcv_tensor tensor, int memory_format, tchcv_tensor* out);
+// tensor.is_contiguous(format).
+char* tchcv_is_contiguous(tchcv_tensor tensor, int memory_format, int* out);
+
+// The caching allocator of (device_type, index): bytes allocated now and at peak, bytes
+// reserved now and at peak (all pools).
+char* tchcv_device_memory(int device_type, int index, int64_t* allocated, int64_t* peak_allocated,
+                          int64_t* reserved, int64_t* peak_reserved);
+// Start the peaks afresh (torch.cuda.reset_peak_memory_stats).
+char* tchcv_device_memory_reset_peak(int device_type, int index);
+
+#ifdef __cplusplus
+}
+#endif

@@ -1,0 +1,67 @@
+//! The raw binding of `csrc/torch_ext.cpp`: libtorch calls that tch 0.24 does not bind. The safe
+//! API is [`super::autocast`], [`super::layout`] and [`crate::memory::device_memory`].
+
+use std::ffi::{c_char, c_int, c_void, CStr};
+
+use anyhow::{anyhow, Result};
+use tch::{Device, Tensor};
+
+extern "C" {
+    pub fn tchcv_autocast_get(
+        device_type: c_int,
+        enabled: *mut c_int,
+        dtype: *mut c_int,
+    ) -> *mut c_char;
+    pub fn tchcv_autocast_set(device_type: c_int, enabled: c_int, dtype: c_int) -> *mut c_char;
+    pub fn tchcv_autocast_enter() -> c_int;
+    pub fn tchcv_autocast_exit() -> c_int;
+    pub fn tchcv_contiguous(
+        tensor: *mut c_void,
+        memory_format: c_int,
+        out: *mut *mut c_void,
+    ) -> *mut c_char;
+    pub fn tchcv_is_contiguous(
+        tensor: *mut c_void,
+        memory_format: c_int,
+        out: *mut c_int,
+    ) -> *mut c_char;
+    pub fn tchcv_device_memory(
+        device_type: c_int,
+        index: c_int,
+        allocated: *mut i64,
+        peak_allocated: *mut i64,
+        reserved: *mut i64,
+        peak_reserved: *mut i64,
+    ) -> *mut c_char;
+    pub fn tchcv_device_memory_reset_peak(device_type: c_int, index: c_int) -> *mut c_char;
+}
+
+/// `Ok` for a null message, else the message as an error (the malloc'd C string is freed).
+pub fn check(message: *mut c_char) -> Result<()> {
+    if message.is_null() {
+        return Ok(());
+    }
+    // SAFETY: a non-null return is a NUL-terminated string from the extension, which we own.
+    let text = unsafe { CStr::from_ptr(message) }
+        .to_string_lossy()
+        .into_owned();
+    // SAFETY: allocated with malloc by torch_ext.cpp, freed once here.
+    unsafe { libc::free(message.cast()) };
+    Err(anyhow!(text))
+}
+
+/// c10's `DeviceType` of `device` and its index: CPU = 0, CUDA = 1.
+pub fn device_type(device: Device) -> Result<(c_int, c_int)> {
+    match device {
+        Device::Cpu => Ok((0, -1)),
+        Device::Cuda(i) => Ok((1, i as c_int)),
+        other => Err(anyhow!(
+            "{other:?}: only CPU and CUDA devices are supported here"
+        )),
+    }
+}
+
+/// The `at::Tensor*` behind a tch tensor, for the extension's tensor arguments.
+pub fn raw(tensor: &Tensor) -> *mut c_void {
+    tensor.as_ptr() as *mut c_void
+}

@@ -1,0 +1,57 @@
+//! Devices: parsing `--device`, waiting for a device, and the device-level settings of a
+//! training step: mixed precision ([`autocast`]) and memory formats ([`layout`]).
+
+use anyhow::Result;
+use tch::Device;
+
+use crate::bail_input;
+
+pub mod autocast;
+pub(crate) mod ext;
+pub mod layout;
+
+pub use autocast::{autocast, AutocastDtype, AutocastGuard};
+pub use layout::{convert_variables, to_memory_format, MemoryFormat};
+
+/// `auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`.
+pub fn parse_device(s: &str) -> Result<Device> {
+    let device = match s {
+        "auto" => return Ok(Device::cuda_if_available()),
+        "cpu" => return Ok(Device::Cpu),
+        "cuda" => Device::Cuda(0),
+        _ => match s
+            .strip_prefix("cuda:")
+            .and_then(|i| i.parse::<usize>().ok())
+        {
+            Some(i) => Device::Cuda(i),
+            None => bail_input!("--device {s:?}: expected auto, cpu, cuda or cuda:N"),
+        },
+    };
+    let Device::Cuda(i) = device else {
+        unreachable!()
+    };
+    if !tch::Cuda::is_available() {
+        bail_input!("--device {s}: CUDA is not available on this machine (tchcv info tells why)");
+    }
+    let count = tch::Cuda::device_count();
+    if i as i64 >= count {
+        bail_input!("--device {s}: this machine has {count} CUDA device(s)");
+    }
+    Ok(device)
+}
+
+/// Wait for queued work on `device` to finish (for timing).
+pub fn synchronize(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+/// A short name: `cpu` or `cuda:N`.
+pub fn device_name(device: Device) -> String {
+    match device {
+        Device::Cuda(i) => format!("cuda:{i}"),
+        Device::Cpu => "cpu".to_string(),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
