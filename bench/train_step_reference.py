@@ -5,7 +5,12 @@ targets tchcv wrote.
 
     python bench/train_step_reference.py --spec models/ssd300.json --batch-file B.safetensors
 
-prints one JSON line: {"median_ms": ..., "parameters": ..., "peak_rss_mib": ...}.
+prints one JSON line: {"median_ms": ..., "parameters": ..., "peak_rss_mib": ...} (and on CUDA
+"peak_cuda_allocated_mib", the allocator's peak over the timed steps).
+
+--autocast bf16 runs the forward pass and the loss under torch.autocast (backward and the update
+outside it, as the PyTorch AMP recipe does); --channels-last converts the model and the images
+with memory_format=torch.channels_last.
 """
 
 import argparse
@@ -35,26 +40,35 @@ def main():
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--autocast", choices=("bf16", "f16"))
+    parser.add_argument("--channels-last", action="store_true")
     args = parser.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     spec = json.loads(Path(args.spec).read_text())
     device = torch.device(args.device)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     model = ssd_net.build(spec, args.classes).to(device).train()
+    model = model.to(memory_format=memory_format)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=1e-4, momentum=0.9, weight_decay=1e-4)
     batch = {k: v.to(device) for k, v in load_file(args.batch_file).items()}
+    images = batch["images"].contiguous(memory_format=memory_format)
+    dtype = {"bf16": torch.bfloat16, "f16": torch.float16}.get(args.autocast)
 
     def step():
-        loc, cls = model(batch["images"])
-        loss = ssd_loss(loc, batch["loc_targets"], cls, batch["cls_targets"])
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loc, cls = model(images)
+            loss = ssd_loss(loc, batch["loc_targets"], cls, batch["cls_targets"])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         if device.type == "cuda":
             torch.cuda.synchronize()
 
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     for _ in range(args.warmup):
         step()
     times = []

@@ -66,9 +66,8 @@ fn every_benchmark_runs_both_sides() {
             "1",
         ],
     );
-    let row = bench(
-        "step",
-        &[
+    let step = |name: &str, extra: &[&str]| {
+        let mut args = vec![
             "train-step",
             "--model",
             "models/ssd_small.json",
@@ -76,16 +75,36 @@ fn every_benchmark_runs_both_sides() {
             "2",
             "--repeat",
             "1",
-            "--warmup",
-            "1",
-        ],
-    );
+        ];
+        args.extend_from_slice(extra);
+        bench(name, &args)
+    };
+    let row = step("step", &["--warmup", "1"]);
     assert!(
         row["extra"]["tchcv_peak_rss_mib"].as_f64().unwrap() > 0.0,
         "{row}"
     );
     assert!(
         row["extra"]["pytorch_peak_rss_mib"].as_f64().unwrap() > 0.0,
+        "{row}"
+    );
+    assert_eq!(row["extra"]["memory_format"], "contiguous");
+    assert!(row["extra"]["autocast"].is_null(), "{row}");
+    // The variants of the H200 table, both sides: bf16 autocast with channels-last.
+    let row = step(
+        "step-bf16-cl",
+        &["--warmup", "0", "--autocast", "bf16", "--channels-last"],
+    );
+    assert_eq!(row["work"], "ssd_small train step bf16 channels-last");
+    assert_eq!(row["extra"]["autocast"], "bf16");
+    assert_eq!(row["extra"]["memory_format"], "channels-last");
+    // On the CPU there is no CUDA allocator peak on either side.
+    assert!(
+        row["extra"]["tchcv_peak_cuda_allocated_mib"].is_null(),
+        "{row}"
+    );
+    assert!(
+        row["extra"]["pytorch_peak_cuda_allocated_mib"].is_null(),
         "{row}"
     );
 }

@@ -80,7 +80,7 @@ impl Comparison {
             .map(|s| format!("{s:6.2}x"))
             .unwrap_or_else(|| "     -".into());
         format!(
-            "{:<28} {:<34} {:<7} tchcv {:10.3} ms   pytorch {py}   speedup {ratio}",
+            "{:<40} {:<34} {:<7} tchcv {:10.3} ms   pytorch {py}   speedup {ratio}",
             self.work, self.size, self.device, self.tchcv_ms
         )
     }

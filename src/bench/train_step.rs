@@ -2,7 +2,14 @@
 //! mining, backward, SGD update), tchcv against the same network, the torchcv loss and
 //! `torch.optim.SGD` in PyTorch eager (`bench/train_step_reference.py`, which builds the network
 //! with the parity reference's modules, `tests/reference/ssd_net.py`), on the same images and
-//! targets, the same machine and threads. Also the peak memory of each process (RSS on CPU).
+//! targets, the same machine and threads. Also the peak memory of each process: RSS on the
+//! CPU, and on CUDA the caching allocator's peak allocated bytes over the timed steps (as
+//! `torch.cuda.max_memory_allocated` after `reset_peak_memory_stats`).
+//!
+//! Variants, the same on both sides: `--autocast bf16` runs the forward pass and the loss under
+//! autocast (`torch.autocast(device_type, dtype=torch.bfloat16)`; backward and the update
+//! outside it), and `--channels-last` lays out the weights and the images channels-last
+//! (`model.to(memory_format=torch.channels_last)`).
 
 use std::path::PathBuf;
 
@@ -11,6 +18,7 @@ use tch::{nn, Device, Kind, Tensor};
 
 use super::{median_ms, run_reference, Comparison};
 use crate::bbox::BoxCoder;
+use crate::device::{autocast, convert_variables, to_memory_format, AutocastDtype, MemoryFormat};
 use crate::loss::{LossInputs, LossKind};
 use crate::models::build;
 use crate::rng::Rng;
@@ -35,9 +43,33 @@ pub struct TrainStepBench {
     /// Untimed repetitions first.
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
+    /// Run the forward pass and the loss under autocast in this dtype (bf16 or f16).
+    #[arg(long)]
+    pub autocast: Option<AutocastDtype>,
+    /// Lay out the weights and the images channels-last (NHWC strides).
+    #[arg(long)]
+    pub channels_last: bool,
     /// Only time tchcv.
     #[arg(long)]
     pub no_reference: bool,
+}
+
+impl TrainStepBench {
+    fn memory_format(&self) -> MemoryFormat {
+        MemoryFormat::channels_last_if(self.channels_last)
+    }
+
+    /// `""`, `" bf16"`, `" channels-last"` or `" bf16 channels-last"`.
+    fn variant(&self) -> String {
+        let mut v = String::new();
+        if let Some(dtype) = self.autocast {
+            v += &format!(" {dtype}");
+        }
+        if self.channels_last {
+            v += " channels-last";
+        }
+        v
+    }
 }
 
 /// Random images and SSD targets: 1-8 random boxes per image, encoded by the spec's coder.
@@ -89,27 +121,33 @@ pub fn run(b: &TrainStepBench, device: Device) -> Result<Comparison> {
     tch::manual_seed(0);
     let vs = nn::VarStore::new(device);
     let detector = build(vs.root(), &spec, b.classes)?;
+    convert_variables(&vs, b.memory_format())?;
+    let images_in_format = to_memory_format(&images, b.memory_format())?;
     let params = trainable_params(&vs);
     let parameters: i64 = params.iter().map(|p| p.tensor.numel() as i64).sum();
     let mut optimizer = Optimizer::new(OptimizerConfig::default(), params);
     let loss = kind.build(serde_json::json!({ "check_finite": false }))?;
+    crate::memory::reset_device_peak(device)?;
     let tchcv_ms = median_ms(b.warmup, b.repeat, || {
-        let (loc_preds, cls_preds) = detector.forward_t(&images, true)?;
-        let inputs = LossInputs {
-            loc_preds: &loc_preds,
-            loc_targets: &loc_targets,
-            cls_preds: &cls_preds,
-            cls_targets: &cls_targets,
-        };
-        let out = loss.forward(&inputs)?;
+        let total = autocast(device, b.autocast, || {
+            let (loc_preds, cls_preds) = detector.forward_t(&images_in_format, true)?;
+            let inputs = LossInputs {
+                loc_preds: &loc_preds,
+                loc_targets: &loc_targets,
+                cls_preds: &cls_preds,
+                cls_targets: &cls_targets,
+            };
+            Ok(loss.forward(&inputs)?.total)
+        })?;
         optimizer.zero_grad();
-        out.total.backward();
+        total.backward();
         optimizer.step(1e-4);
         crate::device::synchronize(device);
         Ok(())
     })?;
     let tchcv_peak = crate::memory::peak_rss_mib();
-    let (pytorch_ms, pytorch_peak) = if b.no_reference {
+    let tchcv_device_peak = crate::memory::device_memory(device)?.map(|m| m.peak_allocated_mib());
+    let (pytorch_ms, pytorch_report) = if b.no_reference {
         (None, None)
     } else {
         let dir = std::env::temp_dir().join(format!("tchcv-bench-step-{}", std::process::id()));
@@ -140,6 +178,8 @@ pub fn run(b: &TrainStepBench, device: Device) -> Result<Comparison> {
         ]
         .iter()
         .map(|s| s.to_string())
+        .chain(b.autocast.map(|d| format!("--autocast={d}")))
+        .chain(b.channels_last.then(|| "--channels-last".to_string()))
         .collect();
         let report = run_reference("train-step", &args);
         let _ = std::fs::remove_dir_all(&dir);
@@ -153,11 +193,11 @@ pub fn run(b: &TrainStepBench, device: Device) -> Result<Comparison> {
                 report["parameters"]
             );
         }
-        (Some(ms), report["peak_rss_mib"].as_f64())
+        (Some(ms), Some(report))
     };
     let [w, h] = spec.input_size;
     let mut row = Comparison::new(
-        &format!("{} train step", spec.name),
+        &format!("{} train step{}", spec.name, b.variant()),
         &format!("N={} {w}x{h} C={}", b.batch, b.classes + 1),
         &crate::device::device_name(device),
         tchcv_ms,
@@ -167,7 +207,13 @@ pub fn run(b: &TrainStepBench, device: Device) -> Result<Comparison> {
         "parameters": parameters,
         "tchcv_images_per_s": b.batch as f64 * 1e3 / tchcv_ms,
         "tchcv_peak_rss_mib": tchcv_peak,
-        "pytorch_peak_rss_mib": pytorch_peak,
+        "pytorch_peak_rss_mib": pytorch_report.as_ref().and_then(|r| r["peak_rss_mib"].as_f64()),
+        "tchcv_peak_cuda_allocated_mib": tchcv_device_peak,
+        "pytorch_peak_cuda_allocated_mib": pytorch_report
+            .as_ref()
+            .and_then(|r| r["peak_cuda_allocated_mib"].as_f64()),
+        "autocast": b.autocast.map(|d| d.name()),
+        "memory_format": b.memory_format().name(),
         "threads": tch::get_num_threads(),
     });
     Ok(row)

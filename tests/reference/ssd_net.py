@@ -17,6 +17,11 @@ names tchcv gives its variables), configured from a model spec (`models/*.json`)
 writes DIR/weights.safetensors (random weights, tchcv names), DIR/case.safetensors
 (`images`, `loc_preds`, `cls_preds`, and with --train the batch-norm running statistics after
 the forward, named like the weights) and DIR/case.json, and prints the JSON on one line.
+`--autocast bf16|f16` runs the forward under `torch.autocast(device_type, dtype)` (the outputs
+keep autocast's dtype; case.json names it), `--channels-last` converts the model and the images
+to `memory_format=torch.channels_last` first. `--grads` also backpropagates
+`sum(loc_preds * g_loc) + sum(cls_preds * g_cls)` for random cotangents (saved as
+`cotangent.loc`, `cotangent.cls`) and saves every parameter's gradient as `grad.<name>`.
 """
 
 import argparse
@@ -440,14 +445,27 @@ def gen(args):
     # clone: the state_dict aliases the buffers a training-mode forward updates in place
     weights = {k: v.clone() for k, v in tchcv_names(model.state_dict()).items()}
     images = torch.randn((args.batch, 3, h, w), generator=gen_)
-    model = model.to(device)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    model = model.to(device).to(memory_format=memory_format)
     model.train(args.train)
-    with torch.no_grad():
-        loc_preds, cls_preds = model(images.to(device))
+    dtype = {'bf16': torch.bfloat16, 'f16': torch.float16}.get(args.autocast)
+    with torch.set_grad_enabled(args.grads), \
+            torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        loc_preds, cls_preds = model(images.to(device).contiguous(memory_format=memory_format))
+    grads = {}
+    if args.grads:
+        # Backward of sum(loc_preds * g_loc) + sum(cls_preds * g_cls), random cotangents (f32).
+        g_loc = torch.randn(loc_preds.shape, generator=gen_)
+        g_cls = torch.randn(cls_preds.shape, generator=gen_)
+        ((loc_preds.float() * g_loc.to(device)).sum()
+         + (cls_preds.float() * g_cls.to(device)).sum()).backward()
+        grads = {'cotangent.loc': g_loc, 'cotangent.cls': g_cls}
+        grads.update({f'grad.{k}': p.grad for k, p in model.named_parameters()
+                      if p.grad is not None})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     save_file(weights, str(out / 'weights.safetensors'))
-    case = {'images': images, 'loc_preds': loc_preds, 'cls_preds': cls_preds}
+    case = {'images': images, 'loc_preds': loc_preds, 'cls_preds': cls_preds, **grads}
     if args.train:
         for k, v in tchcv_names(model.state_dict()).items():
             if k.endswith('running_mean') or k.endswith('running_var'):
@@ -457,6 +475,8 @@ def gen(args):
             'train': bool(args.train), 'device': args.device, 'seed': args.seed,
             'parameters': sum(p.numel() for p in model.parameters()),
             'loc_preds': list(loc_preds.shape), 'cls_preds': list(cls_preds.shape),
+            'dtype': str(loc_preds.dtype).removeprefix('torch.'), 'autocast': args.autocast,
+            'channels_last': bool(args.channels_last),
             'loc_abs_max': float(loc_preds.abs().max()), 'cls_abs_max': float(cls_preds.abs().max())}
     (out / 'case.json').write_text(json.dumps(info, indent=2) + '\n')
     print(json.dumps(info))
@@ -472,6 +492,10 @@ def main():
     g.add_argument('--batch', type=int, default=1)
     g.add_argument('--train', action='store_true', help='batch norms in training mode')
     g.add_argument('--device', default='cpu')
+    g.add_argument('--autocast', choices=('bf16', 'f16'))
+    g.add_argument('--channels-last', action='store_true')
+    g.add_argument('--grads', action='store_true',
+                   help='also the parameter gradients of a random linear function of the outputs')
     g.add_argument('--out', required=True)
     args = parser.parse_args()
     if args.command == 'gen':
