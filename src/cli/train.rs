@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use anyhow::Result;
 use serde_json::{json, Map, Value};
 use tchcv::data::AugmentConfig;
+use tchcv::device::AutocastDtype;
 use tchcv::loss::{LossKind, NegativeMining};
 use tchcv::train::{train, ClassWeightsMode, OptimizerKind, TrainConfig, TrainOptions};
 
@@ -89,6 +90,14 @@ pub struct Args {
     /// auto (default: CUDA when available), cpu, cuda or cuda:N.
     #[arg(long)]
     device: Option<String>,
+    /// Mixed precision: the forward pass and the loss under autocast in bf16 (weights,
+    /// gradients and the update stay f32). Default: off.
+    #[arg(long)]
+    autocast: Option<AutocastDtype>,
+    /// Lay out the weights and images channels-last (NHWC strides; faster convolutions on many
+    /// GPUs and CPUs). Default: off.
+    #[arg(long)]
+    channels_last: bool,
     /// Seed of the initialisation, data order, augmentation and random mining (default: 0).
     #[arg(long)]
     seed: Option<u64>,
@@ -174,6 +183,7 @@ impl Args {
             grad_clip,
             workers,
             device,
+            autocast,
             seed,
             out,
             eval_every,
@@ -193,6 +203,9 @@ impl Args {
         }
         if self.use_difficult {
             put("use_difficult", json!(true));
+        }
+        if self.channels_last {
+            put("channels_last", json!(true));
         }
         Ok(o)
     }

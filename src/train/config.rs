@@ -11,6 +11,7 @@ use super::schedule::{Decay, Schedule};
 use crate::bail_input;
 use crate::bbox::DecodeConfig;
 use crate::data::AugmentConfig;
+use crate::device::{AutocastDtype, MemoryFormat};
 use crate::loss::{LossKind, NegativeMining};
 
 /// Where the softmax focal loss's class weights come from (`--class-weights`).
@@ -89,6 +90,11 @@ pub struct TrainConfig {
     pub workers: Option<usize>,
     /// `auto`, `cpu`, `cuda` or `cuda:N`.
     pub device: String,
+    /// Run the forward pass and the loss under autocast in this dtype (bf16 only: f16 would
+    /// need loss scaling).
+    pub autocast: Option<AutocastDtype>,
+    /// Weights and images channels-last.
+    pub channels_last: bool,
     pub seed: u64,
     /// The run folder.
     pub out: PathBuf,
@@ -141,6 +147,8 @@ impl Default for TrainConfig {
             grad_clip: None,
             workers: None,
             device: "auto".into(),
+            autocast: None,
+            channels_last: false,
             seed: 0,
             out: PathBuf::from("runs/train"),
             eval_every: 0,
@@ -178,8 +186,19 @@ impl TrainConfig {
         if !(self.dist_timeout > 0.0 && self.dist_timeout.is_finite()) {
             bail_input!("--dist-timeout must be a positive number of seconds");
         }
+        if self.autocast == Some(AutocastDtype::F16) {
+            bail_input!(
+                "--autocast f16: float16 training needs loss scaling (a gradient scaler), which \
+                 tchcv does not have; --autocast bf16 trains without it"
+            );
+        }
         self.decay()?;
         Ok(())
+    }
+
+    /// The layout of weights and images.
+    pub fn memory_format(&self) -> MemoryFormat {
+        MemoryFormat::channels_last_if(self.channels_last)
     }
 
     /// The parsed `lr_schedule`.

@@ -376,6 +376,9 @@ impl Run {
         if let Some(g) = &group {
             g.broadcast_varstore(&vs)?;
         }
+        // After loading and broadcasting (the collectives take contiguous tensors); the
+        // optimizer's buffers, made lazily with zeros_like, follow the variables' layout.
+        crate::device::convert_variables(&vs, config.memory_format())?;
 
         let metrics = if main {
             std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
@@ -591,16 +594,20 @@ impl Run {
             LossSums::zero(self.device)
         } else {
             let images = batch.images.to_device(self.device);
+            let images = crate::device::to_memory_format(&images, self.config.memory_format())?;
             let loc_targets = batch.loc_targets.to_device(self.device);
             let cls_targets = batch.cls_targets.to_device(self.device);
-            let (loc_preds, cls_preds) = self.model.forward_t(&images, true)?;
-            let inputs = LossInputs {
-                loc_preds: &loc_preds,
-                loc_targets: &loc_targets,
-                cls_preds: &cls_preds,
-                cls_targets: &cls_targets,
-            };
-            self.loss.sums(&inputs)?
+            // As PyTorch's AMP recipe: forward and loss under autocast, backward outside.
+            crate::device::autocast(self.device, self.config.autocast, || {
+                let (loc_preds, cls_preds) = self.model.forward_t(&images, true)?;
+                let inputs = LossInputs {
+                    loc_preds: &loc_preds,
+                    loc_targets: &loc_targets,
+                    cls_preds: &cls_preds,
+                    cls_targets: &cls_targets,
+                };
+                self.loss.sums(&inputs)
+            })?
         };
         let global = global_normalizer(self.group.as_ref(), &sums, self.loss.normalization())?;
         let stats = global.stats();
