@@ -45,7 +45,12 @@ fn photometric_steps_match_pil_and_torchvision() {
         ("hue", adjust_hue, -0.1, 0.1),
     ];
     for (op, step, lo, hi) in steps {
-        for factor in [lo as f32, hi as f32, rng.uniform(lo, hi) as f32] {
+        let mut factors = vec![lo as f32, hi as f32, rng.uniform(lo, hi) as f32];
+        if op == "hue" {
+            // Shifts under one level still round-trip through 8-bit HSV in torchvision.
+            factors.extend([0.0, 0.003, -0.003]);
+        }
+        for factor in factors {
             let mut ours = image.clone();
             step(&mut ours, factor);
             let want = reference(op, &image, &factor.to_string(), &dir);

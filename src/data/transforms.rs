@@ -276,12 +276,11 @@ pub(crate) fn hsv_sector<T: Copy>(i: u32, v: T, p: T, q: T, t: T) -> [T; 3] {
 }
 
 /// Hue: rotate the 8-bit HSV hue by `shift` turns (torchvision `adjust_hue` on PIL images:
-/// the shift is `int(shift * 255)` hue levels, wrapping).
+/// the shift is `int(shift * 255)` hue levels, wrapping). As there, the image goes through
+/// 8-bit HSV and back even when the shift rounds to 0 levels (|shift| < 1/255), which moves
+/// some pixels by a level or more.
 pub fn adjust_hue(image: &mut RgbImage, shift: f32) {
     let delta = ((shift as f64 * 255.0) as i32) as u8;
-    if delta == 0 {
-        return;
-    }
     let (quotient, sectors) = (QUOTIENT.as_slice(), HUE_SECTOR.as_slice());
     // Neighbouring pixels often share a colour: reuse the last result.
     let mut last: Option<([u8; 3], [u8; 3])> = None;
