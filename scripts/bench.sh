@@ -3,7 +3,10 @@
 #   scripts/bench.sh [cpu|cuda]
 # Prints each row (both timings and the ratio), writes the JSON rows and a bar chart of the
 # speed-ups to $BENCH_OUT (default bench-out/<device>/). The binary is target/release/tchcv, or
-# $TCHCV_BIN (the GPU run uses a prebuilt one).
+# $TCHCV_BIN (the GPU run uses a prebuilt one). A benchmark that fails does not stop the others:
+# each failure, and each benchmark skipped with its reason, is listed at the end, and the exit
+# status is 1 when one failed. BENCH_QUICK=1 runs every benchmark once at a small size (a check
+# of the script, not a measurement).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 device=${1:-cpu}
@@ -12,14 +15,36 @@ out=${BENCH_OUT:-bench-out/$device}
 mkdir -p "$out"
 rm -f "$out"/*.json
 
+python=${TCHCV_PYTHON:-python3}
+failed=()
+skipped=()
+
 run() {
     local name=$1
     shift
     echo "-- $name: tchcv bench $*"
-    "$bin" bench "$@" --device "$device" --json "$out/$name.json"
+    if ! "$bin" bench "$@" --device "$device" --json "$out/$name.json"; then
+        echo "!! $name FAILED"
+        failed+=("$name")
+    fi
+}
+
+skip() {
+    echo "-- $1: SKIPPED ($2)"
+    skipped+=("$1: $2")
 }
 
 if [ "$device" = cuda ]; then big=32; step_batch=32; repeat=20; else big=32; step_batch=4; repeat=10; fi
+small_batch=32
+variant_model=models/ssd300.json
+step_repeat=(--repeat 3 --warmup 1)
+small_repeat=(--repeat 5 --warmup 2)
+if [ -n "${BENCH_QUICK:-}" ]; then
+    big=4; step_batch=2; small_batch=4; repeat=1
+    variant_model=models/ssd_small.json  # bf16 is emulated on most CPUs: SSD300 takes minutes
+    step_repeat=(--repeat 1 --warmup 0)
+    small_repeat=(--repeat 1 --warmup 0)
+fi
 
 echo "== machine: $(uname -m), $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ)"
 "$bin" info | sed -n '1,8p'
@@ -29,20 +54,53 @@ run loss_ssd_a8732_n32 loss --loss ssd --n "$big" --a 8732 --c 21 --repeat "$rep
 run loss_focal_retina512_n8 loss --loss focal --n 8 --a 49104 --c 20 --repeat "$repeat"
 run loss_softmax_focal_a8732_n32 loss --loss softmax-focal --n "$big" --a 8732 --c 21 --repeat "$repeat"
 echo "== SSD loss: growth with A and N"
-run loss_ssd_a24564_n32 loss --loss ssd --n "$big" --a 24564 --c 21 --repeat "$repeat"
-run loss_ssd_a76725_n8 loss --loss ssd --n 8 --a 76725 --c 21 --repeat "$repeat"
-run loss_ssd_a8732_n8 loss --loss ssd --n 8 --a 8732 --c 21 --repeat "$repeat"
-run loss_ssd_a8732_n64 loss --loss ssd --n 64 --a 8732 --c 21 --repeat "$repeat"
+if [ -z "${BENCH_QUICK:-}" ]; then
+    run loss_ssd_a24564_n32 loss --loss ssd --n "$big" --a 24564 --c 21 --repeat "$repeat"
+    run loss_ssd_a76725_n8 loss --loss ssd --n 8 --a 76725 --c 21 --repeat "$repeat"
+    run loss_ssd_a8732_n8 loss --loss ssd --n 8 --a 8732 --c 21 --repeat "$repeat"
+    run loss_ssd_a8732_n64 loss --loss ssd --n 64 --a 8732 --c 21 --repeat "$repeat"
+fi
 
 echo "== target encoding: 32 images x up to 20 boxes, SSD300 anchors"
 run encode_ssd300 encode --model models/ssd300.json --images 32 --max-boxes 20
 
-echo "== data pipeline: decode + augment + encode at 300x300"
-run data_ssd300 data --model models/ssd300.json --workers "$(nproc)"
+echo "== data pipeline: decode + augment + encode at 300x300 (CPU work on every machine)"
+if "$python" -c 'import PIL' 2>/dev/null; then
+    run data_ssd300 data --model models/ssd300.json --workers "$(nproc)" \
+        ${BENCH_QUICK:+--images 8}
+else
+    skip data_ssd300 "its PyTorch side decodes with PIL, which $python cannot import"
+fi
 
 echo "== training step: forward + SSD loss + backward + SGD"
-run train_step_ssd300 train-step --model models/ssd300.json --batch "$step_batch" --repeat 3 --warmup 1
-run train_step_ssd_small train-step --model models/ssd_small.json --batch 32 --repeat 5 --warmup 2
+run train_step_ssd300 train-step --model models/ssd300.json --batch "$step_batch" "${step_repeat[@]}"
+if [ "$device" = cuda ] || [ -n "${BENCH_QUICK:-}" ]; then
+    # The H200's variants: bf16 autocast, channels-last, both.
+    run train_step_ssd300_bf16 train-step --model "$variant_model" --batch "$step_batch" \
+        --autocast bf16 "${step_repeat[@]}"
+    run train_step_ssd300_channels_last train-step --model "$variant_model" \
+        --batch "$step_batch" --channels-last "${step_repeat[@]}"
+    run train_step_ssd300_bf16_channels_last train-step --model "$variant_model" \
+        --batch "$step_batch" --autocast bf16 --channels-last "${step_repeat[@]}"
+fi
+run train_step_ssd_small train-step --model models/ssd_small.json --batch "$small_batch" "${small_repeat[@]}"
+if [ "$device" = cpu ]; then
+    # On the CPU the variants are timed on the small SSD (SSD300 takes seconds per step).
+    run train_step_ssd_small_bf16 train-step --model models/ssd_small.json --batch "$small_batch" \
+        --autocast bf16 "${small_repeat[@]}"
+    run train_step_ssd_small_channels_last train-step --model models/ssd_small.json \
+        --batch "$small_batch" --channels-last "${small_repeat[@]}"
+fi
 
-"$bin" bench chart "$out"/*.json --out "$out/speedup.png" --title "tchcv vs PyTorch eager ($device, $(date -u +%Y-%m-%d))"
+shopt -s nullglob
+reports=("$out"/*.json)
+if [ ${#reports[@]} -gt 0 ]; then
+    "$bin" bench chart "${reports[@]}" --out "$out/speedup.png" \
+        --title "tchcv vs PyTorch eager ($device, $(date -u +%Y-%m-%d))" || failed+=(chart)
+fi
 echo "reports and chart in $out/"
+for s in "${skipped[@]}"; do echo "skipped: $s"; done
+if [ ${#failed[@]} -gt 0 ]; then
+    echo "FAILED: ${failed[*]}"
+    exit 1
+fi
