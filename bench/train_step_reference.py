@@ -6,7 +6,7 @@ targets tchcv wrote.
     python bench/train_step_reference.py --spec models/ssd300.json --batch-file B.safetensors
 
 prints one JSON line: {"median_ms": ..., "parameters": ..., "peak_rss_mib": ...} (and on CUDA
-"peak_cuda_allocated_mib", the allocator's peak over the timed steps).
+"peak_cuda_allocated_mib", the allocator's peak over the warm-up and timed steps).
 
 --autocast bf16 runs the forward pass and the loss under torch.autocast (backward and the update
 outside it, as the PyTorch AMP recipe does); --channels-last converts the model and the images

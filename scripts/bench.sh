@@ -99,7 +99,7 @@ if [ ${#reports[@]} -gt 0 ]; then
         --title "tchcv vs PyTorch eager ($device, $(date -u +%Y-%m-%d))" || failed+=(chart)
 fi
 echo "reports and chart in $out/"
-for s in "${skipped[@]}"; do echo "skipped: $s"; done
+for s in ${skipped[@]+"${skipped[@]}"}; do echo "skipped: $s"; done
 if [ ${#failed[@]} -gt 0 ]; then
     echo "FAILED: ${failed[*]}"
     exit 1

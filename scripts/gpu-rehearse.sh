@@ -4,8 +4,9 @@
 # unignored files plus .gpu/), with what the GPU machine has and nothing else: no cargo or
 # rustc on PATH, a python3 that has torch, numpy and safetensors but neither torchvision nor
 # PIL, libtorch found through LD_LIBRARY_PATH. The benchmarks run on the CPU at a small size
-# (BENCH_QUICK=1), so the script's flow, its binaries and its Python are checked; the CUDA tests
-# skip, saying so. Exit status: gpu-bench.sh's.
+# (BENCH_QUICK=1), so the script's flow, its binaries and its Python are checked (a CPU parity
+# test calls the Python reference as the CUDA ones do); the CUDA tests skip, saying so. Exit
+# status: gpu-bench.sh's.
 #   scripts/gpu-rehearse.sh [--no-prepare]
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -14,7 +15,10 @@ cd "$root"
 stage="$(mktemp -d "${TMPDIR:-/tmp}/tchcv-gpu-rehearsal.XXXXXX")"
 trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage/repo" "$stage/bin" "$stage/block" "$stage/out"
-git ls-files -co --exclude-standard -z | xargs -0 cp --parents -t "$stage/repo"
+# Tracked files deleted from the working tree are not sent, nor copied here.
+git ls-files -co --exclude-standard -z | while IFS= read -r -d '' f; do
+    [ -e "$f" ] && printf '%s\0' "$f"
+done | xargs -0 cp --parents -t "$stage/repo"
 cp -r .gpu "$stage/repo/.gpu"
 # python3 = the venv's interpreter, with torchvision and PIL made unimportable.
 cat > "$stage/block/sitecustomize.py" <<'PY'

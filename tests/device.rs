@@ -4,12 +4,23 @@
 
 mod common;
 
+use std::sync::{Mutex, MutexGuard};
+
 use tch::{Device, Kind, Tensor};
 use tchcv::device::autocast::{autocast_state, AutocastState};
 use tchcv::device::layout::is_memory_format;
 use tchcv::device::{
     autocast, convert_variables, to_memory_format, AutocastDtype, AutocastGuard, MemoryFormat,
 };
+
+/// The CUDA tests hold this: the allocator counters are the process's, so a test that allocates
+/// on the GPU must not run beside the one that counts (plain `cargo test` runs tests in
+/// parallel; `make test` and the GPU script use one thread anyway).
+static CUDA: Mutex<()> = Mutex::new(());
+
+fn cuda_lock() -> MutexGuard<'static, ()> {
+    CUDA.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// A 3x3 convolution of random data on `device`: an op on autocast's lower-precision list.
 fn conv_kind(device: Device) -> Kind {
@@ -94,6 +105,7 @@ fn autocast_regions_on_cuda() {
     let Some(device) = common::cuda_or_skip("autocast regions on CUDA") else {
         return;
     };
+    let _gpu = cuda_lock();
     autocast_regions(device);
     // A CPU region leaves CUDA alone and the other way round.
     let _cpu = AutocastGuard::enter(Device::Cpu, Some(AutocastDtype::Bf16)).unwrap();
@@ -160,6 +172,7 @@ fn memory_formats_on_cpu() {
 #[test]
 fn memory_formats_on_cuda() {
     if let Some(device) = common::cuda_or_skip("memory formats on CUDA") {
+        let _gpu = cuda_lock();
         memory_formats(device);
     }
 }
@@ -217,6 +230,7 @@ fn cuda_memory_counts_allocations() {
     let Some(device) = common::cuda_or_skip("CUDA allocator counters") else {
         return;
     };
+    let _gpu = cuda_lock();
     const MIB: i64 = 1 << 20;
     let warm = Tensor::zeros([1], (Kind::Float, device));
     tchcv::memory::reset_device_peak(device).unwrap();

@@ -605,20 +605,43 @@ fn bf16_autocast_and_channels_last_train_the_same_model() {
         serde_json::from_str(&std::fs::read_to_string(bf16.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["autocast"], "bf16");
     assert_eq!(config["channels_last"], true);
-    // Checkpoints hold float32 weights in the ordinary layout and load like any other.
+    // Checkpoints of a bf16 channels-last run: stopped after 2 of the 4 iterations and
+    // resumed (its configuration comes from the checkpoint), it repeats the uninterrupted run
+    // exactly, so the weights and the optimizer state were written and read back in the right
+    // layout (channels-last bytes taken for NCHW would change every later loss).
+    let split = common::scratch("train-precision-bf16-cl-split");
+    let mut args = train_args(s(&data), s(&split), &extra);
+    args.extend(["--autocast", "bf16", "--channels-last", "--stop-after", "2"]);
+    assert_eq!(tchcv(&args).status.code(), Some(130), "stopped like Ctrl-C");
+    ok(
+        &tchcv(&["train", "--resume", "--out", s(&split), "--log-every", "1"]),
+        "resume bf16 channels-last",
+    );
+    assert_eq!(steps(&split), c, "2 + resume + 2 iterations = 4 in one run");
     let loaded = tchcv::train::checkpoint::load(&bf16.join("last.safetensors")).unwrap();
-    for (name, t) in &loaded.model {
-        assert!(t.is_contiguous(), "{name} saved contiguous");
-        assert_eq!(t.kind(), tch::Kind::Float, "{name} saved as f32");
-    }
+    assert!(loaded.model.values().all(|t| t.kind() == tch::Kind::Float));
     tchcv::train::checkpoint::load_detector(&bf16.join("last.safetensors"), tch::Device::Cpu)
         .unwrap();
-    // A resumed bf16 channels-last run continues (its configuration comes from the checkpoint).
+    // --resume can turn both off.
     ok(
-        &tchcv(&["train", "--resume", "--out", s(&bf16), "--iters", "5"]),
-        "resume bf16",
+        &tchcv(&[
+            "train",
+            "--resume",
+            "--out",
+            s(&bf16),
+            "--iters",
+            "5",
+            "--autocast",
+            "off",
+            "--no-channels-last",
+        ]),
+        "resume in f32",
     );
     assert_eq!(steps(&bf16).len(), 5);
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(bf16.join("config.json")).unwrap()).unwrap();
+    assert!(config["autocast"].is_null(), "{config}");
+    assert_eq!(config["channels_last"], false);
     // float16 training would need loss scaling: refused with the reason.
     let out = common::scratch("train-precision-f16");
     let mut args = train_args(s(&data), s(&out), &extra);

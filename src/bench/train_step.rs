@@ -3,8 +3,9 @@
 //! `torch.optim.SGD` in PyTorch eager (`bench/train_step_reference.py`, which builds the network
 //! with the parity reference's modules, `tests/reference/ssd_net.py`), on the same images and
 //! targets, the same machine and threads. Also the peak memory of each process: RSS on the
-//! CPU, and on CUDA the caching allocator's peak allocated bytes over the timed steps (as
-//! `torch.cuda.max_memory_allocated` after `reset_peak_memory_stats`).
+//! CPU, and on CUDA the caching allocator's peak allocated bytes over the warm-up and timed
+//! steps (as `torch.cuda.max_memory_allocated` after `reset_peak_memory_stats`), the model, its
+//! optimizer state and the batch included.
 //!
 //! Variants, the same on both sides: `--autocast bf16` runs the forward pass and the loss under
 //! autocast (`torch.autocast(device_type, dtype=torch.bfloat16)`; backward and the update

@@ -90,14 +90,17 @@ pub struct Args {
     /// auto (default: CUDA when available), cpu, cuda or cuda:N.
     #[arg(long)]
     device: Option<String>,
-    /// Mixed precision: the forward pass and the loss under autocast in bf16 (weights,
-    /// gradients and the update stay f32). Default: off.
+    /// Mixed precision: bf16 runs the forward pass and the loss under autocast (weights,
+    /// gradients and the update stay f32); off (the default) turns it off, also on --resume.
     #[arg(long)]
-    autocast: Option<AutocastDtype>,
+    autocast: Option<AutocastFlag>,
     /// Lay out the weights and images channels-last (NHWC strides; faster convolutions on many
     /// GPUs and CPUs). Default: off.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "no_channels_last")]
     channels_last: bool,
+    /// Turn --channels-last off (for a --resume of a channels-last run).
+    #[arg(long)]
+    no_channels_last: bool,
     /// Seed of the initialisation, data order, augmentation and random mining (default: 0).
     #[arg(long)]
     seed: Option<u64>,
@@ -146,6 +149,24 @@ pub struct Args {
     dist_timeout: Option<f64>,
 }
 
+/// `--autocast`: a dtype, or `off`.
+#[derive(Debug, Clone, Copy)]
+enum AutocastFlag {
+    Off,
+    On(AutocastDtype),
+}
+
+impl std::str::FromStr for AutocastFlag {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "off" | "none" => Ok(AutocastFlag::Off),
+            _ => s.parse().map(AutocastFlag::On),
+        }
+    }
+}
+
 impl Args {
     /// The flags given, as TrainConfig JSON fields.
     fn overrides(&self) -> Result<Map<String, Value>> {
@@ -183,7 +204,6 @@ impl Args {
             grad_clip,
             workers,
             device,
-            autocast,
             seed,
             out,
             eval_every,
@@ -204,8 +224,13 @@ impl Args {
         if self.use_difficult {
             put("use_difficult", json!(true));
         }
-        if self.channels_last {
-            put("channels_last", json!(true));
+        if self.channels_last || self.no_channels_last {
+            put("channels_last", json!(self.channels_last));
+        }
+        match self.autocast {
+            Some(AutocastFlag::Off) => put("autocast", Value::Null),
+            Some(AutocastFlag::On(dtype)) => put("autocast", serde_json::to_value(dtype)?),
+            None => {}
         }
         Ok(o)
     }

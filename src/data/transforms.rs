@@ -322,7 +322,11 @@ pub fn photometric_distort(image: &mut RgbImage, cfg: &AugmentConfig, rng: &mut 
         }
         if rng.chance(0.5) {
             let shift = rng.uniform(-cfg.hue as f64, cfg.hue as f64) as f32;
-            adjust_hue(image, shift);
+            // hue 0 turns the step off (torchvision's ColorJitter(hue=0) has no hue step)
+            // rather than round-tripping through HSV; the draws stay the same either way.
+            if cfg.hue != 0.0 {
+                adjust_hue(image, shift);
+            }
         }
     };
     if rng.chance(0.5) {

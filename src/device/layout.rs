@@ -1,8 +1,9 @@
 //! Memory formats: channels-last (NHWC strides) for images, activations and convolution
 //! weights, which cuDNN and oneDNN run faster on many machines. This is PyTorch's
 //! `x.contiguous(memory_format=torch.channels_last)` and `model.to(memory_format=...)`. Only the
-//! strides change: shapes stay `[N, C, H, W]` and every op gives the same values, so code
-//! that reads the tensors needs no change.
+//! strides change: shapes stay `[N, C, H, W]`, so code that reads the tensors needs no change,
+//! and every op gives the same values up to the order of its float sums (convolution and batch
+//! norm kernels sum in another order per layout; batch norm's backward magnifies that).
 
 use std::str::FromStr;
 

@@ -321,9 +321,11 @@ impl L2Norm {
 
     /// x: `[N, C, H, W]` -> `[N, C, H, W]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // No explicit dtype on the sum: under CUDA autocast `sum` then runs in f32, as the
+        // PyTorch recipe's `x.pow(2).sum(1)` does (an explicit dtype would keep bf16).
         let sum_sq = x
             .f_square()?
-            .f_sum_dim_intlist(1, true, x.kind())?
+            .f_sum_dim_intlist(1, true, None::<tch::Kind>)?
             .f_clamp_min(1e-12)?;
         let scale = self.weight.f_view([1, -1, 1, 1])?;
         Ok(x.f_mul(&sum_sq.f_rsqrt()?)?.f_mul(&scale)?)

@@ -178,6 +178,18 @@ impl Optimizer {
         }
     }
 
+    /// Lay out every 4-D state tensor (the buffers of convolution weights) in `format`, as
+    /// [`crate::device::convert_variables`] does the variables; values are unchanged.
+    pub fn convert_state(&mut self, format: crate::device::MemoryFormat) -> Result<()> {
+        for (key, value) in self.state.iter_mut() {
+            if value.dim() == 4 {
+                *value = crate::device::to_memory_format(value, format)
+                    .with_context(|| format!("optimizer state {key:?}"))?;
+            }
+        }
+        Ok(())
+    }
+
     /// The state as named tensors (for a checkpoint), plus the step count.
     pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
         let mut out: Vec<(String, Tensor)> = self

@@ -376,9 +376,11 @@ impl Run {
         if let Some(g) = &group {
             g.broadcast_varstore(&vs)?;
         }
-        // After loading and broadcasting (the collectives take contiguous tensors); the
-        // optimizer's buffers, made lazily with zeros_like, follow the variables' layout.
+        // After loading and broadcasting (the collectives take contiguous tensors). Buffers the
+        // optimizer makes later copy their variable's layout; those a resume restored are
+        // converted with the variables.
         crate::device::convert_variables(&vs, config.memory_format())?;
+        optimizer.convert_state(config.memory_format())?;
 
         let metrics = if main {
             std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;

@@ -13,11 +13,13 @@ pub fn repo() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
-/// The Python that runs the PyTorch references: `TCHCV_PYTHON`, else the project venv's.
-/// Panics with the fix when it is missing: parity tests never skip silently.
+/// The Python that runs the PyTorch references: `TCHCV_PYTHON` (a path, or a bare name looked
+/// up on `PATH`, e.g. `python3` on the GPU machine), else the project venv's. Panics with the
+/// fix when it is missing: parity tests never skip silently.
 pub fn python() -> PathBuf {
     let python = std::env::var_os("TCHCV_PYTHON")
         .map(PathBuf::from)
+        .map(|p| on_path(&p).unwrap_or(p))
         .unwrap_or_else(|| repo().join(".venv/bin/python"));
     assert!(
         python.exists(),
@@ -25,6 +27,16 @@ pub fn python() -> PathBuf {
         python.display()
     );
     python
+}
+
+/// A bare program name (no `/`) found in a `PATH` directory.
+fn on_path(name: &Path) -> Option<PathBuf> {
+    if name.components().count() != 1 || name.is_absolute() {
+        return None;
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
 }
 
 /// Run `tests/reference/<script>` with `args`; panics with its stderr when it fails.

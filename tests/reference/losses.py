@@ -1133,9 +1133,35 @@ def selftest_generator():
     return f"{len(SMALL_SET)} small cases written and re-read"
 
 
-def recompute_case(st_path):
+# A fixture recomputed on another CPU: libtorch picks its vector kernels (AVX2, AVX-512) by
+# the machine, so exp/log and sums may differ in the last bit from the machine that wrote it.
+FIXTURE_RTOL = 1e-6
+
+
+def same_up_to_cpu_rounding(a, b):
+    """Tensors equal to FIXTURE_RTOL of their largest magnitude (exactly, where it is 0)."""
+    scale = float(b.abs().max()) if b.numel() else 0.0
+    return a.shape == b.shape and bool(((a - b).abs() <= FIXTURE_RTOL * scale).all())
+
+
+def same_scalars(again, expected):
+    """Expected scalars: integers exactly, floats to FIXTURE_RTOL relative."""
+    if again.keys() != expected.keys():
+        return False
+    for key, want in expected.items():
+        got = again[key]
+        if isinstance(want, float) or isinstance(got, float):
+            if not math.isclose(got, want, rel_tol=FIXTURE_RTOL, abs_tol=1e-12):
+                return False
+        elif got != want:
+            return False
+    return True
+
+
+def recompute_case(st_path, exact=True):
     """Recompute a written case's expected scalars from its stored inputs (CPU); also compare
-    the stored gradients and neg mask bit for bit."""
+    the stored gradients and neg mask: bit for bit, or with `exact=False` (a committed fixture,
+    possibly written on another CPU) the gradients up to that CPU's rounding."""
     st_path = Path(st_path)
     sidecar = json.loads(st_path.with_suffix(".json").read_text())
     tensors = common.read_tensors(st_path)
@@ -1144,7 +1170,8 @@ def recompute_case(st_path):
     out = run_loss(sidecar["loss"], inputs, full_options(sidecar["loss"], sidecar["options"]),
                    torch.device("cpu"))
     for k in ("grad_loc_preds", "grad_cls_preds"):
-        if not torch.equal(out[k], tensors[k]):
+        same = torch.equal(out[k], tensors[k]) if exact else same_up_to_cpu_rounding(out[k], tensors[k])
+        if not same:
             raise ReferenceError(f"{st_path.name}: stored {k} differs from a recomputation")
     if sidecar["loss"] == "ssd" and not sidecar["has_ties"]:
         if not torch.equal(out["neg_mask"], tensors["neg_mask"]):
@@ -1153,16 +1180,18 @@ def recompute_case(st_path):
 
 
 def selftest_fixtures():
-    """The committed fixtures (tests/fixtures/losses) still match this reference."""
+    """The committed fixtures (tests/fixtures/losses) still match this reference, to the last
+    bits a CPU with other vector kernels may change."""
     folder = Path(__file__).resolve().parents[1] / "fixtures" / "losses"
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         return "no committed fixtures yet (skipped)"
     for st in files:
         expected = json.loads(st.with_suffix(".json").read_text())["expected"]
-        again = recompute_case(st)
-        assert again == expected, (st.name, again, expected)
-    return f"{len(files)} fixtures in {folder} recomputed bit for bit"
+        again = recompute_case(st, exact=False)
+        assert same_scalars(again, expected), (st.name, again, expected)
+    return (f"{len(files)} fixtures in {folder} recomputed (to {FIXTURE_RTOL:g} relative: they may "
+            "come from a CPU with other vector kernels)")
 
 
 SELFTESTS = [
