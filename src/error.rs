@@ -29,6 +29,23 @@ pub fn is_bad_input(err: &anyhow::Error) -> bool {
     err.chain().any(|e| e.is::<BadInput>())
 }
 
+/// The error convention of the C shims (`csrc/*.cpp`): `Ok` for a null message, else the
+/// message as an error, after `free` has released the C string (which the caller owns).
+pub(crate) fn shim_result(
+    message: *mut std::ffi::c_char,
+    free: impl FnOnce(*mut std::ffi::c_char),
+) -> anyhow::Result<()> {
+    if message.is_null() {
+        return Ok(());
+    }
+    // SAFETY: a non-null return is a NUL-terminated string from a shim, valid until freed.
+    let text = unsafe { std::ffi::CStr::from_ptr(message) }
+        .to_string_lossy()
+        .into_owned();
+    free(message);
+    Err(anyhow::anyhow!(text))
+}
+
 /// Return early with a [`BadInput`] error built like `format!`.
 #[macro_export]
 macro_rules! bail_input {

@@ -46,7 +46,7 @@ pub fn peak_rss_mib() -> Option<f64> {
 
 /// A device caching allocator's counters, in bytes (`torch.cuda.memory_stats()`'s
 /// `allocated_bytes.all.*` and `reserved_bytes.all.*`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeviceMemory {
     /// Held by tensors now (`torch.cuda.memory_allocated`).
     pub allocated: i64,

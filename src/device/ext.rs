@@ -1,7 +1,7 @@
 //! The raw binding of `csrc/torch_ext.cpp`: libtorch calls that tch 0.24 does not bind. The safe
 //! API is [`super::autocast`], [`super::layout`] and [`crate::memory::device_memory`].
 
-use std::ffi::{c_char, c_int, c_void, CStr};
+use std::ffi::{c_char, c_int, c_void};
 
 use anyhow::{anyhow, Result};
 use tch::{Device, Tensor};
@@ -38,16 +38,8 @@ extern "C" {
 
 /// `Ok` for a null message, else the message as an error (the malloc'd C string is freed).
 pub fn check(message: *mut c_char) -> Result<()> {
-    if message.is_null() {
-        return Ok(());
-    }
-    // SAFETY: a non-null return is a NUL-terminated string from the extension, which we own.
-    let text = unsafe { CStr::from_ptr(message) }
-        .to_string_lossy()
-        .into_owned();
-    // SAFETY: allocated with malloc by torch_ext.cpp, freed once here.
-    unsafe { libc::free(message.cast()) };
-    Err(anyhow!(text))
+    // SAFETY: torch_ext.cpp allocates its messages with malloc; each is freed once, here.
+    crate::error::shim_result(message, |m| unsafe { libc::free(m.cast()) })
 }
 
 /// c10's `DeviceType` of `device` and its index: CPU = 0, CUDA = 1.

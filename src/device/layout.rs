@@ -5,8 +5,6 @@
 //! and every op gives the same values up to the order of its float sums (convolution and batch
 //! norm kernels sum in another order per layout; batch norm's backward magnifies that).
 
-use std::str::FromStr;
-
 use anyhow::{Context, Result};
 use tch::nn::VarStore;
 use tch::Tensor;
@@ -14,8 +12,7 @@ use tch::Tensor;
 use super::ext;
 
 /// How the elements of a 4-D tensor are laid out in memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum MemoryFormat {
     /// Row-major `[N, C, H, W]` (`torch.contiguous_format`).
     #[default]
@@ -46,18 +43,6 @@ impl MemoryFormat {
         match self {
             MemoryFormat::Contiguous => "contiguous",
             MemoryFormat::ChannelsLast => "channels-last",
-        }
-    }
-}
-
-impl FromStr for MemoryFormat {
-    type Err = anyhow::Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "contiguous" | "nchw" => Ok(MemoryFormat::Contiguous),
-            "channels-last" | "channels_last" | "nhwc" => Ok(MemoryFormat::ChannelsLast),
-            _ => crate::bail_input!("memory format {s:?}: expected contiguous or channels-last"),
         }
     }
 }

@@ -6,7 +6,7 @@
 //! the same API exists and every call fails with the reason, so nothing above this file needs a
 //! `cfg`.
 
-use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::ffi::{c_char, c_int, c_void, CString};
 use std::ptr::NonNull;
 use std::time::Duration;
 
@@ -111,16 +111,8 @@ pub(crate) fn compiled_backends() -> (bool, bool) {
 
 /// `Ok` for a null message, else the message as an error (the C string is freed).
 fn check(message: *mut c_char) -> Result<()> {
-    if message.is_null() {
-        return Ok(());
-    }
-    // SAFETY: a non-null return is a NUL-terminated string from the shim, which we own.
-    let text = unsafe { CStr::from_ptr(message) }
-        .to_string_lossy()
-        .into_owned();
     // SAFETY: freed once, by the allocator that made it.
-    unsafe { ffi::tchcv_c10d_free_error(message) };
-    Err(anyhow!(text))
+    crate::error::shim_result(message, |m| unsafe { ffi::tchcv_c10d_free_error(m) })
 }
 
 fn c_string(what: &str, s: &str) -> Result<CString> {
