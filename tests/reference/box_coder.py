@@ -212,14 +212,15 @@ def box_nms(bboxes, scores, threshold):
 
 
 def batched_box_nms(bboxes, scores, classes, threshold):
-    """box_nms per class; kept indices merged best first."""
+    """box_nms per class; kept indices merged best first, equal scores lower index first (as
+    one stable sort of all boxes orders them, whatever their classes)."""
     keep = []
     for c in classes.unique().tolist():
         idx = (classes == c).nonzero().view(-1)
         keep.append(idx[box_nms(bboxes[idx], scores[idx], threshold)])
     if not keep:
         return torch.zeros(0, dtype=torch.long)
-    keep = torch.cat(keep)
+    keep = torch.cat(keep).sort().values
     order = scores[keep].sort(dim=0, descending=True, stable=True)[1]
     return keep[order]
 
