@@ -7,7 +7,8 @@ background column, ignored anchors dropped). Both written for this project.
 
     python bench/loss_reference.py --case CASE.safetensors --loss ssd --device cpu --repeat 20
 
-prints one JSON line: {"median_ms": ..., "total": ...}.
+prints one JSON line: {"median_ms": ..., "total": ..., "op_calls": [[name, [children]], ...]},
+the last being the operators one more forward + backward dispatches (bench/op_count.py).
 """
 
 import argparse
@@ -17,6 +18,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from op_count import count_ops
 from safetensors.torch import load_file
 
 
@@ -108,7 +110,9 @@ def main():
         start = time.perf_counter()
         step()
         times.append((time.perf_counter() - start) * 1e3)
-    print(json.dumps({"median_ms": statistics.median(times), "total": float(loss.detach())}))
+    op_calls, _ = count_ops(step)
+    print(json.dumps({"median_ms": statistics.median(times), "total": float(loss.detach()),
+                      "op_calls": op_calls}))
 
 
 if __name__ == "__main__":

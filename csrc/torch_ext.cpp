@@ -3,11 +3,17 @@
 #include "torch_ext.h"
 #include "guarded.h"
 
+#include <cstring>
+#include <mutex>
+#include <optional>
+#include <sstream>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
+#include <ATen/record_function.h>
 #include <c10/core/CachingDeviceAllocator.h>
 
 namespace {
@@ -53,6 +59,46 @@ const at::Tensor& tensor_of(tchcv_tensor tensor) {
 }
 
 constexpr size_t kAggregate = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+
+// ---- operator counting ------------------------------------------------------------------------
+
+std::mutex op_count_mutex;
+std::optional<at::CallbackHandle> op_count_handle;  // guarded by op_count_mutex
+// The operator calls: each its name, then the names of the calls it made, tab-separated.
+std::vector<std::string> op_calls;  // guarded by op_count_mutex
+
+// Per thread, the operator calls being run, innermost last: each its slot in op_calls and its
+// line under way.
+thread_local std::vector<std::pair<size_t, std::string>> op_stack;
+
+// Calls are reported in the order they started (as torch.profiler lists its events): a call
+// takes its slot on entry and fills it on exit.
+std::unique_ptr<at::ObserverContext> op_count_enter(const at::RecordFunction& fn) {
+  if (!op_stack.empty()) {
+    op_stack.back().second.append("\t").append(fn.name());
+  }
+  size_t slot = 0;
+  {
+    std::lock_guard<std::mutex> lock(op_count_mutex);
+    slot = op_calls.size();
+    op_calls.emplace_back(fn.name());
+  }
+  op_stack.emplace_back(slot, fn.name());
+  return nullptr;
+}
+
+void op_count_exit(const at::RecordFunction&, at::ObserverContext*) {
+  // A callback registered while an operator was running sees its exit without its entry.
+  if (op_stack.empty()) {
+    return;
+  }
+  auto [slot, line] = std::move(op_stack.back());
+  op_stack.pop_back();
+  std::lock_guard<std::mutex> lock(op_count_mutex);
+  if (slot < op_calls.size()) {
+    op_calls[slot] = std::move(line);
+  }
+}
 
 }  // namespace
 
@@ -118,6 +164,51 @@ char* tchcv_device_memory_reset_peak(int device_type, int index) {
     auto* allocator = c10::getDeviceAllocator(device_type_of(device_type));
     TORCH_CHECK(allocator->initialized(), "the device allocator is not initialized");
     allocator->resetPeakStats(static_cast<c10::DeviceIndex>(index));
+  });
+}
+
+char* tchcv_read_back_i64(tchcv_tensor tensor, int64_t* out, int64_t len) {
+  return guarded([&] {
+    // A named scope, so an operator count sees this wait for the device on any device.
+    RECORD_FUNCTION("tchcv::read_back", std::vector<c10::IValue>());
+    const auto& t = tensor_of(tensor);
+    TORCH_CHECK(t.numel() == len, "read_back: the tensor has ", t.numel(), " elements, not ", len);
+    const auto host = t.to(at::kCPU, at::kLong).contiguous();
+    std::memcpy(out, host.const_data_ptr<int64_t>(), static_cast<size_t>(len) * sizeof(int64_t));
+  });
+}
+
+char* tchcv_op_count_start(void) {
+  return guarded([&] {
+    std::lock_guard<std::mutex> lock(op_count_mutex);
+    TORCH_CHECK(!op_count_handle.has_value(), "an operator count is already running");
+    op_calls.clear();
+    op_stack.clear();  // what a count stopped mid-operator left on this thread
+    op_count_handle = at::addGlobalCallback(
+        at::RecordFunctionCallback(op_count_enter, op_count_exit)
+            .scopes({at::RecordScope::FUNCTION})
+            .needsInputs(false)
+            .needsOutputs(false));
+  });
+}
+
+char* tchcv_op_count_stop(char** report) {
+  return guarded([&] {
+    std::optional<at::CallbackHandle> handle;
+    {
+      std::lock_guard<std::mutex> lock(op_count_mutex);
+      TORCH_CHECK(op_count_handle.has_value(), "no operator count is running");
+      handle = op_count_handle;
+      op_count_handle.reset();
+    }
+    at::removeCallback(*handle);
+    std::ostringstream out;
+    std::lock_guard<std::mutex> lock(op_count_mutex);
+    for (const auto& line : op_calls) {
+      out << line << '\n';
+    }
+    op_calls.clear();
+    *report = tchcv::copy_message(out.str());
   });
 }
 

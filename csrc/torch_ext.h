@@ -40,6 +40,19 @@ char* tchcv_device_memory(int device_type, int index, int64_t* allocated, int64_
 // Start the peaks afresh (torch.cuda.reset_peak_memory_stats).
 char* tchcv_device_memory_reset_peak(int device_type, int index);
 
+// Copy the `len` elements of an integer tensor on any device to `out` as int64, in one
+// device-to-host transfer (one wait for the device), under the named scope "tchcv::read_back".
+char* tchcv_read_back_i64(tchcv_tensor tensor, int64_t* out, int64_t len);
+
+// Operator counting through a global RecordFunction callback (every thread, the autograd
+// engine's included). Only one count runs at a time.
+// Start counting; fails if a count is already running.
+char* tchcv_op_count_start(void);
+// Stop counting; *report (malloc'd, freed by the caller) gets one line per operator call, in
+// the order they started: its name, then the names of the operators it called directly,
+// tab-separated.
+char* tchcv_op_count_stop(char** report);
+
 #ifdef __cplusplus
 }
 #endif

@@ -280,7 +280,8 @@ fn mining_equals_stable_double_sort_with_ties() {
     let candidates = Tensor::rand([n, a], (Kind::Float, Device::Cpu)).gt(0.2);
     let num_candidates = candidates.sum_dim_intlist(1, false, Kind::Int64);
     let k = (Tensor::from_slice(&[0i64, 1, 17, 40, 100, 1000])).minimum(&num_candidates);
-    let mask = top_k_per_row(&scores, &candidates, &k);
+    let k_max = k.max().int64_value(&[]);
+    let mask = top_k_per_row(&scores, &candidates, &k, k_max);
 
     // torchcv: sort -score ascending (non-candidates last), rank = argsort of the order.
     let key = (-&scores).masked_fill(&candidates.logical_not(), f64::INFINITY);
@@ -293,6 +294,44 @@ fn mining_equals_stable_double_sort_with_ties() {
     );
     let per_row = mask.sum_dim_intlist(1, false, Kind::Int64);
     assert!(per_row.equal(&k));
+}
+
+/// NaN scores (a diverged model's cross entropy) rank as the largest (tied with +inf) and every
+/// row still gets exactly k: the SSD loss selects the kept rows with that count
+/// (`nonzero_static`).
+#[test]
+fn mining_keeps_exactly_k_per_row_with_nan_and_inf_scores() {
+    tch::manual_seed(12);
+    let (n, a) = (4, 50);
+    let scores = Tensor::rand([n, a], (Kind::Float, Device::Cpu));
+    let nan = Tensor::rand([n, a], (Kind::Float, Device::Cpu)).lt(0.3);
+    let inf = Tensor::rand([n, a], (Kind::Float, Device::Cpu)).lt(0.1);
+    let scores = scores
+        .masked_fill(&nan, f64::NAN)
+        .masked_fill(&inf, f64::INFINITY);
+    // Row 3: every score NaN.
+    let _ = scores.get(3).fill_(f64::NAN);
+    let candidates = Tensor::rand([n, a], (Kind::Float, Device::Cpu)).gt(0.2);
+    let num_candidates = candidates.sum_dim_intlist(1, false, Kind::Int64);
+    let k = Tensor::from_slice(&[3i64, 10, 25, 7]).minimum(&num_candidates);
+    let k_max = k.max().int64_value(&[]);
+    let mask = top_k_per_row(&scores, &candidates, &k, k_max);
+    let per_row = mask.sum_dim_intlist(1, false, Kind::Int64);
+    assert!(per_row.equal(&k), "{per_row:?} != {k:?}");
+    let count = |t: &Tensor| t.sum(Kind::Int64).int64_value(&[]);
+    let outside = mask.logical_and(&candidates.logical_not());
+    assert_eq!(count(&outside), 0, "a non-candidate was kept");
+    // Row 0 keeps 3: NaN and +inf candidates rank first.
+    let row0_top = nan
+        .get(0)
+        .logical_or(&inf.get(0))
+        .logical_and(&candidates.get(0));
+    assert!(
+        count(&row0_top) >= 3,
+        "this seed gives too few NaN/inf candidates"
+    );
+    let kept_elsewhere = mask.get(0).logical_and(&row0_top.logical_not());
+    assert_eq!(count(&kept_elsewhere), 0, "row 0 kept a finite score first");
 }
 
 #[test]

@@ -1,10 +1,13 @@
 //! `tchcv bench loss`: loss forward + backward, tchcv against the torchcv/torchvision-style
-//! PyTorch implementations (`bench/loss_reference.py`) on the same tensors.
+//! PyTorch implementations (`bench/loss_reference.py`) on the same tensors. Each side also counts
+//! the operators one forward + backward dispatches and how many of them would wait for a CUDA
+//! device ([`crate::device::op_count`]): the host-side work that dominates a loss on a GPU.
 
 use anyhow::Result;
 use tch::{Device, Kind, Tensor};
 
 use super::{median_ms, run_reference, Comparison};
+use crate::device::op_count::{count_ops, OpCounts};
 use crate::loss::{LossInputs, LossKind};
 
 /// What to time.
@@ -72,12 +75,14 @@ pub fn run(b: &LossBench, device: Device) -> Result<Comparison> {
         cls_preds: &cls_preds,
         cls_targets: &cls_targets,
     };
-    let tchcv_ms = median_ms(3, b.repeat, || {
+    let step = || {
         let out = loss.forward(&inputs)?;
         Tensor::f_run_backward(&[&out.total], &[&loc_preds, &cls_preds], false, false)?;
         crate::device::synchronize(device);
         Ok(())
-    })?;
+    };
+    let tchcv_ms = median_ms(3, b.repeat, step)?;
+    let (_, tchcv_ops) = count_ops(step)?;
     let device_name = crate::device::device_name(device);
     let total = loss.forward(&inputs)?.stats().total;
     let pytorch = if b.no_reference {
@@ -120,14 +125,44 @@ pub fn run(b: &LossBench, device: Device) -> Result<Comparison> {
         if !agree {
             anyhow::bail!("bench loss: tchcv computed {total}, the PyTorch reference {theirs}: not the same loss");
         }
-        Some((report["median_ms"].as_f64().unwrap_or(f64::NAN), theirs))
+        let ops = OpCounts::from_json(&report["op_calls"])?;
+        Some((
+            report["median_ms"].as_f64().unwrap_or(f64::NAN),
+            theirs,
+            ops,
+        ))
     };
     let size = format!("N={} A={} C={} pos={}", b.n, b.a, b.c, b.pos_fraction);
     let work = format!(
         "{} loss fwd+bwd",
         serde_json::to_value(b.loss)?.as_str().unwrap_or("?")
     );
-    let mut row = Comparison::new(&work, &size, &device_name, tchcv_ms, pytorch.map(|p| p.0));
-    row.extra = serde_json::json!({ "tchcv_total": total, "pytorch_total": pytorch.map(|p| p.1) });
+    let mut row = Comparison::new(
+        &work,
+        &size,
+        &device_name,
+        tchcv_ms,
+        pytorch.as_ref().map(|p| p.0),
+    );
+    row.detail = Some(match &pytorch {
+        Some(p) => format!(
+            "operators per fwd+bwd: tchcv {} ({} host syncs), pytorch {} ({} host syncs)",
+            tchcv_ops.ops(),
+            tchcv_ops.host_syncs(),
+            p.2.ops(),
+            p.2.host_syncs()
+        ),
+        None => format!(
+            "operators per fwd+bwd: tchcv {} ({} host syncs)",
+            tchcv_ops.ops(),
+            tchcv_ops.host_syncs()
+        ),
+    });
+    row.extra = serde_json::json!({
+        "tchcv_total": total,
+        "pytorch_total": pytorch.as_ref().map(|p| p.1),
+        "tchcv_ops": tchcv_ops.summary(),
+        "pytorch_ops": pytorch.as_ref().map(|p| p.2.summary()),
+    });
     Ok(row)
 }

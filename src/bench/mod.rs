@@ -48,6 +48,9 @@ pub struct Comparison {
     pub speedup: Option<f64>,
     /// Anything else worth reporting (throughput, memory).
     pub extra: serde_json::Value,
+    /// A second line for the human-readable report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 impl Comparison {
@@ -66,6 +69,7 @@ impl Comparison {
             pytorch_ms,
             speedup: pytorch_ms.map(|p| p / tchcv_ms),
             extra: serde_json::Value::Null,
+            detail: None,
         }
     }
 
@@ -79,10 +83,14 @@ impl Comparison {
             .speedup
             .map(|s| format!("{s:6.2}x"))
             .unwrap_or_else(|| "     -".into());
-        format!(
+        let line = format!(
             "{:<40} {:<34} {:<7} tchcv {:10.3} ms   pytorch {py}   speedup {ratio}",
             self.work, self.size, self.device, self.tchcv_ms
-        )
+        );
+        match &self.detail {
+            Some(detail) => format!("{line}\n    {detail}"),
+            None => line,
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! The raw binding of `csrc/torch_ext.cpp`: libtorch calls that tch 0.24 does not bind. The safe
-//! API is [`super::autocast`], [`super::layout`] and [`crate::memory::device_memory`].
+//! API is [`super::autocast`], [`super::layout`], [`super::op_count`] and
+//! [`crate::memory::device_memory`].
 
 use std::ffi::{c_char, c_int, c_void};
 
@@ -34,6 +35,9 @@ extern "C" {
         peak_reserved: *mut i64,
     ) -> *mut c_char;
     pub fn tchcv_device_memory_reset_peak(device_type: c_int, index: c_int) -> *mut c_char;
+    pub fn tchcv_read_back_i64(tensor: *mut c_void, out: *mut i64, len: i64) -> *mut c_char;
+    pub fn tchcv_op_count_start() -> *mut c_char;
+    pub fn tchcv_op_count_stop(report: *mut *mut c_char) -> *mut c_char;
 }
 
 /// `Ok` for a null message, else the message as an error (the malloc'd C string is freed).
@@ -56,4 +60,17 @@ pub fn device_type(device: Device) -> Result<(c_int, c_int)> {
 /// The `at::Tensor*` behind a tch tensor, for the extension's tensor arguments.
 pub fn raw(tensor: &Tensor) -> *mut c_void {
     tensor.as_ptr() as *mut c_void
+}
+
+/// The text of a malloc'd C string from the extension, which this frees ("" for null).
+pub fn take_string(text: *mut c_char) -> String {
+    if text.is_null() {
+        return String::new();
+    }
+    // SAFETY: a non-null string from torch_ext.cpp is NUL-terminated and malloc'd; freed once.
+    let owned = unsafe { std::ffi::CStr::from_ptr(text) }
+        .to_string_lossy()
+        .into_owned();
+    unsafe { libc::free(text.cast()) };
+    owned
 }

@@ -1,17 +1,20 @@
 //! Devices: parsing `--device`, waiting for a device, and the device-level settings of a
-//! training step: mixed precision ([`autocast`]) and memory formats ([`layout`]).
+//! training step: mixed precision ([`autocast`]) and memory formats ([`layout`]); counting the
+//! operators a region dispatches ([`op_count`]).
 
 use anyhow::Result;
-use tch::Device;
+use tch::{Device, Tensor};
 
 use crate::bail_input;
 
 pub mod autocast;
 pub(crate) mod ext;
 pub mod layout;
+pub mod op_count;
 
 pub use autocast::{autocast, AutocastDtype, AutocastGuard};
 pub use layout::{convert_variables, to_memory_format, MemoryFormat};
+pub use op_count::{count_ops, OpCounts};
 
 /// `auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`.
 pub fn parse_device(s: &str) -> Result<Device> {
@@ -45,6 +48,17 @@ pub fn synchronize(device: Device) {
     if let Device::Cuda(i) = device {
         tch::Cuda::synchronize(i as i64);
     }
+}
+
+/// The values of an integer tensor (any shape, any device) as int64, in one device-to-host
+/// transfer: where a loss needs several counts, one wait for the device instead of one per
+/// `int64_value`. Operator counts see it as `tchcv::read_back`.
+pub fn read_back(t: &Tensor) -> Result<Vec<i64>> {
+    let len = t.numel();
+    let mut out = vec![0i64; len];
+    // SAFETY: `out` holds `len` int64s; the extension checks the tensor's size against it.
+    ext::check(unsafe { ext::tchcv_read_back_i64(ext::raw(t), out.as_mut_ptr(), len as i64) })?;
+    Ok(out)
 }
 
 /// A short name: `cpu` or `cuda:N`.

@@ -37,10 +37,12 @@
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
-use tch::{Kind, Reduction, Tensor};
+use tch::{Reduction, Tensor};
 
 use super::inputs::LabelRule;
-use super::{check_option, valid_rows, DetectionLoss, LossInputs, LossSums, Normalization};
+use super::{
+    check_option, indices_of, valid_rows, DetectionLoss, LossInputs, LossSums, Normalization,
+};
 
 /// Options of [`FocalLoss`]; the JSON names are those of the parity reference.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -127,13 +129,18 @@ fn unweighted_focal(x: &Tensor, target_one: bool, gamma: f64) -> Tensor {
 /// one-hot of `y` (`[V]` labels, 0 = background, k = column k-1), without building the one-hot.
 /// Equal to `sigmoid_focal_loss(x, one_hot(y)[:, 1:]).sum()`.
 pub fn focal_sum(x: &Tensor, y: &Tensor, alpha: Option<f64>, gamma: f64) -> Tensor {
+    let rows = y.gt(0).nonzero().squeeze_dim(1);
+    focal_sum_at(x, y, &rows, alpha, gamma)
+}
+
+/// [`focal_sum`] with the positive rows `rows` (`[P]` int64, the rows where `y > 0`) given.
+fn focal_sum_at(x: &Tensor, y: &Tensor, rows: &Tensor, alpha: Option<f64>, gamma: f64) -> Tensor {
     let (w_pos, w_neg) = alpha.map_or((1.0, 1.0), |a| (a, 1.0 - a));
     let kind = x.kind();
     let all_negative = unweighted_focal(x, false, gamma).sum(kind) * w_neg;
-    let rows = y.gt(0).nonzero().squeeze_dim(1);
-    let columns = (y.index_select(0, &rows) - 1).unsqueeze(1);
+    let columns = (y.index_select(0, rows) - 1).unsqueeze(1);
     let x_pos = x
-        .index_select(0, &rows)
+        .index_select(0, rows)
         .gather(1, &columns, false)
         .squeeze_dim(1);
     let correction = unweighted_focal(&x_pos, true, gamma) * w_pos
@@ -150,15 +157,14 @@ impl DetectionLoss for FocalLoss {
             meaning:
                 "focal loss: no background column, 0 = background, k = column k-1, -1 = ignore",
         };
-        let p = inputs.prepare(&rule, self.config.check_finite, self.config.beta)?;
-        let (cls_preds, pos, loc_sum) = (p.cls_preds, p.pos, p.loc_sum);
-        let cls_targets = inputs.cls_targets;
+        let p = inputs.prepare_plain(&rule, self.config.check_finite, self.config.beta)?;
+        let (cls_preds, loc_sum) = (p.cls_preds, p.loc_sum);
+        let (num_pos, num_valid) = (p.dims.num_pos, p.dims.num_valid);
 
-        let (x, y) = valid_rows(&cls_preds, cls_targets, p.dims.has_ignored);
-        let cls_sum = focal_sum(&x, &y, self.config.alpha, self.config.gamma);
+        let (x, y) = valid_rows(&cls_preds, inputs.cls_targets, &p.dims);
+        let positive_rows = indices_of(&y.gt(0), num_pos);
+        let cls_sum = focal_sum_at(&x, &y, &positive_rows, self.config.alpha, self.config.gamma);
 
-        let num_pos = pos.sum(Kind::Int64).int64_value(&[]);
-        let num_valid = y.numel() as i64;
         Ok(LossSums {
             loc_sum,
             cls_sum,

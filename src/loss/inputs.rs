@@ -18,7 +18,7 @@ pub struct LossInputs<'a> {
     pub cls_targets: &'a Tensor,
 }
 
-/// Sizes of a validated batch.
+/// Sizes and counts of a validated batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct BatchDims {
     pub n: i64,
@@ -26,6 +26,10 @@ pub(crate) struct BatchDims {
     pub c: i64,
     /// Whether any anchor is labelled -1 (ignore).
     pub has_ignored: bool,
+    /// Positive anchors (label > 0) in the batch.
+    pub num_pos: i64,
+    /// Anchors that are not ignored (label >= 0) in the batch.
+    pub num_valid: i64,
 }
 
 /// The labels a loss accepts: `-1 ..= C-1` with a background column, `-1 ..= C` without.
@@ -35,10 +39,12 @@ pub(crate) struct LabelRule {
     pub meaning: &'static str,
 }
 
-/// What every loss starts from: the batch's sizes, the classification logits in the compute
-/// kind, the positives and the Smooth-L1 sum over them.
+/// What every loss starts from: the batch's sizes and counts, the classification logits in the
+/// compute kind, the positives and the Smooth-L1 sum over them.
 pub(crate) struct Prepared {
     pub dims: BatchDims,
+    /// The loss's own integer scalars (see [`LossInputs::prepare`]), read with the counts.
+    pub extra: Vec<i64>,
     /// `[N, A, C]` in the compute kind.
     pub cls_preds: Tensor,
     /// `[N, A]` bool: `cls_targets > 0`.
@@ -80,9 +86,8 @@ fn count_non_finite(t: &Tensor) -> i64 {
 }
 
 impl LossInputs<'_> {
-    /// Check shapes, dtypes, devices and the label range; with `check_finite`, also that the
-    /// predictions and the positive anchors' targets hold no NaN or inf.
-    pub(crate) fn validate(&self, labels: &LabelRule, check_finite: bool) -> Result<BatchDims> {
+    /// Check shapes, dtypes and devices (no device work). Returns `(N, A, C)`.
+    fn check_shapes(&self) -> Result<(i64, i64, i64)> {
         let loc = self.loc_preds.size();
         if loc.len() != 3 || loc[2] != 4 {
             bail_input!("loc_preds: expected shape [N, A, 4], got {loc:?}");
@@ -99,8 +104,6 @@ impl LossInputs<'_> {
                  loc_preds {loc:?}), got {cls:?}"
             );
         }
-        let c = cls[2];
-        let max_label = if labels.background_column { c - 1 } else { c };
         let tgt = self.cls_targets.size();
         if tgt != [n, a] {
             bail_input!(
@@ -120,67 +123,99 @@ impl LossInputs<'_> {
         check_device("loc_targets", self.loc_targets, device)?;
         check_device("cls_preds", self.cls_preds, device)?;
         check_device("cls_targets", self.cls_targets, device)?;
-        let mut has_ignored = false;
-        if self.cls_targets.numel() > 0 {
-            let lo = self.cls_targets.min().int64_value(&[]);
-            has_ignored = lo == -1;
-            let hi = self.cls_targets.max().int64_value(&[]);
-            if lo < -1 || hi > max_label {
-                let bad = if lo < -1 { lo } else { hi };
-                bail_input!(
-                    "cls_targets: label {bad} out of range [-1, {max_label}] for cls_preds with C = {c} ({})",
-                    labels.meaning
-                );
-            }
-        }
-        if check_finite {
-            for (name, t) in [("loc_preds", self.loc_preds), ("cls_preds", self.cls_preds)] {
-                let bad = count_non_finite(t);
-                if bad > 0 {
-                    bail_input!(
-                        "{name}: {bad} non-finite values (NaN or inf) in shape {:?}",
-                        t.size()
-                    );
-                }
-            }
-            let pos = self
-                .cls_targets
-                .gt(0)
-                .unsqueeze(2)
-                .expand_as(self.loc_targets);
-            let bad = count_non_finite(&self.loc_targets.masked_select(&pos));
-            if bad > 0 {
-                bail_input!(
-                    "loc_targets: {bad} non-finite values (NaN or inf) at positive anchors in shape {loc:?}"
-                );
-            }
-        }
-        Ok(BatchDims {
-            n,
-            a,
-            c,
-            has_ignored,
-        })
+        Ok((n, a, cls[2]))
     }
 
-    /// [`Self::validate`], then the predictions in the compute kind, the positives and the
+    /// With `check_finite`: the predictions and the positive anchors' targets hold no NaN or
+    /// inf (a few extra waits for the device; training checks the loss instead).
+    fn check_finite(&self, pos: &Tensor) -> Result<()> {
+        for (name, t) in [("loc_preds", self.loc_preds), ("cls_preds", self.cls_preds)] {
+            let bad = count_non_finite(t);
+            if bad > 0 {
+                bail_input!(
+                    "{name}: {bad} non-finite values (NaN or inf) in shape {:?}",
+                    t.size()
+                );
+            }
+        }
+        let pos = pos.unsqueeze(2).expand_as(self.loc_targets);
+        let bad = count_non_finite(&self.loc_targets.masked_select(&pos));
+        if bad > 0 {
+            bail_input!(
+                "loc_targets: {bad} non-finite values (NaN or inf) at positive anchors in shape {:?}",
+                self.loc_targets.size()
+            );
+        }
+        Ok(())
+    }
+
+    /// Validate the batch, then the predictions in the compute kind, the positives and the
     /// Smooth-L1 sum over them (`beta`): the start every loss shares.
+    ///
+    /// Everything the host must know about the targets (the label range, the positive and the
+    /// valid counts) and the integer scalars `extra(pos)` a loss adds are read back in one
+    /// transfer: on CUDA, the loss then waits for the device once, here.
     pub(crate) fn prepare(
         &self,
         labels: &LabelRule,
         check_finite: bool,
         beta: f64,
+        extra: impl FnOnce(&Tensor) -> Vec<Tensor>,
     ) -> Result<Prepared> {
-        let dims = self.validate(labels, check_finite)?;
+        let (n, a, c) = self.check_shapes()?;
+        let max_label = if labels.background_column { c - 1 } else { c };
+        let targets = self.cls_targets;
+        let pos = targets.gt(0);
+        let (lo, hi) = if targets.numel() > 0 {
+            targets.aminmax(None, false)
+        } else {
+            let zero = targets.new_zeros([], (Kind::Int64, targets.device()));
+            (zero.shallow_clone(), zero)
+        };
+        let mut scalars = vec![lo, hi, pos.sum(Kind::Int64), targets.ge(0).sum(Kind::Int64)];
+        scalars.extend(extra(&pos).into_iter().map(|t| match t.kind() {
+            Kind::Int64 => t,
+            _ => t.to_kind(Kind::Int64),
+        }));
+        let values = crate::device::read_back(&Tensor::stack(&scalars, 0))?;
+        let (lo, hi, num_pos, num_valid) = (values[0], values[1], values[2], values[3]);
+        if lo < -1 || hi > max_label {
+            let bad = if lo < -1 { lo } else { hi };
+            bail_input!(
+                "cls_targets: label {bad} out of range [-1, {max_label}] for cls_preds with C = {c} ({})",
+                labels.meaning
+            );
+        }
+        if check_finite {
+            self.check_finite(&pos)?;
+        }
+        let dims = BatchDims {
+            n,
+            a,
+            c,
+            has_ignored: lo == -1,
+            num_pos,
+            num_valid,
+        };
         let loc_preds = in_compute_kind(self.loc_preds);
         let loc_targets = in_compute_kind(self.loc_targets).to_kind(loc_preds.kind());
-        let pos = self.cls_targets.gt(0);
-        let loc_sum = smooth_l1_over_positives(&loc_preds, &loc_targets, &pos, beta);
+        let loc_sum = smooth_l1_over_positives(&loc_preds, &loc_targets, &pos, num_pos, beta);
         Ok(Prepared {
             dims,
+            extra: values[4..].to_vec(),
             cls_preds: in_compute_kind(self.cls_preds),
             pos,
             loc_sum,
         })
+    }
+
+    /// [`Self::prepare`] for a loss that reads back no integer scalars of its own.
+    pub(crate) fn prepare_plain(
+        &self,
+        labels: &LabelRule,
+        check_finite: bool,
+        beta: f64,
+    ) -> Result<Prepared> {
+        self.prepare(labels, check_finite, beta, |_| Vec::new())
     }
 }

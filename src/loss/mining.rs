@@ -39,18 +39,18 @@ impl std::str::FromStr for NegativeMining {
 /// Per row, the `k[i]` candidates with the largest score, ties to the lowest index.
 ///
 /// scores: `[N, A]` float; candidates: `[N, A]` bool; k: `[N]` int64 with
-/// `0 <= k[i] <= candidates[i].sum()`. Returns a `[N, A]` bool mask with exactly `k[i]` trues in
-/// row `i`, all of them candidates. Runs without gradient.
-pub fn top_k_per_row(scores: &Tensor, candidates: &Tensor, k: &Tensor) -> Tensor {
+/// `0 <= k[i] <= candidates[i].sum()`, and `k_max = max(k)` (0 for N = 0), which the caller
+/// reads back with its other counts. Returns a `[N, A]` bool mask with exactly `k[i]` trues in
+/// row `i`, all of them candidates. NaN scores rank as the largest (as in `topk` and a
+/// descending sort), so the count holds for any scores. Runs without gradient and without
+/// waiting for the device.
+pub fn top_k_per_row(scores: &Tensor, candidates: &Tensor, k: &Tensor, k_max: i64) -> Tensor {
     let _no_grad = tch::no_grad_guard();
-    let k_max = if k.numel() == 0 {
-        0
-    } else {
-        k.max().int64_value(&[])
-    };
     if k_max == 0 {
         return candidates.zeros_like();
     }
+    // NaN compares false with everything, so it would fall out of both `above` and the ties.
+    let scores = scores.nan_to_num(f64::INFINITY, f64::INFINITY, f64::NEG_INFINITY);
     let masked = scores.masked_fill(&candidates.logical_not(), f64::NEG_INFINITY);
     let (top, _) = masked.topk(k_max, 1, true, true);
     let k = k.unsqueeze(1);

@@ -187,17 +187,18 @@ pub struct LossStats {
 /// `F.smooth_l1_loss(loc_preds[mask], loc_targets[mask], reduction='sum', beta)` with
 /// `mask = pos.unsqueeze(2).expand_as(loc_preds)`.
 ///
-/// loc_preds, loc_targets: `[N, A, 4]`; pos: `[N, A]` bool. Returns a scalar. Only positive
-/// anchors are read, so targets of other anchors may hold anything (even inf). The positive rows
-/// are gathered with `index_select` (the same elements in the same order as the masked
-/// selection, without its slow path for an expanded mask).
+/// loc_preds, loc_targets: `[N, A, 4]`; pos: `[N, A]` bool with `num_pos` trues. Returns a
+/// scalar. Only positive anchors are read, so targets of other anchors may hold anything (even
+/// inf). The positive rows are gathered with `index_select` (the same elements in the same order
+/// as the masked selection, without its slow path for an expanded mask).
 pub(crate) fn smooth_l1_over_positives(
     loc_preds: &Tensor,
     loc_targets: &Tensor,
     pos: &Tensor,
+    num_pos: i64,
     beta: f64,
 ) -> Tensor {
-    let rows = pos.reshape([-1]).nonzero().squeeze_dim(1);
+    let rows = indices_of(pos, num_pos);
     let preds = loc_preds.reshape([-1, 4]).index_select(0, &rows);
     let targets = loc_targets.reshape([-1, 4]).index_select(0, &rows);
     preds.smooth_l1_loss(&targets, Reduction::Sum, beta)
@@ -205,22 +206,28 @@ pub(crate) fn smooth_l1_over_positives(
 
 /// `(cls_preds[valid].view(-1, C), cls_targets[valid])` with `valid = cls_targets > -1`.
 ///
-/// cls_preds: `[N, A, C]`; cls_targets: `[N, A]`. Returns `[V, C]` and `[V]` in anchor order.
-/// Rows are gathered with `index_select` (whose backward is a cheap `index_add`), and not at
-/// all when nothing is ignored.
+/// cls_preds: `[N, A, C]`; cls_targets: `[N, A]` with `dims.num_valid` labels > -1. Returns
+/// `[V, C]` and `[V]` in anchor order. Rows are gathered with `index_select` (whose backward is
+/// a cheap `index_add`), and not at all when nothing is ignored.
 pub(crate) fn valid_rows(
     cls_preds: &Tensor,
     cls_targets: &Tensor,
-    has_ignored: bool,
+    dims: &inputs::BatchDims,
 ) -> (Tensor, Tensor) {
-    let c = cls_preds.size()[2];
-    let rows = cls_preds.reshape([-1, c]);
+    let rows = cls_preds.reshape([-1, dims.c]);
     let labels = cls_targets.reshape([-1]);
-    if !has_ignored {
+    if !dims.has_ignored {
         return (rows, labels);
     }
-    let keep = labels.gt(IGNORE_LABEL).nonzero().squeeze_dim(1);
+    let keep = indices_of(&labels.gt(IGNORE_LABEL), dims.num_valid);
     (rows.index_select(0, &keep), labels.index_select(0, &keep))
+}
+
+/// The flat indices `[count]` int64 of the trues of `mask` (any shape) in order, which the
+/// caller knows to number `count`: `nonzero_static`, which on CUDA does not wait for the device
+/// to learn the output size as `nonzero` does.
+pub(crate) fn indices_of(mask: &Tensor, count: i64) -> Tensor {
+    mask.reshape([-1]).nonzero_static(count, -1).reshape([-1])
 }
 
 /// An option that must be a finite number above `min` (`>= min` when `inclusive`).

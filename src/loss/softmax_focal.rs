@@ -174,11 +174,11 @@ impl DetectionLoss for SoftmaxFocalLoss {
             background_column: true,
             meaning: "softmax focal loss: 0 = background column, 1..C-1 = classes, -1 = ignore",
         };
-        let p = inputs.prepare(&rule, self.config.check_finite, self.config.beta)?;
-        let (c, cls_preds, pos, loc_sum) = (p.dims.c, p.cls_preds, p.pos, p.loc_sum);
-        let cls_targets = inputs.cls_targets;
+        let p = inputs.prepare_plain(&rule, self.config.check_finite, self.config.beta)?;
+        let (c, cls_preds, loc_sum) = (p.dims.c, p.cls_preds, p.loc_sum);
+        let (num_pos, num_valid) = (p.dims.num_pos, p.dims.num_valid);
 
-        let (x, y) = valid_rows(&cls_preds, cls_targets, p.dims.has_ignored);
+        let (x, y) = valid_rows(&cls_preds, inputs.cls_targets, &p.dims);
         let log_p_t = x
             .log_softmax(1, x.kind())
             .gather(1, &y.unsqueeze(1), false)
@@ -192,8 +192,6 @@ impl DetectionLoss for SoftmaxFocalLoss {
         };
         let cls_sum = loss.sum(x.kind());
 
-        let num_pos = pos.sum(Kind::Int64).int64_value(&[]);
-        let num_valid = y.numel() as i64;
         Ok(LossSums {
             loc_sum,
             cls_sum,

@@ -4,6 +4,7 @@
 //! torchcv                                             tchcv
 //! pos = cls_targets > 0                               pos = cls_targets.gt(0)
 //! num_pos = pos.sum().item()                          num_pos = pos.sum()        (batch total)
+//!                                                     (all counts read back at once)
 //! loc_loss = smooth_l1_loss(loc_preds[mask],          loc_sum = smooth_l1_over_positives(..)
 //!                           loc_targets[mask], sum)
 //! cls_loss = cross_entropy(cls_preds.view(-1,C),      ce = no_grad(cross_entropy_rows(..))
@@ -15,7 +16,10 @@
 //!
 //! The value and gradients are torchcv's; the work is less: mining is one `topk` instead of two
 //! full sorts ([`super::mining`]), and the differentiable cross entropy is computed on the kept
-//! anchors only, so the backward pass skips the ~95% of rows that were not selected.
+//! anchors only, so the backward pass skips the ~95% of rows that were not selected. On CUDA
+//! the loss waits for the device once: every count the host needs (label range, positives,
+//! negatives per image) is read back in one transfer, and the row selections use
+//! `nonzero_static` with those counts.
 //!
 //! Beyond torchcv: ignored anchors (-1) take no part in the CE, the mining or `num_pos`; a batch
 //! without positives gives a finite loss (or an error in `strict` mode); `min_negatives` keeps
@@ -29,7 +33,9 @@ use tch::{Kind, Reduction, Tensor};
 
 use super::inputs::LabelRule;
 use super::mining::{top_k_per_row, NegativeMining};
-use super::{check_option, DetectionLoss, LossInputs, LossSums, Normalization, IGNORE_LABEL};
+use super::{
+    check_option, indices_of, DetectionLoss, LossInputs, LossSums, Normalization, IGNORE_LABEL,
+};
 use crate::rng::Rng;
 
 /// `F.cross_entropy(logits, targets, reduction='none', ignore_index=-1)`: logits `[R, C]`,
@@ -98,27 +104,39 @@ impl SsdLoss {
         })
     }
 
-    /// `neg = _hard_negative_mining(cls_loss, pos)`, generalised.
-    ///
-    /// ce: `[N, A]` per-anchor cross entropy; cls_targets: `[N, A]`; num_pos: `[N]` int64.
-    /// Per image `k = min(#negatives, max(floor(ratio * num_pos), min_negatives))` negatives.
-    /// Returns `[N, A]` bool.
-    fn mine_negatives(&self, ce: &Tensor, cls_targets: &Tensor, num_pos: &Tensor) -> Tensor {
+    /// How many negatives each image keeps: cls_targets `[N, A]`, pos `[N, A]` bool ->
+    /// the candidates (label 0) `[N, A]` bool and `k` `[N]` int64,
+    /// `k = min(#candidates, max(floor(ratio * num_pos), min_negatives))` (every candidate for
+    /// `all`).
+    fn negatives_per_image(&self, cls_targets: &Tensor, pos: &Tensor) -> (Tensor, Tensor) {
         let _no_grad = tch::no_grad_guard();
-        let candidates = cls_targets.eq(0);
         let c = &self.config;
-        if c.mining == NegativeMining::All {
-            return candidates;
-        }
+        let candidates = cls_targets.eq(0);
         let num_candidates = candidates.sum_dim_intlist(1, false, Kind::Int64);
+        if c.mining == NegativeMining::All {
+            return (candidates, num_candidates);
+        }
+        let num_pos = pos.sum_dim_intlist(1, false, Kind::Int64);
         let k = (num_pos.to_kind(Kind::Double) * c.neg_pos_ratio)
             .floor()
             .to_kind(Kind::Int64)
             .clamp_min(c.min_negatives)
             .minimum(&num_candidates);
+        (candidates, k)
+    }
+
+    /// `neg = _hard_negative_mining(cls_loss, pos)`, generalised: the `k[i]` hardest (or
+    /// random) candidates of each image, `k_max = max(k)`.
+    ///
+    /// ce: `[N, A]` per-anchor cross entropy; candidates: `[N, A]` bool; k: `[N]` int64.
+    /// Returns `[N, A]` bool.
+    fn mine_negatives(&self, ce: &Tensor, candidates: &Tensor, k: &Tensor, k_max: i64) -> Tensor {
+        let _no_grad = tch::no_grad_guard();
+        let c = &self.config;
         let scores = match c.mining {
+            NegativeMining::All => return candidates.shallow_clone(),
             NegativeMining::Hard => ce.detach(),
-            _ => {
+            NegativeMining::Random => {
                 let call = self.calls.load(Ordering::Relaxed);
                 let mut rng = Rng::keyed(c.seed, &[call]);
                 let keys: Vec<f32> = (0..ce.numel()).map(|_| rng.next_f32()).collect();
@@ -127,7 +145,7 @@ impl SsdLoss {
                     .to_device(ce.device())
             }
         };
-        top_k_per_row(&scores, &candidates, &k)
+        top_k_per_row(&scores, candidates, k, k_max)
     }
 }
 
@@ -139,11 +157,26 @@ impl DetectionLoss for SsdLoss {
             background_column: true,
             meaning: "SSD loss: 0 = background column, 1..C-1 = classes, -1 = ignore",
         };
-        let p = inputs.prepare(&rule, self.config.check_finite, self.config.beta)?;
+        let cls_targets = inputs.cls_targets;
+        // The per-image negative counts are read back with the batch's counts: one wait for
+        // the device for the whole loss.
+        let mut per_image = None;
+        let p = inputs.prepare(&rule, self.config.check_finite, self.config.beta, |pos| {
+            let (candidates, k) = self.negatives_per_image(cls_targets, pos);
+            let k_max = if k.numel() > 0 {
+                k.max()
+            } else {
+                k.sum(Kind::Int64)
+            };
+            let scalars = vec![k_max, k.sum(Kind::Int64)];
+            per_image = Some((candidates, k));
+            scalars
+        })?;
+        let (Some((candidates, k)), &[k_max, num_neg]) = (per_image, p.extra.as_slice()) else {
+            unreachable!("prepare reads back the two scalars it was given");
+        };
         let (n, a, c) = (p.dims.n, p.dims.a, p.dims.c);
         let (cls_preds, pos, loc_sum) = (p.cls_preds, p.pos, p.loc_sum);
-        let cls_targets = inputs.cls_targets;
-        let num_pos = pos.sum_dim_intlist(1, false, Kind::Int64);
 
         // Per-anchor cross entropy for the mining, without gradient.
         let ce = tch::no_grad(|| {
@@ -153,23 +186,24 @@ impl DetectionLoss for SsdLoss {
             )
         })
         .reshape([n, a]);
-        let neg = self.mine_negatives(&ce, cls_targets, &num_pos);
+        let neg = self.mine_negatives(&ce, &candidates, &k, k_max);
         self.calls.fetch_add(1, Ordering::Relaxed);
         // cls_loss[pos|neg].sum(): the same cross entropy again, with gradient, on the kept
         // anchors only (a few percent), so the backward pass touches only their rows.
-        let kept = pos.logical_or(&neg).reshape([-1]).nonzero().squeeze_dim(1);
+        let kept = indices_of(&pos.logical_or(&neg), p.dims.num_pos + num_neg);
+        // (Fallible: a mask with another count than the one read back would pad `kept` with -1.)
         let kept_ce = cross_entropy_rows(
-            &cls_preds.reshape([n * a, c]).index_select(0, &kept),
-            &cls_targets.reshape([n * a]).index_select(0, &kept),
+            &cls_preds.reshape([n * a, c]).f_index_select(0, &kept)?,
+            &cls_targets.reshape([n * a]).f_index_select(0, &kept)?,
         );
         let cls_sum = kept_ce.sum(kept_ce.kind());
 
         Ok(LossSums {
             loc_sum,
             cls_sum,
-            num_pos: num_pos.sum(Kind::Int64).int64_value(&[]),
-            num_neg: neg.sum(Kind::Int64).int64_value(&[]),
-            num_valid: cls_targets.ge(0).sum(Kind::Int64).int64_value(&[]),
+            num_pos: p.dims.num_pos,
+            num_neg,
+            num_valid: p.dims.num_valid,
             cls_mean: false,
             neg_mask: Some(neg),
         })

@@ -1,0 +1,124 @@
+//! The operator counter (`tchcv::device::op_count`): it sees what libtorch dispatches, on the
+//! calling thread and the autograd engine's, and it counts a region exactly as torch.profiler
+//! does for the same region in PyTorch (`tests/reference/op_count_region.py`), which is what
+//! makes the operator counts of `tchcv bench loss` comparable across the two sides.
+//!
+//! The counter is process-wide, so every test here holds one lock (cargo runs tests of a binary
+//! on parallel threads).
+
+mod common;
+
+use std::sync::{Mutex, MutexGuard};
+
+use tch::{Kind, Reduction, Tensor};
+use tchcv::device::op_count::{count_ops, OpCounts};
+
+static COUNTER: Mutex<()> = Mutex::new(());
+
+fn counter_lock() -> MutexGuard<'static, ()> {
+    COUNTER
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The region of tests/reference/op_count_region.py: cross entropy over [64, 21] logits with an
+/// ignored label (-1), its sum over dim 0, a mask's nonzero, a scalar read back, and the
+/// backward pass.
+fn reference_region() -> OpCounts {
+    tch::manual_seed(0);
+    let logits = Tensor::randn([64, 21], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+    let labels = Tensor::randint_low(-1, 21, [64], (Kind::Int64, tch::Device::Cpu));
+    let (_, counts) = count_ops(|| {
+        let ce = logits.cross_entropy_loss::<Tensor>(&labels, None, Reduction::None, -1, 0.0);
+        let total = ce.sum_dim_intlist(0, false, Kind::Float);
+        let positives = labels.gt(0).nonzero();
+        let value = total.double_value(&[]);
+        total.backward();
+        Ok((value, positives))
+    })
+    .unwrap();
+    counts
+}
+
+#[test]
+fn counts_the_calls_of_a_region_with_their_children() {
+    let _lock = counter_lock();
+    let counts = reference_region();
+    assert_eq!(counts.calls_of("aten::cross_entropy_loss"), 1);
+    assert_eq!(counts.calls_of("aten::nonzero"), 1);
+    // double_value reads one scalar back: one wait for the device, with nonzero's.
+    assert_eq!(counts.calls_of("aten::_local_scalar_dense"), 1);
+    assert_eq!(counts.host_syncs(), 2);
+    let ce = counts
+        .calls
+        .iter()
+        .find(|c| c.name == "aten::cross_entropy_loss")
+        .unwrap();
+    assert_eq!(ce.children, ["aten::log_softmax", "aten::nll_loss_nd"]);
+    // The backward pass is counted too (the engine's calls).
+    assert_eq!(counts.calls_of("aten::_log_softmax_backward_data"), 1);
+    assert!(counts.ops() > 20, "{} ops", counts.ops());
+    // Nothing outside a region is counted.
+    let (_, none) = count_ops(|| Ok(())).unwrap();
+    assert_eq!(none.ops(), 0);
+}
+
+#[test]
+fn a_count_inside_a_count_is_an_error_and_counting_goes_on() {
+    let _lock = counter_lock();
+    let outer = count_ops(|| {
+        let inner = count_ops(|| Ok(()));
+        let message = format!("{:#}", inner.unwrap_err());
+        assert!(message.contains("already running"), "{message}");
+        let t = Tensor::ones([3], (Kind::Float, tch::Device::Cpu));
+        Ok(t.exp())
+    });
+    let (_, counts) = outer.unwrap();
+    assert_eq!(counts.calls_of("aten::exp"), 1);
+    let (_, again) = count_ops(|| Ok(Tensor::zeros([2], (Kind::Float, tch::Device::Cpu)))).unwrap();
+    assert_eq!(again.calls_of("aten::zeros"), 1);
+}
+
+/// tchcv's count of the region equals torch.profiler's in PyTorch: the same ATen calls, in the
+/// same order, with the same children.
+#[test]
+fn counts_the_same_calls_as_torch_profiler() {
+    let _lock = counter_lock();
+    let ours = reference_region();
+    let json = common::run_reference("op_count_region.py", &[]);
+    let value: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    let theirs = OpCounts::from_json(&value).unwrap();
+    let aten = |c: &OpCounts| {
+        c.calls
+            .iter()
+            .filter(|call| call.name.starts_with("aten::"))
+            .map(|call| {
+                let children: Vec<&str> = call
+                    .children
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|n| n.starts_with("aten::"))
+                    .collect();
+                format!("{} <- {:?}", call.name, children)
+            })
+            .collect::<Vec<_>>()
+    };
+    let (ours_aten, theirs_aten) = (aten(&ours), aten(&theirs));
+    assert_eq!(
+        ours_aten, theirs_aten,
+        "tchcv's operator calls (left) differ from torch.profiler's (right)"
+    );
+    assert_eq!(ours.ops(), theirs.ops());
+    assert_eq!(ours.host_syncs(), theirs.host_syncs());
+}
+
+#[test]
+fn malformed_python_counts_are_errors() {
+    for bad in [
+        serde_json::json!({}),
+        serde_json::json!([["aten::add"]]),
+        serde_json::json!([["aten::add", [1]]]),
+    ] {
+        assert!(OpCounts::from_json(&bad).is_err(), "{bad}");
+    }
+}
