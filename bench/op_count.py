@@ -1,8 +1,8 @@
 """Counting the operators a PyTorch region dispatches, as tchcv counts its own
 (`tchcv::device::op_count`): torch.profiler's CPU activity records from libtorch's RecordFunction
 hook on every thread; we keep its FUNCTION-scope events, each with the FUNCTION-scope events it
-called directly. tchcv turns both sides' lists into the figures (ops, kernels, host syncs) with
-one definition.
+called directly. tchcv turns both sides' lists into the figures (operators, host syncs) with one
+definition.
 
     calls, result = count_ops(fn)      # calls: [[name, [child names]], ...]
 """

@@ -38,12 +38,23 @@ pub(crate) fn shim_result(
     if message.is_null() {
         return Ok(());
     }
-    // SAFETY: a non-null return is a NUL-terminated string from a shim, valid until freed.
-    let text = unsafe { std::ffi::CStr::from_ptr(message) }
+    Err(anyhow::anyhow!(take_c_string(message, free)))
+}
+
+/// The text of a C string a shim returned, after `free` has released it ("" for null).
+pub(crate) fn take_c_string(
+    text: *mut std::ffi::c_char,
+    free: impl FnOnce(*mut std::ffi::c_char),
+) -> String {
+    if text.is_null() {
+        return String::new();
+    }
+    // SAFETY: a non-null string from a shim is NUL-terminated and valid until freed.
+    let owned = unsafe { std::ffi::CStr::from_ptr(text) }
         .to_string_lossy()
         .into_owned();
-    free(message);
-    Err(anyhow::anyhow!(text))
+    free(text);
+    owned
 }
 
 /// Return early with a [`BadInput`] error built like `format!`.

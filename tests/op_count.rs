@@ -122,3 +122,54 @@ fn malformed_python_counts_are_errors() {
         assert!(OpCounts::from_json(&bad).is_err(), "{bad}");
     }
 }
+
+/// Each loss reads back everything the host needs in one transfer: one forward + backward of
+/// each waits for the device once (`tchcv::read_back`), with ignored anchors in the batch too
+/// (the focal losses then select the valid rows).
+#[test]
+fn every_loss_waits_for_the_device_once() {
+    use tchcv::loss::{LossInputs, LossKind};
+    let _lock = counter_lock();
+    let cpu = tch::Device::Cpu;
+    tch::manual_seed(3);
+    let (n, a) = (3, 500);
+    for (kind, c) in [
+        (LossKind::Ssd, 6),
+        (LossKind::Focal, 5),
+        (LossKind::SoftmaxFocal, 6),
+    ] {
+        let max_label = if kind.has_background_column() {
+            c - 1
+        } else {
+            c
+        };
+        let loc_targets = Tensor::randn([n, a, 4], (Kind::Float, cpu));
+        let loc_preds = Tensor::randn([n, a, 4], (Kind::Float, cpu)).set_requires_grad(true);
+        let cls_preds = Tensor::randn([n, a, c], (Kind::Float, cpu)).set_requires_grad(true);
+        let is_pos = Tensor::rand([n, a], (Kind::Float, cpu)).lt(0.05);
+        let ignored = Tensor::rand([n, a], (Kind::Float, cpu)).lt(0.05);
+        let labels = Tensor::randint_low(1, max_label + 1, [n, a], (Kind::Int64, cpu));
+        let cls_targets = (labels * is_pos.to_kind(Kind::Int64)).masked_fill(&ignored, -1);
+        let loss = kind
+            .build(serde_json::json!({ "check_finite": false }))
+            .unwrap();
+        let inputs = LossInputs {
+            loc_preds: &loc_preds,
+            loc_targets: &loc_targets,
+            cls_preds: &cls_preds,
+            cls_targets: &cls_targets,
+        };
+        let (out, counts) = count_ops(|| {
+            let out = loss.forward(&inputs)?;
+            out.total.backward();
+            Ok(out)
+        })
+        .unwrap();
+        assert!(out.num_pos > 0, "{kind:?}: the case has positives");
+        assert_eq!(
+            (counts.calls_of("tchcv::read_back"), counts.host_syncs()),
+            (1, 1),
+            "{kind:?}: expected one read back and no other wait for the device"
+        );
+    }
+}

@@ -144,20 +144,14 @@ pub fn run(b: &LossBench, device: Device) -> Result<Comparison> {
         tchcv_ms,
         pytorch.as_ref().map(|p| p.0),
     );
-    row.detail = Some(match &pytorch {
-        Some(p) => format!(
-            "operators per fwd+bwd: tchcv {} ({} host syncs), pytorch {} ({} host syncs)",
-            tchcv_ops.ops(),
-            tchcv_ops.host_syncs(),
-            p.2.ops(),
-            p.2.host_syncs()
-        ),
-        None => format!(
-            "operators per fwd+bwd: tchcv {} ({} host syncs)",
-            tchcv_ops.ops(),
-            tchcv_ops.host_syncs()
-        ),
-    });
+    let ops_line = |side: &str, ops: &OpCounts| {
+        format!("{side} {} ({} host syncs)", ops.ops(), ops.host_syncs())
+    };
+    let mut detail = format!("operators per fwd+bwd: {}", ops_line("tchcv", &tchcv_ops));
+    if let Some(p) = &pytorch {
+        detail += &format!(", {}", ops_line("pytorch", &p.2));
+    }
+    row.detail = Some(detail);
     row.extra = serde_json::json!({
         "tchcv_total": total,
         "pytorch_total": pytorch.as_ref().map(|p| p.1),

@@ -64,13 +64,6 @@ pub fn raw(tensor: &Tensor) -> *mut c_void {
 
 /// The text of a malloc'd C string from the extension, which this frees ("" for null).
 pub fn take_string(text: *mut c_char) -> String {
-    if text.is_null() {
-        return String::new();
-    }
-    // SAFETY: a non-null string from torch_ext.cpp is NUL-terminated and malloc'd; freed once.
-    let owned = unsafe { std::ffi::CStr::from_ptr(text) }
-        .to_string_lossy()
-        .into_owned();
-    unsafe { libc::free(text.cast()) };
-    owned
+    // SAFETY: torch_ext.cpp allocates its strings with malloc; each is freed once, here.
+    crate::error::take_c_string(text, |t| unsafe { libc::free(t.cast()) })
 }
