@@ -578,17 +578,25 @@ fn bf16_autocast_and_channels_last_train_the_same_model() {
     // Channels-last changes the layout only: the first loss (before any update) is the same to
     // float32 rounding (seen 3e-7). The gradients sum in another order, and batch norm's
     // backward magnifies that (PyTorch's own small-SSD gradients differ by 1.3e-2 between
-    // layouts; tests/models_parity.rs compares each layout with PyTorch's), so later losses
-    // agree less closely (seen 6e-4 after one step).
+    // layouts; tests/models_parity.rs compares each layout with PyTorch's), so each update
+    // widens the gap: seen 6e-4, 6e-3 and 1.5e-2 after one, two and three updates on an
+    // AVX-512 EPYC (6e-4 after one on an AVX2 one), where a layout bug is off from the first
+    // loss on.
     assert!(
         (a[0].1 - b[0].1).abs() <= 1e-5 * a[0].1.abs(),
         "channels-last, first step: {:?} vs {:?}",
         a[0],
         b[0]
     );
+    assert!(
+        (a[1].1 - b[1].1).abs() <= 5e-3 * a[1].1.abs(),
+        "channels-last, after one update: {:?} vs {:?}",
+        a[1],
+        b[1]
+    );
     for (x, y) in a.iter().zip(&b) {
         assert!(
-            (x.1 - y.1).abs() <= 1e-2 * x.1.abs(),
+            (x.1 - y.1).abs() <= 5e-2 * x.1.abs(),
             "channels-last: {x:?} vs {y:?}"
         );
     }
@@ -605,6 +613,10 @@ fn bf16_autocast_and_channels_last_train_the_same_model() {
         serde_json::from_str(&std::fs::read_to_string(bf16.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["autocast"], "bf16");
     assert_eq!(config["channels_last"], true);
+    assert_eq!(
+        config["cudnn_benchmark"], true,
+        "on by default (read on CUDA only)"
+    );
     // Checkpoints of a bf16 channels-last run: stopped after 2 of the 4 iterations and
     // resumed (its configuration comes from the checkpoint), it repeats the uninterrupted run
     // exactly, so the weights and the optimizer state were written and read back in the right
@@ -622,7 +634,7 @@ fn bf16_autocast_and_channels_last_train_the_same_model() {
     assert!(loaded.model.values().all(|t| t.kind() == tch::Kind::Float));
     tchcv::train::checkpoint::load_detector(&bf16.join("last.safetensors"), tch::Device::Cpu)
         .unwrap();
-    // --resume can turn both off.
+    // --resume can turn both off (and cuDNN's autotuner).
     ok(
         &tchcv(&[
             "train",
@@ -634,6 +646,7 @@ fn bf16_autocast_and_channels_last_train_the_same_model() {
             "--autocast",
             "off",
             "--no-channels-last",
+            "--no-cudnn-benchmark",
         ]),
         "resume in f32",
     );
@@ -642,6 +655,7 @@ fn bf16_autocast_and_channels_last_train_the_same_model() {
         serde_json::from_str(&std::fs::read_to_string(bf16.join("config.json")).unwrap()).unwrap();
     assert!(config["autocast"].is_null(), "{config}");
     assert_eq!(config["channels_last"], false);
+    assert_eq!(config["cudnn_benchmark"], false);
     // float16 training would need loss scaling: refused with the reason.
     let out = common::scratch("train-precision-f16");
     let mut args = train_args(s(&data), s(&out), &extra);

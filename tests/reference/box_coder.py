@@ -375,8 +375,10 @@ def decode(spec, anchors, loc_preds, scores, cfg):
             box = boxes[n][mask]
             score = score[mask]
             if cfg["top_k"] is not None and score.numel() > cfg["top_k"]:
-                score, idx = score.topk(cfg["top_k"])
-                box = box[idx]
+                # torchcv: score.topk(top_k), whose order (and choice) among equal scores is
+                # the kernel's; a stable sort keeps the lower anchor first, as tchcv documents.
+                idx = score.sort(descending=True, stable=True)[1][: cfg["top_k"]]
+                score, box = score[idx], box[idx]
             keep = box_nms(box, score, cfg["nms_threshold"])
             all_boxes.append(box[keep])
             all_scores.append(score[keep])
