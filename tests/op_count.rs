@@ -125,7 +125,7 @@ fn malformed_python_counts_are_errors() {
 
 /// Each loss reads back everything the host needs in one transfer: one forward + backward of
 /// each waits for the device once (`tchcv::read_back`), with ignored anchors in the batch too
-/// (the focal losses then select the valid rows).
+/// (the focal losses then select the valid rows), with the finite check on and off.
 #[test]
 fn every_loss_waits_for_the_device_once() {
     use tchcv::loss::{LossInputs, LossKind};
@@ -150,26 +150,30 @@ fn every_loss_waits_for_the_device_once() {
         let ignored = Tensor::rand([n, a], (Kind::Float, cpu)).lt(0.05);
         let labels = Tensor::randint_low(1, max_label + 1, [n, a], (Kind::Int64, cpu));
         let cls_targets = (labels * is_pos.to_kind(Kind::Int64)).masked_fill(&ignored, -1);
-        let loss = kind
-            .build(serde_json::json!({ "check_finite": false }))
-            .unwrap();
         let inputs = LossInputs {
             loc_preds: &loc_preds,
             loc_targets: &loc_targets,
             cls_preds: &cls_preds,
             cls_targets: &cls_targets,
         };
-        let (out, counts) = count_ops(|| {
-            let out = loss.forward(&inputs)?;
-            out.total.backward();
-            Ok(out)
-        })
-        .unwrap();
-        assert!(out.num_pos > 0, "{kind:?}: the case has positives");
-        assert_eq!(
-            (counts.calls_of("tchcv::read_back"), counts.host_syncs()),
-            (1, 1),
-            "{kind:?}: expected one read back and no other wait for the device"
-        );
+        // The finite check's counts travel with the others: no extra wait either way.
+        for check_finite in [false, true] {
+            let loss = kind
+                .build(serde_json::json!({ "check_finite": check_finite }))
+                .unwrap();
+            let (out, counts) = count_ops(|| {
+                let out = loss.forward(&inputs)?;
+                out.total.backward();
+                Ok(out)
+            })
+            .unwrap();
+            assert!(out.num_pos > 0, "{kind:?}: the case has positives");
+            assert_eq!(
+                (counts.calls_of("tchcv::read_back"), counts.host_syncs()),
+                (1, 1),
+                "{kind:?} (check_finite {check_finite}): expected one read back and no other \
+                 wait for the device"
+            );
+        }
     }
 }

@@ -81,8 +81,9 @@ fn check_device(name: &str, t: &Tensor, device: Device) -> Result<()> {
     Ok(())
 }
 
-fn count_non_finite(t: &Tensor) -> i64 {
-    t.isfinite().logical_not().sum(Kind::Int64).int64_value(&[])
+/// `[]` int64 on the device: how many elements of `t` are NaN or inf (no wait for the device).
+fn non_finite_count(t: &Tensor) -> Tensor {
+    t.isfinite().logical_not().sum(Kind::Int64)
 }
 
 impl LossInputs<'_> {
@@ -126,25 +127,35 @@ impl LossInputs<'_> {
         Ok((n, a, cls[2]))
     }
 
-    /// With `check_finite`: the predictions and the positive anchors' targets hold no NaN or
-    /// inf (a few extra waits for the device; training checks the loss instead).
-    fn check_finite(&self, pos: &Tensor) -> Result<()> {
-        for (name, t) in [("loc_preds", self.loc_preds), ("cls_preds", self.cls_preds)] {
-            let bad = count_non_finite(t);
+    /// With `check_finite`: `[3]` device counts of the NaN or inf values in the predictions and
+    /// in the positive anchors' targets, read back with the other counts (no extra wait).
+    fn non_finite_counts(&self, pos: &Tensor) -> Vec<Tensor> {
+        let bad_targets = self
+            .loc_targets
+            .isfinite()
+            .logical_not()
+            .logical_and(&pos.unsqueeze(2));
+        vec![
+            non_finite_count(self.loc_preds),
+            non_finite_count(self.cls_preds),
+            bad_targets.sum(Kind::Int64),
+        ]
+    }
+
+    /// The error for the first non-zero count of [`Self::non_finite_counts`].
+    fn check_finite(&self, counts: &[i64]) -> Result<()> {
+        let tensors = [
+            ("loc_preds", self.loc_preds, ""),
+            ("cls_preds", self.cls_preds, ""),
+            ("loc_targets", self.loc_targets, " at positive anchors"),
+        ];
+        for ((name, t, where_), &bad) in tensors.iter().zip(counts) {
             if bad > 0 {
                 bail_input!(
-                    "{name}: {bad} non-finite values (NaN or inf) in shape {:?}",
+                    "{name}: {bad} non-finite values (NaN or inf){where_} in shape {:?}",
                     t.size()
                 );
             }
-        }
-        let pos = pos.unsqueeze(2).expand_as(self.loc_targets);
-        let bad = count_non_finite(&self.loc_targets.masked_select(&pos));
-        if bad > 0 {
-            bail_input!(
-                "loc_targets: {bad} non-finite values (NaN or inf) at positive anchors in shape {:?}",
-                self.loc_targets.size()
-            );
         }
         Ok(())
     }
@@ -153,8 +164,9 @@ impl LossInputs<'_> {
     /// Smooth-L1 sum over them (`beta`): the start every loss shares.
     ///
     /// Everything the host must know about the targets (the label range, the positive and the
-    /// valid counts) and the integer scalars `extra(pos)` a loss adds are read back in one
-    /// transfer: on CUDA, the loss then waits for the device once, here.
+    /// valid counts, with `check_finite` the non-finite counts) and the integer scalars
+    /// `extra(pos)` a loss adds are read back in one transfer: on CUDA, the loss then waits for
+    /// the device once, here.
     pub(crate) fn prepare(
         &self,
         labels: &LabelRule,
@@ -173,6 +185,10 @@ impl LossInputs<'_> {
             (zero.shallow_clone(), zero)
         };
         let mut scalars = vec![lo, hi, pos.sum(Kind::Int64), targets.ge(0).sum(Kind::Int64)];
+        if check_finite {
+            scalars.extend(self.non_finite_counts(&pos));
+        }
+        let extra_start = scalars.len();
         scalars.extend(extra(&pos).into_iter().map(|t| match t.kind() {
             Kind::Int64 => t,
             _ => t.to_kind(Kind::Int64),
@@ -187,7 +203,7 @@ impl LossInputs<'_> {
             );
         }
         if check_finite {
-            self.check_finite(&pos)?;
+            self.check_finite(&values[4..extra_start])?;
         }
         let dims = BatchDims {
             n,
@@ -202,7 +218,7 @@ impl LossInputs<'_> {
         let loc_sum = smooth_l1_over_positives(&loc_preds, &loc_targets, &pos, num_pos, beta);
         Ok(Prepared {
             dims,
-            extra: values[4..].to_vec(),
+            extra: values[extra_start..].to_vec(),
             cls_preds: in_compute_kind(self.cls_preds),
             pos,
             loc_sum,
