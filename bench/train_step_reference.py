@@ -10,7 +10,7 @@ prints one JSON line: {"median_ms": ..., "parameters": ..., "peak_rss_mib": ...}
 
 --autocast bf16 runs the forward pass and the loss under torch.autocast (backward and the update
 outside it, as the PyTorch AMP recipe does); --channels-last converts the model and the images
-with memory_format=torch.channels_last.
+with memory_format=torch.channels_last; --cudnn-benchmark sets torch.backends.cudnn.benchmark.
 """
 
 import argparse
@@ -42,7 +42,9 @@ def main():
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--autocast", choices=("bf16", "f16"))
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--cudnn-benchmark", action="store_true")
     args = parser.parse_args()
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)

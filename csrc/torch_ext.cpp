@@ -134,6 +134,10 @@ int tchcv_autocast_exit(void) {
   return depth;
 }
 
+int tchcv_cudnn_benchmark(void) {
+  return at::globalContext().benchmarkCuDNN() ? 1 : 0;
+}
+
 char* tchcv_contiguous(tchcv_tensor tensor, int memory_format, tchcv_tensor* out) {
   return guarded([&] {
     *out = new at::Tensor(tensor_of(tensor).contiguous(memory_format_of(memory_format)));

@@ -44,6 +44,9 @@ char* tchcv_device_memory_reset_peak(int device_type, int index);
 // device-to-host transfer (one wait for the device), under the named scope "tchcv::read_back".
 char* tchcv_read_back_i64(tchcv_tensor tensor, int64_t* out, int64_t len);
 
+// Whether cuDNN's autotuner is on (torch.backends.cudnn.benchmark): 1 or 0.
+int tchcv_cudnn_benchmark(void);
+
 // Operator counting through a global RecordFunction callback (every thread, the autograd
 // engine's included). Only one count runs at a time.
 // Start counting; fails if a count is already running.

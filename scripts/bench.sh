@@ -75,13 +75,16 @@ fi
 echo "== training step: forward + SSD loss + backward + SGD"
 run train_step_ssd300 train-step --model models/ssd300.json --batch "$step_batch" "${step_repeat[@]}"
 if [ "$device" = cuda ] || [ -n "${BENCH_QUICK:-}" ]; then
-    # The H200's variants: bf16 autocast, channels-last, both.
+    # The H200's variants: bf16 autocast, channels-last, both, cuDNN's autotuner.
     run train_step_ssd300_bf16 train-step --model "$variant_model" --batch "$step_batch" \
         --autocast bf16 "${step_repeat[@]}"
     run train_step_ssd300_channels_last train-step --model "$variant_model" \
         --batch "$step_batch" --channels-last "${step_repeat[@]}"
     run train_step_ssd300_bf16_channels_last train-step --model "$variant_model" \
         --batch "$step_batch" --autocast bf16 --channels-last "${step_repeat[@]}"
+    # cuDNN's autotuner, which tchcv train turns on for CUDA (both sides; off in the rows above).
+    run train_step_ssd300_cudnn_benchmark train-step --model "$variant_model" \
+        --batch "$step_batch" --cudnn-benchmark "${step_repeat[@]}"
 fi
 run train_step_ssd_small train-step --model models/ssd_small.json --batch "$small_batch" "${small_repeat[@]}"
 if [ "$device" = cpu ]; then

@@ -1,6 +1,7 @@
 //! The device-level settings tch does not bind (`csrc/torch_ext.cpp`): autocast regions on CPU
-//! and CUDA, memory formats, and the CUDA caching allocator's counters. Model-level parity
-//! under autocast and channels-last, against PyTorch, is in tests/models_parity.rs.
+//! and CUDA, memory formats, cuDNN's autotuner flag, and the CUDA caching allocator's counters.
+//! Model-level parity under autocast and channels-last, against PyTorch, is in
+//! tests/models_parity.rs.
 
 mod common;
 
@@ -217,6 +218,23 @@ fn convert_variables_changes_4d_variables_in_place() {
     );
     assert_eq!(convert_variables(&vs, MemoryFormat::Contiguous).unwrap(), 1);
     assert!(weight.is_contiguous());
+}
+
+/// cuDNN's autotuner flag as libtorch holds it: off by default, then what
+/// `set_cudnn_benchmark` set (a process-wide flag: the test puts it back).
+#[test]
+fn cudnn_benchmark_flag_round_trips() {
+    let _lock = cuda_lock();
+    let before = tchcv::device::cudnn_benchmark();
+    assert!(
+        !before,
+        "libtorch starts with torch.backends.cudnn.benchmark off"
+    );
+    for on in [true, false, true] {
+        tchcv::device::set_cudnn_benchmark(on);
+        assert_eq!(tchcv::device::cudnn_benchmark(), on);
+    }
+    tchcv::device::set_cudnn_benchmark(before);
 }
 
 #[test]

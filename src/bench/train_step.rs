@@ -10,7 +10,9 @@
 //! Variants, the same on both sides: `--autocast bf16` runs the forward pass and the loss under
 //! autocast (`torch.autocast(device_type, dtype=torch.bfloat16)`; backward and the update
 //! outside it), and `--channels-last` lays out the weights and the images channels-last
-//! (`model.to(memory_format=torch.channels_last)`).
+//! (`model.to(memory_format=torch.channels_last)`), and `--cudnn-benchmark` turns on cuDNN's
+//! autotuner (`torch.backends.cudnn.benchmark = True`, as `tchcv train` does on CUDA; off by
+//! default on both sides, libtorch's default).
 
 use std::path::PathBuf;
 
@@ -50,6 +52,9 @@ pub struct TrainStepBench {
     /// Lay out the weights and the images channels-last (NHWC strides).
     #[arg(long)]
     pub channels_last: bool,
+    /// Turn on cuDNN's autotuner (`torch.backends.cudnn.benchmark`); CUDA only.
+    #[arg(long)]
+    pub cudnn_benchmark: bool,
     /// Only time tchcv.
     #[arg(long)]
     pub no_reference: bool,
@@ -60,7 +65,8 @@ impl TrainStepBench {
         MemoryFormat::channels_last_if(self.channels_last)
     }
 
-    /// `""`, `" bf16"`, `" channels-last"` or `" bf16 channels-last"`.
+    /// `""`, `" bf16"`, `" channels-last"`, `" bf16 channels-last"`, each maybe followed by
+    /// `" cudnn-benchmark"`.
     fn variant(&self) -> String {
         let mut v = String::new();
         if let Some(dtype) = self.autocast {
@@ -68,6 +74,9 @@ impl TrainStepBench {
         }
         if self.channels_last {
             v += " channels-last";
+        }
+        if self.cudnn_benchmark {
+            v += " cudnn-benchmark";
         }
         v
     }
@@ -118,10 +127,25 @@ pub fn run(b: &TrainStepBench, device: Device) -> Result<Comparison> {
             b.model.display()
         );
     }
-    let [images, loc_targets, cls_targets] = batch(&spec, b, device)?;
+    let tensors = batch(&spec, b, device)?;
+    let cudnn_before = crate::device::cudnn_benchmark();
+    crate::device::set_cudnn_benchmark(b.cudnn_benchmark);
+    let row = time_both(b, &spec, kind, device, tensors);
+    crate::device::set_cudnn_benchmark(cudnn_before);
+    row
+}
+
+/// [`run`] once the batch is made and cuDNN's autotuner set.
+fn time_both(
+    b: &TrainStepBench,
+    spec: &ModelSpec,
+    kind: LossKind,
+    device: Device,
+    [images, loc_targets, cls_targets]: [Tensor; 3],
+) -> Result<Comparison> {
     tch::manual_seed(0);
     let vs = nn::VarStore::new(device);
-    let detector = build(vs.root(), &spec, b.classes)?;
+    let detector = build(vs.root(), spec, b.classes)?;
     convert_variables(&vs, b.memory_format())?;
     let images_in_format = to_memory_format(&images, b.memory_format())?;
     let params = trainable_params(&vs);
@@ -181,6 +205,7 @@ pub fn run(b: &TrainStepBench, device: Device) -> Result<Comparison> {
         .map(|s| s.to_string())
         .chain(b.autocast.map(|d| format!("--autocast={d}")))
         .chain(b.channels_last.then(|| "--channels-last".to_string()))
+        .chain(b.cudnn_benchmark.then(|| "--cudnn-benchmark".to_string()))
         .collect();
         let report = run_reference("train-step", &args);
         let _ = std::fs::remove_dir_all(&dir);
@@ -215,6 +240,7 @@ pub fn run(b: &TrainStepBench, device: Device) -> Result<Comparison> {
             .and_then(|r| r["peak_cuda_allocated_mib"].as_f64()),
         "autocast": b.autocast.map(|d| d.name()),
         "memory_format": b.memory_format().name(),
+        "cudnn_benchmark": b.cudnn_benchmark,
         "threads": tch::get_num_threads(),
     });
     Ok(row)

@@ -101,6 +101,13 @@ pub struct Args {
     /// Turn --channels-last off (for a --resume of a channels-last run).
     #[arg(long)]
     no_channels_last: bool,
+    /// On CUDA, use cuDNN's default convolution algorithms instead of timing them on the first
+    /// batch and keeping the fastest (torch.backends.cudnn.benchmark, on by default).
+    #[arg(long, conflicts_with = "cudnn_benchmark")]
+    no_cudnn_benchmark: bool,
+    /// Turn --no-cudnn-benchmark off again (for a --resume).
+    #[arg(long)]
+    cudnn_benchmark: bool,
     /// Seed of the initialisation, data order, augmentation and random mining (default: 0).
     #[arg(long)]
     seed: Option<u64>,
@@ -226,6 +233,9 @@ impl Args {
         }
         if self.channels_last || self.no_channels_last {
             put("channels_last", json!(self.channels_last));
+        }
+        if self.cudnn_benchmark || self.no_cudnn_benchmark {
+            put("cudnn_benchmark", json!(self.cudnn_benchmark));
         }
         match self.autocast {
             Some(AutocastFlag::Off) => put("autocast", Value::Null),

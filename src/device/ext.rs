@@ -16,6 +16,7 @@ extern "C" {
     pub fn tchcv_autocast_set(device_type: c_int, enabled: c_int, dtype: c_int) -> *mut c_char;
     pub fn tchcv_autocast_enter() -> c_int;
     pub fn tchcv_autocast_exit() -> c_int;
+    pub fn tchcv_cudnn_benchmark() -> c_int;
     pub fn tchcv_contiguous(
         tensor: *mut c_void,
         memory_format: c_int,

@@ -1,5 +1,6 @@
 //! Devices: parsing `--device`, waiting for a device, and the device-level settings of a
-//! training step: mixed precision ([`autocast`]) and memory formats ([`layout`]); counting the
+//! training step: mixed precision ([`autocast`]), memory formats ([`layout`]) and cuDNN's
+//! autotuner ([`set_cudnn_benchmark`]); counting the
 //! operators a region dispatches ([`op_count`]).
 
 use anyhow::Result;
@@ -41,6 +42,20 @@ pub fn parse_device(s: &str) -> Result<Device> {
         bail_input!("--device {s}: this machine has {count} CUDA device(s)");
     }
     Ok(device)
+}
+
+/// Turn cuDNN's autotuner on or off (`torch.backends.cudnn.benchmark`): with it on, the first
+/// convolution of each shape times cuDNN's algorithms and later ones use the fastest, which pays
+/// off when every batch has the same size (detection training at a fixed input size). A
+/// process-wide libtorch flag; only CUDA convolutions read it.
+pub fn set_cudnn_benchmark(on: bool) {
+    tch::Cuda::cudnn_set_benchmark(on);
+}
+
+/// Whether cuDNN's autotuner is on (libtorch's default: off).
+pub fn cudnn_benchmark() -> bool {
+    // SAFETY: plain C call reading a global flag.
+    unsafe { ext::tchcv_cudnn_benchmark() != 0 }
 }
 
 /// Wait for queued work on `device` to finish (for timing).

@@ -95,6 +95,9 @@ pub struct TrainConfig {
     pub autocast: Option<AutocastDtype>,
     /// Weights and images channels-last.
     pub channels_last: bool,
+    /// On CUDA, cuDNN's autotuner (`torch.backends.cudnn.benchmark`, which torchcv's and
+    /// ssd.pytorch's training scripts turn on): default on; off for cuDNN's default algorithms.
+    pub cudnn_benchmark: bool,
     pub seed: u64,
     /// The run folder.
     pub out: PathBuf,
@@ -149,6 +152,7 @@ impl Default for TrainConfig {
             device: "auto".into(),
             autocast: None,
             channels_last: false,
+            cudnn_benchmark: true,
             seed: 0,
             out: PathBuf::from("runs/train"),
             eval_every: 0,

@@ -176,6 +176,9 @@ impl Run {
             .map_or((0, 1), |g| (g.rank(), g.world_size()));
         let plan = ThreadPlan::for_device(device, cores_for_this_process(&group));
         plan.apply();
+        if device.is_cuda() {
+            crate::device::set_cudnn_benchmark(config.cudnn_benchmark);
+        }
 
         let out = config.out.clone();
         let resumed = if options.resume {
