@@ -90,14 +90,27 @@ fn every_benchmark_runs_both_sides() {
     );
     assert_eq!(row["extra"]["memory_format"], "contiguous");
     assert!(row["extra"]["autocast"].is_null(), "{row}");
-    // The variants of the H200 table, both sides: bf16 autocast with channels-last.
+    assert_eq!(row["extra"]["cudnn_benchmark"], false);
+    // The variants of the H200 table, both sides: bf16 autocast with channels-last, and cuDNN's
+    // autotuner (a flag the CPU does not read, passed to both sides all the same).
     let row = step(
         "step-bf16-cl",
-        &["--warmup", "0", "--autocast", "bf16", "--channels-last"],
+        &[
+            "--warmup",
+            "0",
+            "--autocast",
+            "bf16",
+            "--channels-last",
+            "--cudnn-benchmark",
+        ],
     );
-    assert_eq!(row["work"], "ssd_small train step bf16 channels-last");
+    assert_eq!(
+        row["work"],
+        "ssd_small train step bf16 channels-last cudnn-benchmark"
+    );
     assert_eq!(row["extra"]["autocast"], "bf16");
     assert_eq!(row["extra"]["memory_format"], "channels-last");
+    assert_eq!(row["extra"]["cudnn_benchmark"], true);
     // On the CPU there is no CUDA allocator peak on either side.
     assert!(
         row["extra"]["tchcv_peak_cuda_allocated_mib"].is_null(),

@@ -389,6 +389,27 @@ fn decode_edge_cases() {
     let labels = i64s(&coder.decode(&loc, &scores, &cfg).unwrap()[0].labels);
     assert!(labels.iter().all(|&l| l == 0), "{labels:?}");
 
+    // Equal scores: the lower class first, then the lower anchor (torchcv's per-class loop,
+    // concatenated and stably sorted), whether or not top_k cuts.
+    let tied = Tensor::zeros([1, a, 4], (Kind::Float, Device::Cpu));
+    for (anchor, column, score) in [(5, 3, 0.5), (100, 1, 0.5), (200, 1, 0.5), (3, 2, 0.7)] {
+        let _ = tied.get(0).get(anchor).get(column).fill_(score);
+    }
+    let mut tie_cfg = DecodeConfig::for_spec(&spec);
+    tie_cfg.nms_threshold = 1.0;
+    let anchors = coder.host_anchors().to_xyxy_tensor();
+    for top_k in [None, Some(3)] {
+        tie_cfg.top_k = top_k;
+        let d = &coder.decode(&loc.narrow(0, 0, 1), &tied, &tie_cfg).unwrap()[0];
+        assert_eq!(i64s(&d.labels), [1, 0, 0, 2], "top_k {top_k:?}");
+        assert_eq!(f32s(&d.scores), [0.7, 0.5, 0.5, 0.5], "top_k {top_k:?}");
+        let want = anchors.index_select(0, &Tensor::from_slice(&[3i64, 100, 200, 5]));
+        assert!(
+            d.boxes.equal(&want),
+            "top_k {top_k:?}: boxes of anchors 3, 100, 200, 5"
+        );
+    }
+
     // Shape errors are bad input naming the tensor.
     let err = coder
         .decode(&loc.narrow(1, 0, 10), &scores, &cfg)

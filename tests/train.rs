@@ -663,7 +663,13 @@ fn bf16_autocast_and_channels_last_train_the_same_model() {
     expect_error(&args, &["--autocast f16", "loss scaling", "bf16"]);
     let mut args = train_args(s(&data), s(&out), &extra);
     args.extend(["--autocast", "fp8"]);
-    let out = tchcv(&args);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("fp8"));
+    let refused = tchcv(&args);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("fp8"));
+    // The autotuner's two flags exclude each other.
+    let mut args = train_args(s(&data), s(&out), &extra);
+    args.extend(["--cudnn-benchmark", "--no-cudnn-benchmark"]);
+    let refused = tchcv(&args);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("cudnn-benchmark"));
 }

@@ -13,6 +13,8 @@
 //! torch.cat(...)  (crashes when nothing passes)      empty tensors when nothing passes
 //! (no cap)                                           at most max_detections, best first
 //! ```
+//! Equal scores keep torchcv's order (its classes in turn, each best first with a stable sort):
+//! the lower class first, then the lower anchor, at the top-k and max-detections cuts too.
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
@@ -197,11 +199,13 @@ impl BoxCoder {
 /// One image: boxes `[A, 4]` xyxy, scores `[A, C]` without background.
 fn detect_one(boxes: &Tensor, scores: &Tensor, cfg: &DecodeConfig) -> Result<Detections> {
     let num_classes = scores.size()[1];
-    let pairs = scores.gt(cfg.score_threshold).nonzero();
+    // (class, anchor) pairs, class-major: equal scores then come out as torchcv's per-class
+    // loop, concatenated and stably sorted, orders them: lower class first, then lower anchor.
+    let pairs = scores.tr().gt(cfg.score_threshold).nonzero();
     if pairs.size()[0] == 0 {
         return Ok(Detections::empty(boxes.device()));
     }
-    let (mut anchor, mut class) = (pairs.select(1, 0), pairs.select(1, 1));
+    let (mut class, mut anchor) = (pairs.select(1, 0), pairs.select(1, 1));
     let mut score = scores.index(&[Some(&anchor), Some(&class)]);
     if let Some(k) = cfg.top_k.filter(|&k| k < score.size()[0]) {
         let keep = top_k_per_class(&score, &class, num_classes, k);

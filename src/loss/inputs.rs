@@ -144,6 +144,7 @@ impl LossInputs<'_> {
 
     /// The error for the first non-zero count of [`Self::non_finite_counts`].
     fn check_finite(&self, counts: &[i64]) -> Result<()> {
+        debug_assert_eq!(counts.len(), 3, "one count per checked tensor");
         let tensors = [
             ("loc_preds", self.loc_preds, ""),
             ("cls_preds", self.cls_preds, ""),

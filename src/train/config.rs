@@ -97,6 +97,7 @@ pub struct TrainConfig {
     pub channels_last: bool,
     /// On CUDA, cuDNN's autotuner (`torch.backends.cudnn.benchmark`, which torchcv's and
     /// ssd.pytorch's training scripts turn on): default on; off for cuDNN's default algorithms.
+    /// A process-wide libtorch flag: a CUDA run sets it and leaves it so.
     pub cudnn_benchmark: bool,
     pub seed: u64,
     /// The run folder.

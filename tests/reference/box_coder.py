@@ -375,8 +375,9 @@ def decode(spec, anchors, loc_preds, scores, cfg):
             box = boxes[n][mask]
             score = score[mask]
             if cfg["top_k"] is not None and score.numel() > cfg["top_k"]:
-                # torchcv: score.topk(top_k), whose order (and choice) among equal scores is
-                # the kernel's; a stable sort keeps the lower anchor first, as tchcv documents.
+                # ssd.pytorch's per-class top_k (torchcv has none), by a stable sort: equal
+                # scores keep the lower anchor first, as tchcv documents (topk's order, and its
+                # choice at the cut, among equal scores is the kernel's).
                 idx = score.sort(descending=True, stable=True)[1][: cfg["top_k"]]
                 score, box = score[idx], box[idx]
             keep = box_nms(box, score, cfg["nms_threshold"])
