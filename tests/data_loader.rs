@@ -412,9 +412,20 @@ fn pinned_memory_batches_on_cuda() {
         },
     );
     for b in collect(&l, 0) {
-        assert!(b.images.is_pinned(device), "images are in pinned memory");
-        let on_gpu = b.images.to_device(device);
-        assert!(on_gpu.equal(&b.images.to_device(device)));
+        for (name, t) in [
+            ("images", &b.images),
+            ("loc_targets", &b.loc_targets),
+            ("cls_targets", &b.cls_targets),
+        ] {
+            assert!(t.is_pinned(device), "{name} are in pinned memory");
+            // The asynchronous copy the training step makes gives the same tensor.
+            let queued = tchcv::device::to_device_async(t, device);
+            assert_eq!(queued.device(), device);
+            assert!(
+                queued.to_device(Device::Cpu).equal(t),
+                "{name}: copied as they are"
+            );
+        }
     }
     let unpinned = collect(&loader(&ds, config(2, 0)), 0);
     assert!(!unpinned[0].images.is_pinned(device));

@@ -237,6 +237,20 @@ fn cudnn_benchmark_flag_round_trips() {
     tchcv::device::set_cudnn_benchmark(before);
 }
 
+/// On the CPU the training step's copy is the plain one: the same values, kind and device
+/// (on CUDA, `tests/data_loader.rs` copies the loader's pinned batches this way).
+#[test]
+fn to_device_async_on_cpu_is_a_plain_copy() {
+    for t in [
+        Tensor::randn([2, 3, 4, 5], (Kind::Float, Device::Cpu)),
+        Tensor::arange(7, (Kind::Int64, Device::Cpu)),
+    ] {
+        let out = tchcv::device::to_device_async(&t, Device::Cpu);
+        assert_eq!((out.device(), out.kind()), (Device::Cpu, t.kind()));
+        assert!(out.equal(&t));
+    }
+}
+
 #[test]
 fn device_memory_is_none_on_cpu() {
     assert_eq!(tchcv::memory::device_memory(Device::Cpu).unwrap(), None);

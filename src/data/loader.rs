@@ -74,7 +74,9 @@ pub struct LoaderConfig {
     pub norm: PixelNorm,
     /// Keep difficult objects (excluded from training by default).
     pub use_difficult: bool,
-    /// Put the image tensors in pinned (page-locked) memory for faster copies to CUDA.
+    /// Put each batch's tensors in pinned (page-locked) memory, on the worker threads (as
+    /// PyTorch's `DataLoader(pin_memory=True)` does off the training loop), so the copies to
+    /// CUDA are faster and need not block the host ([`crate::device::to_device_async`]).
     /// Ignored when CUDA is not available.
     pub pin_memory: bool,
     pub shard: Shard,
@@ -145,6 +147,20 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// Move the images and targets to pinned memory (each left where it is if pinning fails:
+    /// the copies to CUDA then just take longer).
+    fn pin_memory(&mut self) {
+        for t in [
+            &mut self.images,
+            &mut self.loc_targets,
+            &mut self.cls_targets,
+        ] {
+            if let Ok(pinned) = t.f_pin_memory(Device::Cuda(0)) {
+                *t = pinned;
+            }
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.ids.len()
     }
@@ -318,6 +334,7 @@ impl Loader {
         let stop = Arc::new(AtomicBool::new(false));
         let mut receivers = Vec::with_capacity(workers);
         let mut handles = Vec::with_capacity(workers);
+        let pin = self.config.pin_memory && tch::Cuda::is_available();
         for w in 0..workers {
             let (tx, rx) = sync_channel::<Result<Batch>>(self.config.prefetch.max(1));
             let job = Job {
@@ -339,6 +356,9 @@ impl Loader {
                     }
                     let batch = job.batch(chunk).map(|mut b| {
                         b.index = *index;
+                        if pin {
+                            b.pin_memory();
+                        }
                         b
                     });
                     let failed = batch.is_err();
@@ -355,7 +375,6 @@ impl Loader {
             stop,
             next: 0,
             total: chunks.len(),
-            pin: self.config.pin_memory && tch::Cuda::is_available(),
             keep_empty: self.config.keep_empty_batches,
             done: false,
         }
@@ -515,7 +534,6 @@ pub struct EpochIter {
     stop: Arc<AtomicBool>,
     next: usize,
     total: usize,
-    pin: bool,
     keep_empty: bool,
     done: bool,
 }
@@ -541,12 +559,7 @@ impl Iterator for EpochIter {
                 }
                 // Every image of this batch was unreadable (counted): go on with the next.
                 Ok(b) if b.is_empty() && !self.keep_empty => continue,
-                Ok(mut b) => {
-                    if self.pin {
-                        b.images = b.images.f_pin_memory(Device::Cuda(0)).unwrap_or(b.images);
-                    }
-                    return Some(Ok(b));
-                }
+                Ok(b) => return Some(Ok(b)),
             }
         }
         None

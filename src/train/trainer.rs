@@ -598,10 +598,12 @@ impl Run {
             // in the collectives like the other ranks.
             LossSums::zero(self.device)
         } else {
-            let images = batch.images.to_device(self.device);
+            // The loader pinned the batch on CUDA: the copies are queued, not waited for.
+            let to_device = |t: &Tensor| crate::device::to_device_async(t, self.device);
+            let images = to_device(&batch.images);
             let images = crate::device::to_memory_format(&images, self.config.memory_format())?;
-            let loc_targets = batch.loc_targets.to_device(self.device);
-            let cls_targets = batch.cls_targets.to_device(self.device);
+            let loc_targets = to_device(&batch.loc_targets);
+            let cls_targets = to_device(&batch.cls_targets);
             // As PyTorch's AMP recipe: forward and loss under autocast, backward outside.
             crate::device::autocast(self.device, self.config.autocast, || {
                 let (loc_preds, cls_preds) = self.model.forward_t(&images, true)?;
