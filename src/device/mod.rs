@@ -58,10 +58,12 @@ pub fn cudnn_benchmark() -> bool {
     unsafe { ext::tchcv_cudnn_benchmark() != 0 }
 }
 
-/// `t` on `device`, copied without making the host wait where it can: from pinned host memory
-/// to CUDA the copy is queued on the current stream (`tensor.to(device, non_blocking=True)`)
-/// and the kernels queued after it see its result; the caching host allocator keeps the pinned
-/// block until the copy is done. Any other copy is the ordinary one.
+/// `t` on `device`, copied without making the host wait where it can
+/// (`tensor.to(device, non_blocking=True)` for host-to-CUDA copies): from pinned host memory the
+/// copy is queued on the current stream, the kernels queued after it see its result, and the
+/// caching host allocator keeps the pinned block until the copy is done; from pageable memory
+/// CUDA stages the copy and the call returns once the source has been read (safe, no faster).
+/// Any other copy is the ordinary one.
 pub fn to_device_async(t: &Tensor, device: Device) -> Tensor {
     let non_blocking = device.is_cuda() && t.device() == Device::Cpu;
     t.to_device_(device, t.kind(), non_blocking, false)
