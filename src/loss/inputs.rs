@@ -81,9 +81,45 @@ fn check_device(name: &str, t: &Tensor, device: Device) -> Result<()> {
     Ok(())
 }
 
-/// `[]` int64 on the device: how many elements of `t` are NaN or inf (no wait for the device).
-fn non_finite_count(t: &Tensor) -> Tensor {
-    t.isfinite().logical_not().sum(Kind::Int64)
+/// `t`'s NaN and inf elements, as a bool mask of its shape.
+fn non_finite(t: &Tensor) -> Tensor {
+    t.isfinite().logical_not()
+}
+
+/// One tensor `check_finite` looks at, with its device count of NaN and inf values (read back
+/// with the other counts: no extra wait).
+struct FiniteCheck<'a> {
+    name: &'static str,
+    tensor: &'a Tensor,
+    /// Where the values were counted, for the message.
+    place: &'static str,
+    /// `[]` int64 on the device.
+    count: Tensor,
+}
+
+impl<'a> FiniteCheck<'a> {
+    /// Every element of `tensor`.
+    fn whole(name: &'static str, tensor: &'a Tensor) -> Self {
+        Self {
+            name,
+            tensor,
+            place: "",
+            count: non_finite(tensor).sum(Kind::Int64),
+        }
+    }
+
+    /// The error for `bad` (the read-back count) non-finite values.
+    fn check(&self, bad: i64) -> Result<()> {
+        if bad > 0 {
+            bail_input!(
+                "{}: {bad} non-finite values (NaN or inf){} in shape {:?}",
+                self.name,
+                self.place,
+                self.tensor.size()
+            );
+        }
+        Ok(())
+    }
 }
 
 impl LossInputs<'_> {
@@ -127,38 +163,20 @@ impl LossInputs<'_> {
         Ok((n, a, cls[2]))
     }
 
-    /// With `check_finite`: `[3]` device counts of the NaN or inf values in the predictions and
-    /// in the positive anchors' targets, read back with the other counts (no extra wait).
-    fn non_finite_counts(&self, pos: &Tensor) -> Vec<Tensor> {
-        let bad_targets = self
-            .loc_targets
-            .isfinite()
-            .logical_not()
-            .logical_and(&pos.unsqueeze(2));
+    /// With `check_finite`: the predictions, and the targets at the positive anchors (the only
+    /// ones read), must hold no NaN or inf.
+    fn finite_checks(&self, pos: &Tensor) -> Vec<FiniteCheck<'_>> {
+        let bad_targets = non_finite(self.loc_targets).logical_and(&pos.unsqueeze(2));
         vec![
-            non_finite_count(self.loc_preds),
-            non_finite_count(self.cls_preds),
-            bad_targets.sum(Kind::Int64),
+            FiniteCheck::whole("loc_preds", self.loc_preds),
+            FiniteCheck::whole("cls_preds", self.cls_preds),
+            FiniteCheck {
+                name: "loc_targets",
+                tensor: self.loc_targets,
+                place: " at positive anchors",
+                count: bad_targets.sum(Kind::Int64),
+            },
         ]
-    }
-
-    /// The error for the first non-zero count of [`Self::non_finite_counts`].
-    fn check_finite(&self, counts: &[i64]) -> Result<()> {
-        debug_assert_eq!(counts.len(), 3, "one count per checked tensor");
-        let tensors = [
-            ("loc_preds", self.loc_preds, ""),
-            ("cls_preds", self.cls_preds, ""),
-            ("loc_targets", self.loc_targets, " at positive anchors"),
-        ];
-        for ((name, t, where_), &bad) in tensors.iter().zip(counts) {
-            if bad > 0 {
-                bail_input!(
-                    "{name}: {bad} non-finite values (NaN or inf){where_} in shape {:?}",
-                    t.size()
-                );
-            }
-        }
-        Ok(())
     }
 
     /// Validate the batch, then the predictions in the compute kind, the positives and the
@@ -186,9 +204,12 @@ impl LossInputs<'_> {
             (zero.shallow_clone(), zero)
         };
         let mut scalars = vec![lo, hi, pos.sum(Kind::Int64), targets.ge(0).sum(Kind::Int64)];
-        if check_finite {
-            scalars.extend(self.non_finite_counts(&pos));
-        }
+        let finite_checks = if check_finite {
+            self.finite_checks(&pos)
+        } else {
+            Vec::new()
+        };
+        scalars.extend(finite_checks.iter().map(|f| f.count.shallow_clone()));
         let extra_start = scalars.len();
         scalars.extend(extra(&pos).into_iter().map(|t| match t.kind() {
             Kind::Int64 => t,
@@ -203,8 +224,8 @@ impl LossInputs<'_> {
                 labels.meaning
             );
         }
-        if check_finite {
-            self.check_finite(&values[4..extra_start])?;
+        for (f, &bad) in finite_checks.iter().zip(&values[4..extra_start]) {
+            f.check(bad)?;
         }
         let dims = BatchDims {
             n,
