@@ -15,7 +15,10 @@ out=${BENCH_OUT:-bench-out/$device}
 mkdir -p "$out"
 rm -f "$out"/*.json
 
-python=${TCHCV_PYTHON:-python3}
+# The project venv's Python when there is one (as `tchcv bench` itself looks for it).
+default_python=python3
+[ -x .venv/bin/python ] && default_python=$PWD/.venv/bin/python
+python=${TCHCV_PYTHON:-$default_python}
 failed=()
 skipped=()
 
@@ -49,10 +52,14 @@ fi
 echo "== machine: $(uname -m), $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ)"
 "$bin" info | sed -n '1,8p'
 
-echo "== losses: forward + backward"
+echo "== losses: forward + backward, default options (check_finite on, as a library user gets them)"
 run loss_ssd_a8732_n32 loss --loss ssd --n "$big" --a 8732 --c 21 --repeat "$repeat"
 run loss_focal_retina512_n8 loss --loss focal --n 8 --a 49104 --c 20 --repeat "$repeat"
 run loss_softmax_focal_a8732_n32 loss --loss softmax-focal --n "$big" --a 8732 --c 21 --repeat "$repeat"
+echo "== the same with check_finite off (the training loop's setting): the check's cost"
+run loss_ssd_a8732_n32_unchecked loss --loss ssd --n "$big" --a 8732 --c 21 --repeat "$repeat" --no-check-finite
+run loss_focal_retina512_n8_unchecked loss --loss focal --n 8 --a 49104 --c 20 --repeat "$repeat" --no-check-finite
+run loss_softmax_focal_a8732_n32_unchecked loss --loss softmax-focal --n "$big" --a 8732 --c 21 --repeat "$repeat" --no-check-finite
 echo "== SSD loss: growth with A and N"
 if [ -z "${BENCH_QUICK:-}" ]; then
     run loss_ssd_a24564_n32 loss --loss ssd --n "$big" --a 24564 --c 21 --repeat "$repeat"

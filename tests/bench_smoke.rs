@@ -121,3 +121,65 @@ fn every_benchmark_runs_both_sides() {
         "{row}"
     );
 }
+
+/// `tchcv bench loss` at a tiny size with the environment `env` (on top of a PATH without the
+/// project venv, and without TCHCV_PYTHON or VIRTUAL_ENV, as after `make build` in a fresh
+/// shell).
+fn bench_outside_make(bench_dir: &std::path::Path, path: &str) -> std::process::Output {
+    Command::new(common::tchcv_bin())
+        .args([
+            "bench", "loss", "--n", "1", "--a", "50", "--c", "3", "--repeat", "1",
+        ])
+        .env_remove("TCHCV_PYTHON")
+        .env_remove("VIRTUAL_ENV")
+        .env("PATH", path)
+        .env("TCHCV_BENCH_DIR", bench_dir)
+        .current_dir(common::scratch("bench-outside-make-cwd"))
+        .output()
+        .unwrap()
+}
+
+/// Run outside `make`, the benchmarks find the project's venv; with no Python that has torch
+/// they say how to get one.
+#[test]
+fn benchmarks_find_the_project_venv() {
+    let venv = common::repo().join(".venv/bin/python");
+    if !venv.is_file() {
+        common::note_skip("SKIPPED (no project venv): bench outside make: .venv is absent");
+        return;
+    }
+    let out = bench_outside_make(&common::repo().join("bench"), "/usr/bin:/bin");
+    assert!(
+        out.status.success(),
+        "bench loss outside make: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The references beside no venv, and a python3 on PATH without torch.
+    let dir = common::scratch("bench-no-torch");
+    let bench = dir.join("bench");
+    std::fs::create_dir_all(&bench).unwrap();
+    for entry in std::fs::read_dir(common::repo().join("bench")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "py") {
+            std::fs::copy(&path, bench.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let fake = bin.join("python3");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\necho \"ModuleNotFoundError: No module named 'torch'\" >&2\nexit 1\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = bench_outside_make(&bench, &format!("{}:/usr/bin:/bin", bin.display()));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("no module \"torch\"") && stderr.contains("make setup"),
+        "{stderr}"
+    );
+}

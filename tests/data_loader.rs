@@ -407,7 +407,7 @@ fn pinned_memory_batches_on_cuda() {
     let l = loader(
         &ds,
         LoaderConfig {
-            pin_memory: true,
+            pin_memory: Some(device),
             ..config(2, 0)
         },
     );

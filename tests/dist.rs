@@ -880,3 +880,24 @@ fn nccl_world_size_one_on_cuda() {
     group.finish().unwrap();
     eprintln!("NCCL world size 1 on {device:?}: all-reduce, broadcast, barrier ran");
 }
+
+/// A build without the c10d shim fails the distributed tests unless `TCHCV_NO_DIST` says it was
+/// left out on purpose: the suites never pass without running.
+#[test]
+fn a_missing_shim_fails_unless_no_dist_is_set() {
+    let note = "Gloo's headers are missing";
+    assert_eq!(common::dist_expectation(true, None, note), Ok(true));
+    assert_eq!(common::dist_expectation(true, Some("1"), note), Ok(true));
+    assert_eq!(common::dist_expectation(false, Some("1"), note), Ok(false));
+    assert_eq!(
+        common::dist_expectation(false, Some("yes"), note),
+        Ok(false)
+    );
+    for unset in [None, Some(""), Some("0")] {
+        let message = common::dist_expectation(false, unset, note).unwrap_err();
+        assert!(
+            message.contains(note) && message.contains("TCHCV_NO_DIST=1"),
+            "{message}"
+        );
+    }
+}

@@ -529,3 +529,76 @@ fn eval_cli_prints_the_table_and_writes_json() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("det_cat.txt:1"));
 }
+
+/// `tchcv eval --detections` finds the devkit's own prefix (`comp4_det_test_<class>.txt`)
+/// without `--prefix`, and names what it found when the names fit no prefix or several.
+#[test]
+fn eval_cli_finds_the_results_prefix() {
+    let root = common::scratch("eval_voc_prefix");
+    let objects = object("dog", [10, 10, 50, 50], None) + &object("cat", [60, 60, 90, 90], None);
+    write_voc_tree(&root, &[("000001", &objects)], "test");
+    let results = root.join("results");
+    std::fs::create_dir_all(&results).unwrap();
+    std::fs::write(
+        results.join("comp4_det_test_dog.txt"),
+        "000001 0.9 10 10 50 50\n",
+    )
+    .unwrap();
+    std::fs::write(
+        results.join("comp4_det_test_cat.txt"),
+        "000001 0.8 0 0 5 5\n",
+    )
+    .unwrap();
+    let eval = |results: &std::path::Path| {
+        std::process::Command::new(common::tchcv_bin())
+            .args(["eval", "--data"])
+            .arg(&root)
+            .args(["--sets", "2007:test", "--detections"])
+            .arg(results)
+            .output()
+            .unwrap()
+    };
+    let out = eval(&results);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("dog") && l.contains("1.0000")),
+        "{stdout}"
+    );
+
+    // Two prefixes in one folder: refused, listing the files.
+    std::fs::write(results.join("det_dog.txt"), "000001 0.9 10 10 50 50\n").unwrap();
+    let out = eval(&results);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("det_dog.txt") && stderr.contains("--prefix"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn results_prefix_fits_every_file_or_is_refused() {
+    let classes: Vec<String> = ["a", "ba", "dog"].iter().map(|s| s.to_string()).collect();
+    let find = |files: &[&str]| {
+        let dir = common::scratch("eval_voc_prefix_unit");
+        for f in files {
+            std::fs::write(dir.join(f), "").unwrap();
+        }
+        tchcv::eval::detections::find_results_prefix(&dir, &classes)
+    };
+    assert_eq!(find(&["dog.txt", "a.txt"]).unwrap(), "");
+    assert_eq!(find(&["x_dog.txt", "x_a.txt", "notes.md"]).unwrap(), "x_");
+    // "x_ba.txt" is x_ + ba, or x_b + a: which one is ambiguous.
+    let err = find(&["x_ba.txt"]).unwrap_err().to_string();
+    assert!(err.contains("\"x_\"") && err.contains("\"x_b\""), "{err}");
+    let err = find(&["x_dog.txt", "y_dog.txt"]).unwrap_err().to_string();
+    assert!(err.contains("x_dog.txt, y_dog.txt"), "{err}");
+    assert!(find(&[]).is_err());
+}

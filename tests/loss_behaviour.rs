@@ -136,6 +136,43 @@ fn bad_inputs_name_the_tensor() {
         "{msg}"
     );
 
+    // The check sums each tensor on the device and counts elements only when a sum is not
+    // finite: a sum that overflows over finite values (f32 max is 3.4e38) is not an error, and
+    // NaN and inf together (whose sum is NaN) are counted as two.
+    let huge = b.cls_preds.copy();
+    let _ = huge.get(0).fill_(3e38);
+    loss.forward(&LossInputs {
+        cls_preds: &huge,
+        ..b.inputs()
+    })
+    .expect("finite predictions whose sum overflows pass the check");
+    let _ = huge.get(1).get(0).get(0).fill_(f64::NAN);
+    let _ = huge.get(1).get(2).get(1).fill_(f64::NEG_INFINITY);
+    let msg = error_of(
+        &loss,
+        &LossInputs {
+            cls_preds: &huge,
+            ..b.inputs()
+        },
+    );
+    assert!(
+        msg.contains("cls_preds") && msg.contains("2 non-finite"),
+        "{msg}"
+    );
+    let inf_loc = b.loc_preds.copy();
+    let _ = inf_loc.get(0).get(5).get(3).fill_(f64::INFINITY);
+    let msg = error_of(
+        &loss,
+        &LossInputs {
+            loc_preds: &inf_loc,
+            ..b.inputs()
+        },
+    );
+    assert!(
+        msg.contains("loc_preds") && msg.contains("1 non-finite"),
+        "{msg}"
+    );
+
     // Non-finite targets are only an error where they are read (positive anchors).
     let inf_targets = b.loc_targets.copy();
     let _ = inf_targets.get(0).get(1).fill_(f64::INFINITY); // anchor 1: background

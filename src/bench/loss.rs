@@ -34,6 +34,10 @@ pub struct LossBench {
     /// Only time tchcv.
     #[arg(long)]
     pub no_reference: bool,
+    /// Time tchcv with `check_finite: false` (the training loop's setting) instead of the
+    /// default options, so the check's cost is the difference of two rows.
+    #[arg(long)]
+    pub no_check_finite: bool,
 }
 
 /// Random inputs with `pos_fraction` positives: `[N,A,4]`, `[N,A,4]`, `[N,A,C]`, `[N,A]`.
@@ -66,7 +70,13 @@ pub fn run(b: &LossBench, device: Device) -> Result<Comparison> {
         );
     }
     let [loc_preds, loc_targets, cls_preds, cls_targets] = random_case(b, device);
-    let loss = b.loss.build(serde_json::json!({ "check_finite": false }))?;
+    // The default options, as a library user gets them, unless told otherwise.
+    let options = if b.no_check_finite {
+        serde_json::json!({ "check_finite": false })
+    } else {
+        serde_json::json!({})
+    };
+    let loss = b.loss.build(options)?;
     let loc_preds = loc_preds.set_requires_grad(true);
     let cls_preds = cls_preds.set_requires_grad(true);
     let inputs = LossInputs {
@@ -134,8 +144,13 @@ pub fn run(b: &LossBench, device: Device) -> Result<Comparison> {
     };
     let size = format!("N={} A={} C={} pos={}", b.n, b.a, b.c, b.pos_fraction);
     let work = format!(
-        "{} loss fwd+bwd",
-        serde_json::to_value(b.loss)?.as_str().unwrap_or("?")
+        "{} loss fwd+bwd{}",
+        serde_json::to_value(b.loss)?.as_str().unwrap_or("?"),
+        if b.no_check_finite {
+            " [unchecked]"
+        } else {
+            ""
+        }
     );
     let mut row = Comparison::new(
         &work,
@@ -147,7 +162,15 @@ pub fn run(b: &LossBench, device: Device) -> Result<Comparison> {
     let ops_line = |side: &str, ops: &OpCounts| {
         format!("{side} {} ({} host syncs)", ops.ops(), ops.host_syncs())
     };
-    let mut detail = format!("operators per fwd+bwd: {}", ops_line("tchcv", &tchcv_ops));
+    let options = if b.no_check_finite {
+        "check_finite off"
+    } else {
+        "default options"
+    };
+    let mut detail = format!(
+        "tchcv with {options}; operators per fwd+bwd: {}",
+        ops_line("tchcv", &tchcv_ops)
+    );
     if let Some(p) = &pytorch {
         detail += &format!(", {}", ops_line("pytorch", &p.2));
     }

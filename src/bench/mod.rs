@@ -94,11 +94,38 @@ impl Comparison {
     }
 }
 
-/// The Python that runs the references: `TCHCV_PYTHON`, else `python3`.
+/// The Python that runs the references, first found of: `TCHCV_PYTHON`; the active venv
+/// (`VIRTUAL_ENV`); the project venv `.venv` beside `bench/` (what `make setup` makes); `python3`
+/// on `PATH`.
 pub fn reference_python() -> PathBuf {
-    std::env::var_os("TCHCV_PYTHON")
-        .map(PathBuf::from)
+    if let Some(python) = std::env::var_os("TCHCV_PYTHON") {
+        return PathBuf::from(python);
+    }
+    let venvs = [
+        std::env::var_os("VIRTUAL_ENV").map(PathBuf::from),
+        reference_dir().parent().map(|repo| repo.join(".venv")),
+    ];
+    venvs
+        .into_iter()
+        .flatten()
+        .map(|venv| venv.join("bin/python"))
+        .find(|python| python.is_file())
         .unwrap_or_else(|| PathBuf::from("python3"))
+}
+
+/// What to tell a user whose reference Python lacks a module the references import.
+fn missing_module_hint(python: &Path, stderr: &str) -> Option<String> {
+    let module = stderr
+        .lines()
+        .find_map(|l| l.split("No module named ").nth(1))?
+        .trim()
+        .trim_matches('\'');
+    Some(format!(
+        "{} has no module {module:?}: the PyTorch references need the project's venv (run \
+         `make setup` in the tchcv checkout: it installs torch 2.11.0, torchvision, numpy, \
+         safetensors and pillow into .venv), or set TCHCV_PYTHON to a Python that has them",
+        python.display()
+    ))
 }
 
 /// The `bench/` folder with the Python references (beside the binary's source tree, or
@@ -127,11 +154,14 @@ pub fn run_reference(work: &str, args: &[String]) -> Result<serde_json::Value> {
         .output()
         .with_context(|| format!("starting {} {}", python.display(), path.display()))?;
     if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if let Some(hint) = missing_module_hint(&python, &stderr) {
+            bail!("bench {work}: {hint}");
+        }
         bail!(
-            "{} {work} failed ({}): {}",
+            "{} {work} failed ({}): {stderr}",
             path.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
+            out.status
         );
     }
     let stdout = String::from_utf8_lossy(&out.stdout);

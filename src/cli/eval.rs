@@ -83,9 +83,11 @@ pub struct Args {
     /// With --checkpoint: auto (CUDA when available), cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: String,
-    /// File name prefix of the results files (e.g. comp4_det_test_).
-    #[arg(long, default_value = "")]
-    prefix: String,
+    /// File name prefix of the results files (e.g. comp4_det_test_). Default: with
+    /// --detections, the one prefix all the folder's `*.txt` files share before a class name;
+    /// with --checkpoint, none.
+    #[arg(long)]
+    prefix: Option<String>,
     /// Which AP to print.
     #[arg(long, value_enum, default_value = "both")]
     metric: MetricArg,
@@ -146,7 +148,8 @@ fn write_checkpoint_detections(args: &Args, checkpoint: &Path) -> Result<Scoring
             .join("detections")
     });
     let classes = trained.classes.names().to_vec();
-    eval::write_voc_results(&out, &args.prefix, &classes, &eval::voc_detections(&images))?;
+    let prefix = args.prefix.as_deref().unwrap_or("");
+    eval::write_voc_results(&out, prefix, &classes, &eval::voc_detections(&images))?;
     eprintln!(
         "{} images on {}: devkit results in {}",
         images.len(),
@@ -177,12 +180,16 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
         (None, None) => tchcv::bail_input!("give --detections DIR or --checkpoint FILE"),
     };
-    let results = eval::read_voc_results(&detections, &args.prefix, &classes)?;
+    let prefix = match &args.prefix {
+        Some(prefix) => prefix.clone(),
+        None => eval::detections::find_results_prefix(&detections, &classes)?,
+    };
+    let results = eval::read_voc_results(&detections, &prefix, &classes)?;
     if results.missing.len() == classes.len() {
         tchcv::bail_input!(
             "{}: no results file {} for any of the {} classes (wrong --prefix?)",
             detections.display(),
-            eval::detections::results_path(&detections, &args.prefix, "<class>").display(),
+            eval::detections::results_path(&detections, &prefix, "<class>").display(),
             classes.len()
         );
     }

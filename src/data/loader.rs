@@ -74,11 +74,14 @@ pub struct LoaderConfig {
     pub norm: PixelNorm,
     /// Keep difficult objects (excluded from training by default).
     pub use_difficult: bool,
-    /// Put each batch's tensors in pinned (page-locked) memory, on the worker threads (as
-    /// PyTorch's `DataLoader(pin_memory=True)` does off the training loop), so the copies to
-    /// CUDA are faster and need not block the host ([`crate::device::to_device_async`]).
-    /// Ignored when CUDA is not available.
-    pub pin_memory: bool,
+    /// `Some(cuda:i)`: put each batch's tensors in memory pinned (page-locked) for that device,
+    /// on the worker threads (as PyTorch's `DataLoader(pin_memory=True, pin_memory_device=..)`
+    /// does off the training loop), so the copies to it are faster and need not block the host
+    /// ([`crate::device::to_device_async`]). Each rank of a multi-GPU run pins for its own GPU.
+    /// Ignored for the CPU and when CUDA is not available. Where this process runs, not a
+    /// setting: not serialized.
+    #[serde(skip)]
+    pub pin_memory: Option<Device>,
     pub shard: Shard,
     /// Hand out a batch whose images were all unreadable (empty) instead of skipping it, so
     /// every rank of a distributed run takes the same number of steps.
@@ -98,7 +101,7 @@ impl Default for LoaderConfig {
             augment: Some(AugmentConfig::default()),
             norm: PixelNorm::default(),
             use_difficult: false,
-            pin_memory: false,
+            pin_memory: None,
             shard: Shard::default(),
             keep_empty_batches: false,
         }
@@ -147,15 +150,15 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// Move the images and targets to pinned memory (each left where it is if pinning fails:
-    /// the copies to CUDA then just take longer).
-    fn pin_memory(&mut self) {
+    /// Move the images and targets to memory pinned for `device` (each left where it is if
+    /// pinning fails: the copies to the device then just take longer).
+    fn pin_memory(&mut self, device: Device) {
         for t in [
             &mut self.images,
             &mut self.loc_targets,
             &mut self.cls_targets,
         ] {
-            if let Ok(pinned) = t.f_pin_memory(Device::Cuda(0)) {
+            if let Ok(pinned) = t.f_pin_memory(device) {
                 *t = pinned;
             }
         }
@@ -334,7 +337,10 @@ impl Loader {
         let stop = Arc::new(AtomicBool::new(false));
         let mut receivers = Vec::with_capacity(workers);
         let mut handles = Vec::with_capacity(workers);
-        let pin = self.config.pin_memory && tch::Cuda::is_available();
+        let pin = self
+            .config
+            .pin_memory
+            .filter(|d| d.is_cuda() && tch::Cuda::is_available());
         for w in 0..workers {
             let (tx, rx) = sync_channel::<Result<Batch>>(self.config.prefetch.max(1));
             let job = Job {
@@ -356,8 +362,8 @@ impl Loader {
                     }
                     let batch = job.batch(chunk).map(|mut b| {
                         b.index = *index;
-                        if pin {
-                            b.pin_memory();
+                        if let Some(device) = pin {
+                            b.pin_memory(device);
                         }
                         b
                     });

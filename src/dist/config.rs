@@ -250,13 +250,23 @@ impl DistConfig {
         self.backend.unwrap_or_else(|| Backend::for_device(device))
     }
 
-    /// This rank's device: `cuda:LOCAL_RANK` when CUDA has that device, else the CPU.
-    pub fn local_device(&self) -> Device {
-        if tch::Cuda::is_available() && (self.local_rank as i64) < tch::Cuda::device_count() {
-            Device::Cuda(self.local_rank)
-        } else {
-            Device::Cpu
+    /// This rank's CUDA device, `cuda:LOCAL_RANK`, on a machine with `device_count` of them.
+    ///
+    /// A rank without a GPU of its own (more processes on this machine than GPUs) is refused
+    /// here, naming it: falling back to the CPU would put it on Gloo while the others use NCCL,
+    /// and the run would fail later, at its first collective, with a message about neither.
+    pub fn local_cuda_device(&self, device_count: i64) -> Result<Device> {
+        if (self.local_rank as i64) < device_count {
+            return Ok(Device::Cuda(self.local_rank));
         }
+        bail_input!(
+            "rank {} (LOCAL_RANK {}) has no GPU: CUDA training gives each process of a machine \
+             its own GPU, cuda:LOCAL_RANK, and this machine has {device_count} CUDA device(s). \
+             Start at most {device_count} process(es) per machine (torchrun --nproc-per-node \
+             {device_count}), or train on the CPU with --device cpu (Gloo)",
+            self.rank,
+            self.local_rank
+        );
     }
 
     /// `ADDR:PORT` of the store.
@@ -423,5 +433,26 @@ mod tests {
             .unwrap()
             .with_backend(Backend::Gloo);
         assert_eq!(c.backend_for(Device::Cuda(0)), Backend::Gloo);
+    }
+
+    #[test]
+    fn a_rank_without_a_gpu_is_refused_by_name() {
+        let config = |rank: usize, local_rank: usize| DistConfig {
+            local_rank,
+            ..DistConfig::explicit(4, rank, "127.0.0.1:29500").unwrap()
+        };
+        assert_eq!(config(1, 1).local_cuda_device(2).unwrap(), Device::Cuda(1));
+        let err = config(3, 2).local_cuda_device(2).unwrap_err();
+        assert!(crate::error::is_bad_input(&err));
+        let message = err.to_string();
+        for part in [
+            "rank 3",
+            "LOCAL_RANK 2",
+            "2 CUDA device(s)",
+            "--nproc-per-node 2",
+        ] {
+            assert!(message.contains(part), "{part:?} in {message}");
+        }
+        assert!(config(0, 0).local_cuda_device(0).is_err());
     }
 }

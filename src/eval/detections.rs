@@ -19,6 +19,75 @@ pub fn results_path(dir: &Path, prefix: &str, class: &str) -> PathBuf {
     dir.join(format!("{prefix}{class}.txt"))
 }
 
+/// The prefix every results file in `dir` shares: the one `P` for which each `*.txt` there is
+/// `<P><class>.txt` for a class of `class_names` (the devkit's own names, such as
+/// `comp4_det_test_<class>.txt`, and plain `<class>.txt` alike). An error listing what was found
+/// when no prefix or more than one fits.
+pub fn find_results_prefix(dir: &Path, class_names: &[String]) -> Result<String> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| crate::bad_input(format!("{}: {e}", dir.display())))?;
+    let mut stems: Vec<String> = entries
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter_map(|name| name.strip_suffix(".txt").map(str::to_string))
+        .collect();
+    stems.sort();
+    if stems.is_empty() {
+        bail_input!(
+            "{}: no results files (<prefix><class>.txt) in this folder",
+            dir.display()
+        );
+    }
+    // Every (file, class) pair proposes a prefix; it fits when it explains every file.
+    let mut candidates: Vec<&str> = stems
+        .iter()
+        .flat_map(|stem| {
+            class_names
+                .iter()
+                .filter_map(move |class| stem.strip_suffix(class.as_str()))
+        })
+        .collect();
+    candidates.sort_unstable();
+    candidates.dedup();
+    let explains = |prefix: &str, stem: &str| {
+        stem.strip_prefix(prefix)
+            .is_some_and(|class| class_names.iter().any(|c| c == class))
+    };
+    let fitting: Vec<&str> = candidates
+        .iter()
+        .copied()
+        .filter(|prefix| stems.iter().all(|stem| explains(prefix, stem)))
+        .collect();
+    let found = || {
+        let shown: Vec<String> = stems.iter().take(8).map(|s| format!("{s}.txt")).collect();
+        let more = stems.len().saturating_sub(shown.len());
+        let more = if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        };
+        format!("found {}{more}", shown.join(", "))
+    };
+    match fitting.as_slice() {
+        [prefix] => Ok(prefix.to_string()),
+        [] => bail_input!(
+            "{}: the results files are not all <prefix><class>.txt with one prefix and the data's \
+             classes ({}); give --prefix",
+            dir.display(),
+            found()
+        ),
+        several => bail_input!(
+            "{}: the results file names fit more than one prefix ({}; {}); give --prefix",
+            dir.display(),
+            several
+                .iter()
+                .map(|p| format!("{p:?}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            found()
+        ),
+    }
+}
+
 fn check_image_id(id: &str) -> Result<()> {
     if id.is_empty() || id.chars().any(char::is_whitespace) {
         bail_input!("image id {id:?}: must be non-empty and without whitespace (devkit format)");

@@ -86,30 +86,53 @@ fn non_finite(t: &Tensor) -> Tensor {
     t.isfinite().logical_not()
 }
 
-/// One tensor `check_finite` looks at, with its device count of NaN and inf values (read back
-/// with the other counts: no extra wait).
+/// One tensor `check_finite` looks at.
+///
+/// The test on the device is one reduction: a sum is NaN or inf whenever an element is (no
+/// mix of NaN and inf adds up to a finite number), so `flag = !isfinite(sum)` is 0 for a finite
+/// tensor. It is read back with the other counts: no extra wait. A raised flag may also come
+/// from a sum that overflowed over finite elements; only then are the elements themselves
+/// counted (a second wait, on that path alone), which names the tensor or clears it.
 struct FiniteCheck<'a> {
     name: &'static str,
+    /// The tensor named in the message.
     tensor: &'a Tensor,
-    /// Where the values were counted, for the message.
+    /// The values tested: `tensor`, or the part of it that is read (others zeroed).
+    values: Tensor,
+    /// Where the values were tested, for the message.
     place: &'static str,
-    /// `[]` int64 on the device.
-    count: Tensor,
+    /// `[]` int64 on the device: 1 when the sum of `values` is not finite.
+    flag: Tensor,
 }
 
 impl<'a> FiniteCheck<'a> {
-    /// Every element of `tensor`.
-    fn whole(name: &'static str, tensor: &'a Tensor) -> Self {
+    /// `values` (a part of `tensor`, or all of it) must be finite.
+    fn new(name: &'static str, tensor: &'a Tensor, values: Tensor, place: &'static str) -> Self {
+        let _no_grad = tch::no_grad_guard();
+        let sum = values.sum(super::compute_kind(&values));
+        let flag = sum.isfinite().logical_not().to_kind(Kind::Int64);
         Self {
             name,
             tensor,
-            place: "",
-            count: non_finite(tensor).sum(Kind::Int64),
+            values,
+            place,
+            flag,
         }
     }
 
-    /// The error for `bad` (the read-back count) non-finite values.
-    fn check(&self, bad: i64) -> Result<()> {
+    /// Every element of `tensor`.
+    fn whole(name: &'static str, tensor: &'a Tensor) -> Self {
+        Self::new(name, tensor, tensor.shallow_clone(), "")
+    }
+
+    /// The error for a raised `flag` (as read back), when an element is NaN or inf.
+    fn check(&self, flag: i64) -> Result<()> {
+        if flag == 0 {
+            return Ok(());
+        }
+        let bad = non_finite(&self.values)
+            .sum(Kind::Int64)
+            .f_int64_value(&[])?;
         if bad > 0 {
             bail_input!(
                 "{}: {bad} non-finite values (NaN or inf){} in shape {:?}",
@@ -166,16 +189,18 @@ impl LossInputs<'_> {
     /// With `check_finite`: the predictions, and the targets at the positive anchors (the only
     /// ones read), must hold no NaN or inf.
     fn finite_checks(&self, pos: &Tensor) -> Vec<FiniteCheck<'_>> {
-        let bad_targets = non_finite(self.loc_targets).logical_and(&pos.unsqueeze(2));
+        let at_positives = self
+            .loc_targets
+            .masked_fill(&pos.unsqueeze(2).logical_not(), 0.0);
         vec![
             FiniteCheck::whole("loc_preds", self.loc_preds),
             FiniteCheck::whole("cls_preds", self.cls_preds),
-            FiniteCheck {
-                name: "loc_targets",
-                tensor: self.loc_targets,
-                place: " at positive anchors",
-                count: bad_targets.sum(Kind::Int64),
-            },
+            FiniteCheck::new(
+                "loc_targets",
+                self.loc_targets,
+                at_positives,
+                " at positive anchors",
+            ),
         ]
     }
 
@@ -209,7 +234,7 @@ impl LossInputs<'_> {
         } else {
             Vec::new()
         };
-        scalars.extend(finite_checks.iter().map(|f| f.count.shallow_clone()));
+        scalars.extend(finite_checks.iter().map(|f| f.flag.shallow_clone()));
         let extra_start = scalars.len();
         scalars.extend(extra(&pos).into_iter().map(|t| match t.kind() {
             Kind::Int64 => t,
@@ -224,8 +249,8 @@ impl LossInputs<'_> {
                 labels.meaning
             );
         }
-        for (f, &bad) in finite_checks.iter().zip(&values[4..extra_start]) {
-            f.check(bad)?;
+        for (f, &flag) in finite_checks.iter().zip(&values[4..extra_start]) {
+            f.check(flag)?;
         }
         let dims = BatchDims {
             n,

@@ -16,7 +16,9 @@ pub enum NegativeMining {
     /// The `k` negatives with the highest cross entropy (OHEM; torchcv, SSD paper).
     #[default]
     Hard,
-    /// `k` negatives drawn uniformly at random, seeded (the Faster R-CNN RPN sampler).
+    /// `k` negatives drawn uniformly at random, seeded. Not Faster R-CNN's RPN sampler (a fixed
+    /// 256 anchors per image at up to 1:1, positives subsampled too): the count is the hard
+    /// mining's `k`, only the choice is random.
     Random,
     /// Every negative (no mining).
     All,

@@ -148,9 +148,19 @@ fn cores_for_this_process(group: &Option<ProcessGroup>) -> usize {
     (cores / local_world.max(1)).max(1)
 }
 
-impl Run {
-    fn new(mut config: TrainConfig, options: TrainOptions) -> Result<Self> {
-        // Distributed launch: flags, else torchrun's variables.
+/// Where this process trains: its process group (distributed launch), device and thread split.
+struct Placement {
+    group: Option<ProcessGroup>,
+    device: Device,
+    plan: ThreadPlan,
+    rank: usize,
+    world: usize,
+}
+
+impl Placement {
+    /// The process group from the flags, else torchrun's variables; on CUDA, each rank on its
+    /// own GPU (`cuda:LOCAL_RANK`). Applies the thread split and cuDNN's autotuner setting.
+    fn new(config: &TrainConfig) -> Result<Self> {
         let dist = DistConfig::from_flags_or_env(
             config.world_size,
             config.rank,
@@ -165,12 +175,11 @@ impl Run {
                     d = d.with_backend(b.parse::<Backend>()?);
                 }
                 if device.is_cuda() {
-                    device = d.local_device();
+                    device = d.local_cuda_device(tch::Cuda::device_count())?;
                 }
                 Some(ProcessGroup::new(&d, device)?)
             }
         };
-        let main = is_main(&group);
         let (rank, world) = group
             .as_ref()
             .map_or((0, 1), |g| (g.rank(), g.world_size()));
@@ -179,204 +188,58 @@ impl Run {
         if device.is_cuda() {
             crate::device::set_cudnn_benchmark(config.cudnn_benchmark);
         }
+        Ok(Self {
+            group,
+            device,
+            plan,
+            rank,
+            world,
+        })
+    }
 
-        let out = config.out.clone();
+    fn main(&self) -> bool {
+        is_main(&self.group)
+    }
+}
+
+/// The training data: loaders and what the loss needs from the dataset.
+struct TrainData {
+    classes: ClassMap,
+    loader: Loader,
+    test_loader: Option<Loader>,
+    /// Objects per class, background first (static class weights).
+    class_histogram: Vec<f64>,
+}
+
+impl Run {
+    fn new(mut config: TrainConfig, options: TrainOptions) -> Result<Self> {
+        let place = Placement::new(&config)?;
+        let main = place.main();
         let resumed = if options.resume {
-            Some(checkpoint::load(&last_checkpoint(&out)).context("--resume")?)
+            Some(checkpoint::load(&last_checkpoint(&config.out)).context("--resume")?)
         } else {
             None
         };
-
-        // The spec: the file's, which must equal the checkpoint's when resuming.
-        let spec = ModelSpec::load(&config.model)?;
-        if let Some(ckpt) = &resumed {
-            if !same_model(&spec.to_json(), &ckpt.state.spec) {
-                crate::bail_input!(
-                    "model spec {} does not match the checkpoint {} (trained with spec {:?})",
-                    config.model.display(),
-                    last_checkpoint(&out).display(),
-                    ckpt.state
-                        .spec
-                        .get("name")
-                        .and_then(|v| v.as_str())
-                        .unwrap_or("?")
-                );
-            }
-        }
-
-        // Data: the classes are the checkpoint's, a given list, or discovered.
-        let classes = match (&resumed, &config.classes) {
-            (Some(ckpt), _) => Some(ClassMap::new(ckpt.state.classes.clone())?),
-            (None, Some(path)) => Some(ClassMap::load(path)?),
-            (None, None) => None,
-        };
-        let specs = SetSpec::parse_list(&config.sets)?;
-        let read = ReadOptions {
-            classes,
-            ..ReadOptions::default()
-        };
-        let (dataset, report) = VocDataset::open(&config.data, &specs, &read)?;
-        if dataset.is_empty() {
-            crate::bail_input!(
-                "--data {} --sets {}: no usable images ({})",
-                config.data.display(),
-                config.sets,
-                report.summary_line()
-            );
-        }
-        let classes = dataset.classes.clone();
-        if main && !report.problems.is_empty() {
-            eprintln!("data: {} images; {}", dataset.len(), report.summary_line());
-        }
-
+        let spec = load_spec(&config, resumed.as_ref())?;
         // Scores have a background column exactly when the spec's head does.
         config.decode.background_column = spec.has_background_column();
         let coder = Arc::new(BoxCoder::from_spec(&spec)?);
-        let [w, h] = spec.input_size;
-        let input_size = [w as u32, h as u32];
-        let workers = config.workers.unwrap_or(plan.workers).max(1);
-        let loader_config = LoaderConfig {
-            batch_size: config.batch,
-            workers,
-            shuffle: true,
-            drop_last: world > 1,
-            seed: config.seed,
-            input_size,
-            augment: Some(config.augment.clone()),
-            use_difficult: config.use_difficult,
-            pin_memory: device.is_cuda(),
-            shard: Shard { rank, world },
-            keep_empty_batches: world > 1,
-            ..LoaderConfig::default()
-        };
-        let class_histogram = object_histogram(&dataset, classes.len(), config.use_difficult);
-        let loader = Loader::new(Arc::new(dataset), coder.clone(), loader_config)?;
-        let test_loader = match (&config.test_sets, main) {
-            (Some(sets), true) => {
-                let test = crate::eval::open_for_eval(
-                    &config.data,
-                    &sets.split(',').map(str::to_string).collect::<Vec<_>>(),
-                    Some(classes.clone()),
-                    true,
-                )?;
-                Some(Loader::new(
-                    Arc::new(test),
-                    coder.clone(),
-                    LoaderConfig::eval(input_size, config.batch, workers),
-                )?)
-            }
-            _ => None,
-        };
+        let data = TrainData::open(&config, &spec, &coder, resumed.as_ref(), &place)?;
 
         tch::manual_seed(config.seed as i64);
-        let vs = nn::VarStore::new(device);
-        let model = models::build(vs.root(), &spec, classes.len() as i64)
-            .with_context(|| format!("building {}", config.model.display()))?;
-        if let (Some(init), None) = (&config.init, &resumed) {
-            let n = models::load_backbone(&vs, &spec, init)?;
-            if main {
-                eprintln!("init: {n} backbone tensors from {}", init.display());
-            }
-        }
-
-        let kind = match config.loss {
-            Some(kind) => kind,
-            None => spec.loss.parse::<LossKind>()?,
-        };
-        if kind.has_background_column() != spec.has_background_column() {
-            crate::bail_input!(
-                "--loss {kind:?} does not fit {}: its head has {} background column (spec loss {:?})",
-                config.model.display(),
-                if spec.has_background_column() { "a" } else { "no" },
-                spec.loss
-            );
-        }
-        let mut loss_options = config.loss_options(kind, rank);
-        if kind == LossKind::SoftmaxFocal && config.class_weights != ClassWeightsMode::None {
-            let o = loss_options.as_object_mut().context("loss options")?;
-            match config.class_weights {
-                ClassWeightsMode::Dataset => {
-                    o.insert("class_weights".into(), "static".into());
-                    o.insert("class_counts".into(), json!(class_histogram));
-                    o.insert("background_weight".into(), "fg_sum_over_3".into());
-                }
-                _ => {
-                    o.insert("class_weights".into(), "batch".into());
-                }
-            }
-        } else if config.class_weights != ClassWeightsMode::None {
-            crate::bail_input!("--class-weights applies to --loss softmax-focal, not {kind:?}");
-        }
-        let loss = kind.build(loss_options)?;
-
+        let vs = nn::VarStore::new(place.device);
+        let model = build_model(&vs, &config, &spec, &data.classes, resumed.is_none(), main)?;
+        let loss = build_loss(&config, &spec, place.rank, &data.class_histogram)?;
         let mut optimizer = Optimizer::new(config.optimizer_config(), trainable_params(&vs));
-
-        let iters_per_epoch = loader.batches_per_epoch() as u64;
-        if iters_per_epoch == 0 {
-            crate::bail_input!(
-                "--batch {} is larger than this process's share of the {} training images",
-                config.batch,
-                loader.dataset().len()
-            );
-        }
-        let total_iters = config
-            .iters
-            .unwrap_or_else(|| config.epochs.unwrap_or(1) * iters_per_epoch);
+        let iters_per_epoch = data.loader.batches_per_epoch() as u64;
+        let total_iters = total_iterations(&config, &data.loader)?;
         let schedule = config.schedule(total_iters)?;
 
-        let mut state = RunState {
-            tchcv_version: crate::version().to_string(),
-            iteration: 0,
-            epoch: 0,
-            next_batch: 0,
-            loss_calls: 0,
-            nonfinite_skips: 0,
-            nonfinite_in_row: 0,
-            epoch_progress: Default::default(),
-            world_size: world,
-            best: None,
-            classes: classes.names().to_vec(),
-            spec: spec.to_json(),
-            config: serde_json::to_value(&config)?,
-        };
+        let mut state = fresh_state(&config, &spec, &data.classes, place.world)?;
         if let Some(ckpt) = resumed {
-            let saved: TrainConfig =
-                serde_json::from_value(ckpt.state.config.clone()).unwrap_or_default();
-            let mid_epoch = ckpt.state.next_batch > 0;
-            if mid_epoch && (saved.batch != config.batch || ckpt.state.world_size != world) {
-                crate::bail_input!(
-                    "--resume: the run stopped in the middle of epoch {} with --batch {} on {} process(es); \
-                     it can only continue that epoch the same way (got --batch {} on {world})",
-                    ckpt.state.epoch,
-                    saved.batch,
-                    ckpt.state.world_size,
-                    config.batch
-                );
-            }
-            if saved.optimizer != config.optimizer {
-                crate::bail_input!(
-                    "--resume: the run was trained with --optimizer {:?}; its state does not fit {:?}",
-                    saved.optimizer,
-                    config.optimizer
-                );
-            }
-            crate::io::load_into_varstore(
-                &vs,
-                &ckpt.model,
-                false,
-                &last_checkpoint(&out).display().to_string(),
-            )?;
-            optimizer
-                .load_state(ckpt.optim)
-                .context("restoring the optimizer state")?;
-            state = RunState {
-                config: state.config,
-                world_size: world,
-                ..ckpt.state
-            };
-            loss.set_calls(state.loss_calls);
+            state = restore(ckpt, state, &config, &vs, &mut optimizer, loss.as_ref())?;
         }
-        if let Some(g) = &group {
+        if let Some(g) = &place.group {
             g.broadcast_varstore(&vs)?;
         }
         // After loading and broadcasting (the collectives take contiguous tensors). Buffers the
@@ -386,30 +249,7 @@ impl Run {
         optimizer.convert_state(config.memory_format())?;
 
         let metrics = if main {
-            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-            crate::io::write_bytes_atomic(
-                &out.join("config.json"),
-                serde_json::to_string_pretty(&config)?.as_bytes(),
-            )?;
-            classes.save_json(&out.join("classes.json"))?;
-            if !options.resume && last_checkpoint(&out).exists() {
-                eprintln!(
-                    "note: {} holds an earlier run; starting afresh removes its checkpoints, evaluation and metrics (continue it with --resume instead)",
-                    out.display()
-                );
-                for stale in [
-                    last_checkpoint(&out),
-                    best_checkpoint(&out),
-                    out.join("eval.json"),
-                ] {
-                    let _ = std::fs::remove_file(checkpoint::state_json_path(&stale));
-                    let _ = std::fs::remove_file(&stale);
-                }
-            }
-            Some(MetricsLog::open(
-                &out.join("metrics.jsonl"),
-                options.resume,
-            )?)
+            Some(prepare_run_folder(&config, &options, &data.classes)?)
         } else {
             None
         };
@@ -421,28 +261,22 @@ impl Run {
             options.log_every,
         );
         if main {
-            progress.line(&format!(
-                "train: {} ({} anchors, {} classes) on {} | {} images, {} iterations/epoch, {} iterations | {} workers, {} torch threads{}",
-                spec.name,
-                spec.num_anchors(),
-                classes.len(),
-                crate::device::device_name(device),
-                loader.dataset().len(),
+            progress.line(&start_line(
+                &spec,
+                &data,
+                &place,
                 iters_per_epoch,
                 total_iters,
-                workers,
-                plan.torch_threads,
-                group.as_ref().map_or(String::new(), |g| format!(" | rank 0 of {} ({})", g.world_size(), g.backend().name())),
             ));
         }
         Ok(Self {
             config,
             options,
-            device,
-            group,
+            device: place.device,
+            group: place.group,
             coder,
-            loader,
-            test_loader,
+            loader: data.loader,
+            test_loader: data.test_loader,
             vs,
             model,
             loss,
@@ -789,6 +623,325 @@ impl Run {
     }
 }
 
+/// The model spec: the file's, which must equal the checkpoint's when resuming.
+fn load_spec(config: &TrainConfig, resumed: Option<&checkpoint::Checkpoint>) -> Result<ModelSpec> {
+    let spec = ModelSpec::load(&config.model)?;
+    if let Some(ckpt) = resumed {
+        if !same_model(&spec.to_json(), &ckpt.state.spec) {
+            crate::bail_input!(
+                "model spec {} does not match the checkpoint {} (trained with spec {:?})",
+                config.model.display(),
+                last_checkpoint(&config.out).display(),
+                ckpt.state
+                    .spec
+                    .get("name")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("?")
+            );
+        }
+    }
+    Ok(spec)
+}
+
+impl TrainData {
+    /// The training set and its loader (this rank's shard), and on rank 0 the test loader.
+    fn open(
+        config: &TrainConfig,
+        spec: &ModelSpec,
+        coder: &Arc<BoxCoder>,
+        resumed: Option<&checkpoint::Checkpoint>,
+        place: &Placement,
+    ) -> Result<Self> {
+        let dataset = open_training_set(config, resumed, place.main())?;
+        let classes = dataset.classes.clone();
+        let [w, h] = spec.input_size;
+        let input_size = [w as u32, h as u32];
+        let loader_config = loader_config(config, place, input_size);
+        let workers = loader_config.workers;
+        let class_histogram = object_histogram(&dataset, classes.len(), config.use_difficult);
+        let loader = Loader::new(Arc::new(dataset), coder.clone(), loader_config)?;
+        let test_loader = match (&config.test_sets, place.main()) {
+            (Some(sets), true) => {
+                let test = crate::eval::open_for_eval(
+                    &config.data,
+                    &sets.split(',').map(str::to_string).collect::<Vec<_>>(),
+                    Some(classes.clone()),
+                    true,
+                )?;
+                Some(Loader::new(
+                    Arc::new(test),
+                    coder.clone(),
+                    LoaderConfig::eval(input_size, config.batch, workers),
+                )?)
+            }
+            _ => None,
+        };
+        Ok(Self {
+            classes,
+            loader,
+            test_loader,
+            class_histogram,
+        })
+    }
+}
+
+/// The training images of `--data --sets`, with the checkpoint's classes, a given list, or the
+/// discovered ones. Rank 0 reports the problems it skipped.
+fn open_training_set(
+    config: &TrainConfig,
+    resumed: Option<&checkpoint::Checkpoint>,
+    main: bool,
+) -> Result<VocDataset> {
+    let classes = match (resumed, &config.classes) {
+        (Some(ckpt), _) => Some(ClassMap::new(ckpt.state.classes.clone())?),
+        (None, Some(path)) => Some(ClassMap::load(path)?),
+        (None, None) => None,
+    };
+    let specs = SetSpec::parse_list(&config.sets)?;
+    let read = ReadOptions {
+        classes,
+        ..ReadOptions::default()
+    };
+    let (dataset, report) = VocDataset::open(&config.data, &specs, &read)?;
+    if dataset.is_empty() {
+        crate::bail_input!(
+            "--data {} --sets {}: no usable images ({})",
+            config.data.display(),
+            config.sets,
+            report.summary_line()
+        );
+    }
+    if main && !report.problems.is_empty() {
+        eprintln!("data: {} images; {}", dataset.len(), report.summary_line());
+    }
+    Ok(dataset)
+}
+
+/// The training loader's settings for this rank: its shard, its workers, and on CUDA batches
+/// pinned for its own GPU.
+fn loader_config(config: &TrainConfig, place: &Placement, input_size: [u32; 2]) -> LoaderConfig {
+    let (rank, world) = (place.rank, place.world);
+    LoaderConfig {
+        batch_size: config.batch,
+        workers: config.workers.unwrap_or(place.plan.workers).max(1),
+        shuffle: true,
+        drop_last: world > 1,
+        seed: config.seed,
+        input_size,
+        augment: Some(config.augment.clone()),
+        use_difficult: config.use_difficult,
+        pin_memory: place.device.is_cuda().then_some(place.device),
+        shard: Shard { rank, world },
+        keep_empty_batches: world > 1,
+        ..LoaderConfig::default()
+    }
+}
+
+/// The detector of `spec` in `vs`; on a fresh start, its backbone from `--init` when given.
+fn build_model(
+    vs: &nn::VarStore,
+    config: &TrainConfig,
+    spec: &ModelSpec,
+    classes: &ClassMap,
+    fresh_start: bool,
+    main: bool,
+) -> Result<Box<dyn Detector>> {
+    let model = models::build(vs.root(), spec, classes.len() as i64)
+        .with_context(|| format!("building {}", config.model.display()))?;
+    if let (Some(init), true) = (&config.init, fresh_start) {
+        let n = models::load_backbone(vs, spec, init)?;
+        if main {
+            eprintln!("init: {n} backbone tensors from {}", init.display());
+        }
+    }
+    Ok(model)
+}
+
+/// The loss: `--loss`, else the spec's; with `--class-weights`, the softmax focal loss's
+/// weights from the training set's histogram (`dataset`) or from each batch.
+fn build_loss(
+    config: &TrainConfig,
+    spec: &ModelSpec,
+    rank: usize,
+    class_histogram: &[f64],
+) -> Result<Box<dyn DetectionLoss + Send + Sync>> {
+    let kind = match config.loss {
+        Some(kind) => kind,
+        None => spec.loss.parse::<LossKind>()?,
+    };
+    if kind.has_background_column() != spec.has_background_column() {
+        crate::bail_input!(
+            "--loss {kind:?} does not fit {}: its head has {} background column (spec loss {:?})",
+            config.model.display(),
+            if spec.has_background_column() {
+                "a"
+            } else {
+                "no"
+            },
+            spec.loss
+        );
+    }
+    let mut loss_options = config.loss_options(kind, rank);
+    if kind == LossKind::SoftmaxFocal && config.class_weights != ClassWeightsMode::None {
+        let o = loss_options.as_object_mut().context("loss options")?;
+        match config.class_weights {
+            ClassWeightsMode::Dataset => {
+                o.insert("class_weights".into(), "static".into());
+                o.insert("class_counts".into(), json!(class_histogram));
+                o.insert("background_weight".into(), "fg_sum_over_3".into());
+            }
+            _ => {
+                o.insert("class_weights".into(), "batch".into());
+            }
+        }
+    } else if config.class_weights != ClassWeightsMode::None {
+        crate::bail_input!("--class-weights applies to --loss softmax-focal, not {kind:?}");
+    }
+    kind.build(loss_options)
+}
+
+/// `--iters`, else `--epochs` (default 1) times the batches per epoch.
+fn total_iterations(config: &TrainConfig, loader: &Loader) -> Result<u64> {
+    let iters_per_epoch = loader.batches_per_epoch() as u64;
+    if iters_per_epoch == 0 {
+        crate::bail_input!(
+            "--batch {} is larger than this process's share of the {} training images",
+            config.batch,
+            loader.dataset().len()
+        );
+    }
+    Ok(config
+        .iters
+        .unwrap_or_else(|| config.epochs.unwrap_or(1) * iters_per_epoch))
+}
+
+/// The state of a run that has not taken a step.
+fn fresh_state(
+    config: &TrainConfig,
+    spec: &ModelSpec,
+    classes: &ClassMap,
+    world: usize,
+) -> Result<RunState> {
+    Ok(RunState {
+        tchcv_version: crate::version().to_string(),
+        iteration: 0,
+        epoch: 0,
+        next_batch: 0,
+        loss_calls: 0,
+        nonfinite_skips: 0,
+        nonfinite_in_row: 0,
+        epoch_progress: Default::default(),
+        world_size: world,
+        best: None,
+        classes: classes.names().to_vec(),
+        spec: spec.to_json(),
+        config: serde_json::to_value(config)?,
+    })
+}
+
+/// Continue from `ckpt`: its weights into `vs`, its optimizer state, its place in the run (with
+/// this run's configuration and world size) and the loss's random streams. Refuses what cannot
+/// continue exactly: a half-done epoch on another batch size or world size, another optimizer.
+fn restore(
+    ckpt: checkpoint::Checkpoint,
+    fresh: RunState,
+    config: &TrainConfig,
+    vs: &nn::VarStore,
+    optimizer: &mut Optimizer,
+    loss: &(dyn DetectionLoss + Send + Sync),
+) -> Result<RunState> {
+    let world = fresh.world_size;
+    let saved: TrainConfig = serde_json::from_value(ckpt.state.config.clone()).unwrap_or_default();
+    let mid_epoch = ckpt.state.next_batch > 0;
+    if mid_epoch && (saved.batch != config.batch || ckpt.state.world_size != world) {
+        crate::bail_input!(
+            "--resume: the run stopped in the middle of epoch {} with --batch {} on {} process(es); \
+             it can only continue that epoch the same way (got --batch {} on {world})",
+            ckpt.state.epoch,
+            saved.batch,
+            ckpt.state.world_size,
+            config.batch
+        );
+    }
+    if saved.optimizer != config.optimizer {
+        crate::bail_input!(
+            "--resume: the run was trained with --optimizer {:?}; its state does not fit {:?}",
+            saved.optimizer,
+            config.optimizer
+        );
+    }
+    crate::io::load_into_varstore(
+        vs,
+        &ckpt.model,
+        false,
+        &last_checkpoint(&config.out).display().to_string(),
+    )?;
+    optimizer
+        .load_state(ckpt.optim)
+        .context("restoring the optimizer state")?;
+    let state = RunState {
+        config: fresh.config,
+        world_size: world,
+        ..ckpt.state
+    };
+    loss.set_calls(state.loss_calls);
+    Ok(state)
+}
+
+/// Rank 0's run folder: `config.json` and `classes.json` written, a fresh start's stale
+/// checkpoints removed, and `metrics.jsonl` opened (appended to on resume).
+fn prepare_run_folder(
+    config: &TrainConfig,
+    options: &TrainOptions,
+    classes: &ClassMap,
+) -> Result<MetricsLog> {
+    let out = &config.out;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    crate::io::write_bytes_atomic(
+        &out.join("config.json"),
+        serde_json::to_string_pretty(config)?.as_bytes(),
+    )?;
+    classes.save_json(&out.join("classes.json"))?;
+    if !options.resume && last_checkpoint(out).exists() {
+        eprintln!(
+            "note: {} holds an earlier run; starting afresh removes its checkpoints, evaluation and metrics (continue it with --resume instead)",
+            out.display()
+        );
+        for stale in [
+            last_checkpoint(out),
+            best_checkpoint(out),
+            out.join("eval.json"),
+        ] {
+            let _ = std::fs::remove_file(checkpoint::state_json_path(&stale));
+            let _ = std::fs::remove_file(&stale);
+        }
+    }
+    MetricsLog::open(&out.join("metrics.jsonl"), options.resume)
+}
+
+/// The line a run starts with: model, data, schedule and the thread split.
+fn start_line(
+    spec: &ModelSpec,
+    data: &TrainData,
+    place: &Placement,
+    iters_per_epoch: u64,
+    total_iters: u64,
+) -> String {
+    format!(
+        "train: {} ({} anchors, {} classes) on {} | {} images, {} iterations/epoch, {} iterations | {} workers, {} torch threads{}",
+        spec.name,
+        spec.num_anchors(),
+        data.classes.len(),
+        crate::device::device_name(place.device),
+        data.loader.dataset().len(),
+        iters_per_epoch,
+        total_iters,
+        data.loader.config().workers,
+        place.plan.torch_threads,
+        place.group.as_ref().map_or(String::new(), |g| format!(" | rank 0 of {} ({})", g.world_size(), g.backend().name())),
+    )
+}
+
 /// Whether every variable (weights and batch-norm statistics) is finite.
 fn weights_finite(vs: &nn::VarStore) -> bool {
     let _no_grad = tch::no_grad_guard();
@@ -841,5 +994,34 @@ fn clip_grad_norm(params: &[Param], max_norm: f64) {
         for mut g in grads {
             let _ = g.g_mul_scalar_(scale);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rank `rank` of `world` on `device`, without a process group.
+    fn placement(device: Device, rank: usize, world: usize) -> Placement {
+        Placement {
+            group: None,
+            device,
+            plan: ThreadPlan::for_device(device, 4),
+            rank,
+            world,
+        }
+    }
+
+    #[test]
+    fn each_rank_pins_batches_for_its_own_gpu() {
+        let config = TrainConfig::default();
+        for (rank, gpu) in [(0, 0), (1, 1), (3, 3)] {
+            let place = placement(Device::Cuda(gpu), rank, 4);
+            let loader = loader_config(&config, &place, [160, 160]);
+            assert_eq!(loader.pin_memory, Some(Device::Cuda(gpu)), "rank {rank}");
+            assert_eq!(loader.shard, Shard { rank, world: 4 });
+        }
+        let cpu = loader_config(&config, &placement(Device::Cpu, 0, 1), [160, 160]);
+        assert_eq!(cpu.pin_memory, None);
     }
 }

@@ -98,16 +98,17 @@ pub fn note_skip(message: &str) {
     }
 }
 
-/// `../shared/data/<name>` beside the repository, or None with a printed reason.
+/// `../shared/data/<name>` beside the repository, or None with the reason in the skip log
+/// ([`note_skip`]). A test over several datasets goes on to the next one (`continue`).
 pub fn shared_dataset(name: &str) -> Option<PathBuf> {
     let dir = repo().join("../shared/data").join(name);
     if dir.is_dir() {
         Some(dir)
     } else {
-        eprintln!(
-            "SKIPPED: {} is absent (tests on the shared datasets need ../shared/data)",
+        note_skip(&format!(
+            "SKIPPED (no shared data): {} is absent (tests on the shared datasets need ../shared/data)",
             dir.display()
-        );
+        ));
         None
     }
 }
@@ -162,16 +163,47 @@ pub fn assert_close(what: &str, a: &tch::Tensor, b: &tch::Tensor, rtol: f64, ato
     );
 }
 
-/// True when distributed (c10d) support is compiled in; else says why the test is skipped.
+/// True when distributed (c10d) support is compiled in. Without it, the test is skipped (with
+/// the reason in the skip log) only where `TCHCV_NO_DIST` says it was left out on purpose;
+/// otherwise it fails: the set-up installs what the shim needs, so a build without it is a
+/// broken set-up, not a reason to pass.
 pub fn dist_or_skip(what: &str) -> bool {
-    if tchcv::dist::available() {
-        return true;
+    match dist_expectation(
+        tchcv::dist::available(),
+        std::env::var("TCHCV_NO_DIST").ok().as_deref(),
+        &tchcv::dist::build_note(),
+    ) {
+        Ok(true) => true,
+        Ok(false) => {
+            note_skip(&format!(
+                "SKIPPED (no distributed support, TCHCV_NO_DIST is set: {}): {what}",
+                tchcv::dist::build_note()
+            ));
+            false
+        }
+        Err(message) => panic!("{what}: {message}"),
     }
-    note_skip(&format!(
-        "SKIPPED (no distributed support in this build: {}): {what}",
-        tchcv::dist::build_note()
-    ));
-    false
+}
+
+/// Whether to run a distributed test: `Ok(true)` with the shim, `Ok(false)` (skip) without it
+/// when `no_dist` (the `TCHCV_NO_DIST` variable) is set to anything but "" or "0", else the
+/// failure message.
+pub fn dist_expectation(
+    available: bool,
+    no_dist: Option<&str>,
+    build_note: &str,
+) -> Result<bool, String> {
+    if available {
+        return Ok(true);
+    }
+    if no_dist.is_some_and(|v| !v.is_empty() && v != "0") {
+        return Ok(false);
+    }
+    Err(format!(
+        "distributed support was expected but is not compiled in ({build_note}). Install Gloo's \
+         headers (scripts/setup does: apt-get install libgloo-dev) and rebuild, or set \
+         TCHCV_NO_DIST=1 to build and test without distributed training"
+    ))
 }
 
 /// The records of `kind` ("step", "epoch", "eval", "nonfinite") in a run's metrics.jsonl.
