@@ -406,3 +406,40 @@ fn small_ssd_is_light_and_its_options_change_it() {
     assert!(vars.contains_key("extractor.stem.conv.bias"));
     assert!(!vars.keys().any(|k| k.contains(".bn.")));
 }
+
+/// An SSD head scored by the sigmoid focal loss (no background column) starts its class bias at
+/// RetinaNet's prior, as the focal paper initialises it; a softmax head keeps a zero bias.
+#[test]
+fn ssd_heads_under_a_sigmoid_focal_loss_start_at_the_prior() {
+    let focal = edited("small_focal", "ssd_small.json", |v| {
+        v["loss"] = serde_json::json!("focal");
+    });
+    let vs = nn::VarStore::new(Device::Cpu);
+    let (_, detector) = build_from_file(vs.root(), &focal, 4).unwrap();
+    let vars = vs.variables();
+    let expected = models::prior_bias(0.01);
+    for i in 0..4 {
+        let bias = &vars[&format!("cls_layers.{i}.bias")];
+        assert!(
+            (bias.min().double_value(&[]) - expected).abs() < 1e-6
+                && (bias.max().double_value(&[]) - expected).abs() < 1e-6,
+            "cls_layers.{i}.bias starts at the prior"
+        );
+        let loc = &vars[&format!("loc_layers.{i}.bias")];
+        assert_eq!(loc.abs().max().double_value(&[]), 0.0);
+    }
+    let images = Tensor::randn([2, 3, 160, 160], (Kind::Float, Device::Cpu));
+    let (_, cls) = tch::no_grad(|| detector.forward_t(&images, false)).unwrap();
+    let p = cls.sigmoid().mean(Kind::Float).double_value(&[]);
+    assert!(p < 0.1, "sigmoid scores start low, mean {p}");
+
+    let vs = nn::VarStore::new(Device::Cpu);
+    build_from_file(vs.root(), &spec_path("ssd_small.json"), 4).unwrap();
+    let softmax_bias = &vs.variables()["cls_layers.0.bias"];
+    assert_eq!(softmax_bias.abs().max().double_value(&[]), 0.0);
+
+    let bad = edited("small_bad_prior", "ssd_small.json", |v| {
+        v["network"] = serde_json::json!({"prior_prob": 1.5});
+    });
+    assert!(build_error(&bad, 4).contains("network.prior_prob"));
+}

@@ -21,14 +21,16 @@
 //! {reduce,expand}.{conv,bn}`, and the heads' `loc_layers.{i}`, `cls_layers.{i}`.
 //!
 //! Init: Kaiming-normal (fan-out) convolutions, batch norm 1/0, Xavier-uniform heads with zero
-//! bias (`network.init: "torch"`: PyTorch's defaults).
+//! bias (`network.init: "torch"`: PyTorch's defaults); without a background column (sigmoid
+//! focal loss) the class bias starts at RetinaNet's prior, `network.prior_prob` (0.01), as in
+//! [`super::ssd`].
 
 use anyhow::Result;
 use serde::Deserialize;
 use tch::{nn, Tensor};
 
 use super::layers::{relu, BatchNorm2d, Conv2d, ConvOpts, InitStyle};
-use super::ssd::{check_map_count, SsdHead};
+use super::ssd::{check_map_count, class_prior, SsdHead};
 use super::{MapOutput, MultiBoxNet};
 use crate::spec::ModelSpec;
 
@@ -53,6 +55,8 @@ pub struct SmallOptions {
     pub depthwise: bool,
     /// Batch norm after every convolution.
     pub bn: bool,
+    /// Without a background column: the foreground probability the class bias starts at.
+    pub prior_prob: f64,
 }
 
 impl Default for SmallOptions {
@@ -62,6 +66,7 @@ impl Default for SmallOptions {
             width: 1.0,
             depthwise: true,
             bn: true,
+            prior_prob: 0.01,
         }
     }
 }
@@ -213,6 +218,7 @@ impl SmallSsd {
             &spec.anchors_per_cell(),
             columns,
             o.init,
+            class_prior(spec, o.prior_prob, origin)?,
         )?;
         let mut names: Vec<String> = (TAPPED_FROM..STAGES.len())
             .map(|s| format!("stage {s} (stride {})", 4 << s))

@@ -25,7 +25,10 @@
 //! Init (`network.init`): `"kaiming"` (default) gives Kaiming-normal fan-out convolutions with
 //! zero bias (torchvision's VGG) and Xavier-uniform heads with zero bias (torchvision's SSD);
 //! `"torch"` keeps PyTorch's `nn.Conv2d` defaults, as torchcv had. L2Norm starts at
-//! `network.l2norm_scale` (20).
+//! `network.l2norm_scale` (20). A head without a background column (a spec whose loss is the
+//! sigmoid focal loss) starts its class bias at RetinaNet's prior `-log((1 - pi) / pi)`,
+//! `pi = network.prior_prob` (0.01), whatever the init style: the focal paper's initialisation,
+//! without which the first steps are swamped by the loss of the easy negatives.
 
 use anyhow::Result;
 use serde::Deserialize;
@@ -43,6 +46,8 @@ pub struct SsdVggOptions {
     pub init: InitStyle,
     /// L2Norm's initial per-channel weight (torchcv: 20).
     pub l2norm_scale: f64,
+    /// Without a background column: the foreground probability the class bias starts at.
+    pub prior_prob: f64,
 }
 
 impl Default for SsdVggOptions {
@@ -50,8 +55,21 @@ impl Default for SsdVggOptions {
         Self {
             init: InitStyle::default(),
             l2norm_scale: 20.0,
+            prior_prob: 0.01,
         }
     }
+}
+
+/// The class bias an SSD head starts from: `Some(-log((1 - pi) / pi))` for a head without a
+/// background column (sigmoid scores: RetinaNet's prior, focal paper section 4.1), `None` (the
+/// init style's bias) for softmax scores. `pi` must lie in (0, 1).
+pub(crate) fn class_prior(spec: &ModelSpec, prior_prob: f64, origin: &str) -> Result<Option<f64>> {
+    if !(prior_prob > 0.0 && prior_prob < 1.0) {
+        crate::bail_input!(
+            "{origin}: network.prior_prob: expected a number in (0, 1), got {prior_prob}"
+        );
+    }
+    Ok((!spec.has_background_column()).then(|| super::prior_bias(prior_prob)))
 }
 
 /// One extra layer pair: `conv{n}_1` 1x1 `c_in -> mid`, `conv{n}_2` `k`x`k` `mid -> out`.
@@ -140,7 +158,8 @@ pub struct SsdHead {
 }
 
 impl SsdHead {
-    /// in_channels and anchors_per_cell: one per map; columns: `C`. Variables under `path`
+    /// in_channels and anchors_per_cell: one per map; columns: `C`; cls_prior: the class
+    /// layers' starting bias ([`class_prior`]), else the init style's. Variables under `path`
     /// (`loc_layers.{i}`, `cls_layers.{i}`).
     pub fn new(
         path: &nn::Path,
@@ -148,9 +167,17 @@ impl SsdHead {
         anchors_per_cell: &[i64],
         columns: i64,
         init: InitStyle,
+        cls_prior: Option<f64>,
     ) -> Result<Self> {
         let opts = ConvOpts::new(init.or_torch((WeightInit::XavierUniform, BiasInit::Const(0.0))))
             .padding(1);
+        let cls_opts = match cls_prior {
+            Some(b) => ConvOpts {
+                bias_init: BiasInit::Const(b),
+                ..opts
+            },
+            None => opts,
+        };
         let mut loc_layers = Vec::with_capacity(in_channels.len());
         let mut cls_layers = Vec::with_capacity(in_channels.len());
         for (i, (&c, &k)) in in_channels.iter().zip(anchors_per_cell).enumerate() {
@@ -160,7 +187,7 @@ impl SsdHead {
                 c,
                 k * columns,
                 3,
-                opts,
+                cls_opts,
             )?);
         }
         Ok(Self {
@@ -236,7 +263,15 @@ impl SsdVgg {
         let extras = Extras::new(&extractor, 8, layout, init)?;
         let mut in_channels = vgg::OUT_CHANNELS.to_vec();
         in_channels.extend(layout.iter().map(|e| e.out));
-        let head = SsdHead::new(path, &in_channels, &spec.anchors_per_cell(), columns, init)?;
+        let cls_prior = class_prior(spec, options.prior_prob, origin)?;
+        let head = SsdHead::new(
+            path,
+            &in_channels,
+            &spec.anchors_per_cell(),
+            columns,
+            init,
+            cls_prior,
+        )?;
         let mut names = vec!["conv4_3".to_string(), "conv7".to_string()];
         names.extend((0..layout.len()).map(|j| format!("conv{}_2", 8 + j)));
         Ok(Self {
