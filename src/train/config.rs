@@ -13,6 +13,7 @@ use crate::bbox::DecodeConfig;
 use crate::data::AugmentConfig;
 use crate::device::{AutocastDtype, MemoryFormat};
 use crate::loss::{LossKind, NegativeMining};
+use crate::spec::ModelSpec;
 
 /// Where the softmax focal loss's class weights come from (`--class-weights`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
@@ -258,5 +259,47 @@ impl TrainConfig {
         // Training checks the loss value for NaN/inf itself and skips such steps.
         options.entry("check_finite").or_insert(false.into());
         serde_json::Value::Object(options)
+    }
+
+    /// The loss this run trains with and its JSON options: `--loss`, else the spec's, with
+    /// [`Self::loss_options`] and, for the softmax focal loss, the class weights
+    /// `--class-weights` asks for (`dataset`: static weights from `class_histogram`, objects
+    /// per class with the background first). Errors when the loss does not fit the spec's head
+    /// or the class weights the loss.
+    pub fn loss_setup(
+        &self,
+        spec: &ModelSpec,
+        rank: usize,
+        class_histogram: &[f64],
+    ) -> Result<(LossKind, serde_json::Value)> {
+        let kind = match self.loss {
+            Some(kind) => kind,
+            None => spec.loss.parse::<LossKind>()?,
+        };
+        if kind.has_background_column() != spec.has_background_column() {
+            bail_input!(
+                "--loss {kind:?} does not fit {}: its head has {} background column (spec loss {:?})",
+                self.model.display(),
+                if spec.has_background_column() { "a" } else { "no" },
+                spec.loss
+            );
+        }
+        let mut options = self.loss_options(kind, rank);
+        if self.class_weights == ClassWeightsMode::None {
+            return Ok((kind, options));
+        }
+        if kind != LossKind::SoftmaxFocal {
+            bail_input!("--class-weights applies to --loss softmax-focal, not {kind:?}");
+        }
+        if let Some(o) = options.as_object_mut() {
+            if self.class_weights == ClassWeightsMode::Dataset {
+                o.insert("class_weights".into(), "static".into());
+                o.insert("class_counts".into(), serde_json::json!(class_histogram));
+                o.insert("background_weight".into(), "fg_sum_over_3".into());
+            } else {
+                o.insert("class_weights".into(), "batch".into());
+            }
+        }
+        Ok((kind, options))
     }
 }

@@ -12,7 +12,7 @@ use serde_json::json;
 use tch::{nn, Device, Kind, Tensor};
 
 use super::checkpoint::{self, EpochProgress, RunState};
-use super::config::{ClassWeightsMode, TrainConfig};
+use super::config::TrainConfig;
 use super::metrics::MetricsLog;
 use super::optim::{trainable_params, Optimizer, Param};
 use super::progress::Progress;
@@ -23,7 +23,7 @@ use crate::data::{
 };
 use crate::dist::{global_normalizer, Backend, DistConfig, GradReduction, ProcessGroup};
 use crate::eval::{evaluate_detector, VocEvalConfig, VocEvalResult};
-use crate::loss::{DetectionLoss, LossInputs, LossKind, LossStats, LossSums};
+use crate::loss::{DetectionLoss, LossInputs, LossStats, LossSums};
 use crate::models::{self, Detector};
 use crate::spec::ModelSpec;
 
@@ -146,6 +146,23 @@ fn cores_for_this_process(group: &Option<ProcessGroup>) -> usize {
         })
         .unwrap_or(1);
     (cores / local_world.max(1)).max(1)
+}
+
+/// How an epoch's steps ended.
+enum EpochEnd {
+    /// Every batch of the epoch was taken.
+    Done,
+    /// The run reached its last iteration within the epoch.
+    Cut,
+    /// Ctrl-C or `stop_after`: a checkpoint was saved.
+    Interrupted,
+}
+
+/// One step's images (over all ranks) and wall time since the previous step.
+#[derive(Debug, Clone, Copy)]
+struct StepTiming {
+    images: usize,
+    seconds: f64,
 }
 
 /// Where this process trains: its process group (distributed launch), device and thread split.
@@ -297,119 +314,19 @@ impl Run {
         let mut last = None;
         let mut eval = None;
         let mut interrupted = false;
-        let iters_per_epoch = self.loader.batches_per_epoch();
-        'epochs: while self.state.iteration < self.total_iters {
+        while self.state.iteration < self.total_iters {
             let epoch = self.state.epoch;
-            let mut batches = self.loader.epoch_from(epoch, self.state.next_batch);
-            let mut tick = Instant::now();
-            let mut exhausted = false;
-            loop {
-                if self.state.iteration >= self.total_iters {
-                    break;
-                }
-                let Some(batch) = batches.next() else {
-                    exhausted = true;
-                    break;
-                };
-                let batch = batch?;
-                let iter = self.state.iteration;
-                let lr = self.schedule.lr(iter);
-                let stats = self.step(&batch, lr)?;
-                self.state.iteration += 1;
-                self.state.loss_calls += 1;
-                self.state.next_batch = batch.index + 1;
-                let images = batch.len() * self.group.as_ref().map_or(1, |g| g.world_size());
-                let seconds = tick.elapsed().as_secs_f64();
-                tick = Instant::now();
-                let images_per_s = images as f64 / seconds.max(1e-9);
-                match stats {
-                    Some(s) => {
-                        self.state.nonfinite_in_row = 0;
-                        self.state.epoch_progress.add(&s, images, seconds);
-                        self.log_step(iter, epoch, &s, lr, images_per_s)?;
-                        last = Some(s);
-                    }
-                    None => {
-                        self.state.nonfinite_in_row += 1;
-                        self.state.nonfinite_skips += 1;
-                        self.log_nonfinite(iter, epoch)?;
-                        let nonfinite_in_row = self.state.nonfinite_in_row;
-                        if nonfinite_in_row >= self.config.max_nonfinite {
-                            bail!(
-                                "stopping: {nonfinite_in_row} non-finite losses in a row (iterations {} to {iter}); \
-                                 lower --lr or add --warmup / --grad-clip. The last good checkpoint is {} (untouched)",
-                                iter + 1 - nonfinite_in_row as u64,
-                                last_checkpoint(&self.config.out).display()
-                            );
-                        }
-                    }
-                }
-                let mut stop_now = self.options.interrupt.load(Ordering::Relaxed)
-                    || self
-                        .options
-                        .stop_after
-                        .is_some_and(|s| self.state.iteration >= s);
-                if let Some(g) = &self.group {
-                    // Every rank stops after the same step when any of them was interrupted.
-                    let mut any = [f64::from(u8::from(stop_now))];
-                    g.all_reduce_f64(&mut any)?;
-                    stop_now = any[0] > 0.0;
-                }
-                if stop_now {
-                    self.save(false)?;
-                    self.progress.line(&format!(
-                        "stopped at iteration {}: checkpoint {} saved; continue with --resume",
-                        self.state.iteration,
-                        last_checkpoint(&self.config.out).display()
-                    ));
+            match self.run_epoch(epoch, &mut last)? {
+                EpochEnd::Interrupted => {
                     interrupted = true;
-                    break 'epochs;
+                    break;
                 }
-                // (At an epoch's last batch the epoch end below saves anyway.)
-                if self.config.checkpoint_every > 0
-                    && self
-                        .state
-                        .iteration
-                        .is_multiple_of(self.config.checkpoint_every)
-                    && self.state.next_batch < iters_per_epoch
-                {
-                    self.save(false)?;
-                }
-            }
-            drop(batches);
-            if exhausted || self.state.next_batch >= iters_per_epoch {
-                let progress = std::mem::take(&mut self.state.epoch_progress);
-                self.state.epoch += 1;
-                self.state.next_batch = 0;
-                self.epoch_summary(epoch, &progress);
-                let eval_due = self.config.eval_every > 0
-                    && self.state.epoch.is_multiple_of(self.config.eval_every);
-                let is_last = self.state.iteration >= self.total_iters;
-                if eval_due && !is_last {
-                    eval = self.evaluate()?.or(eval);
-                }
-                let improved = self.update_best(&eval, &progress, eval_due && !is_last);
-                self.save(improved)?;
+                EpochEnd::Done => self.end_epoch(epoch, &mut eval)?,
+                EpochEnd::Cut => {}
             }
         }
         if !interrupted {
-            if self.config.test_sets.is_some() {
-                eval = self.evaluate()?.or(eval);
-                let improved = self.update_best(&eval, &EpochProgress::default(), true);
-                self.save(improved)?;
-            } else {
-                self.save(false)?;
-            }
-            if self.main() {
-                match crate::eval::plot::plot_run(&self.config.out, None) {
-                    Ok(plots) => {
-                        for p in plots.loss.iter().chain(&plots.pr) {
-                            self.progress.line(&format!("wrote {}", p.display()));
-                        }
-                    }
-                    Err(e) => self.progress.line(&format!("warning: no plots: {e:#}")),
-                }
-            }
+            self.finish_run(&mut eval)?;
         }
         self.progress.finish();
         Ok(TrainSummary {
@@ -421,6 +338,150 @@ impl Run {
             eval,
             nonfinite_skips: self.state.nonfinite_skips,
         })
+    }
+
+    /// The steps of `epoch` from `state.next_batch` on, until the epoch ends, the run reaches
+    /// its last iteration, or a stop is asked for (a checkpoint is then saved). `last` keeps
+    /// the last finite step's statistics.
+    fn run_epoch(&mut self, epoch: u64, last: &mut Option<LossStats>) -> Result<EpochEnd> {
+        let iters_per_epoch = self.loader.batches_per_epoch();
+        let mut batches = self.loader.epoch_from(epoch, self.state.next_batch);
+        let mut tick = Instant::now();
+        let mut exhausted = false;
+        while self.state.iteration < self.total_iters {
+            let Some(batch) = batches.next() else {
+                exhausted = true;
+                break;
+            };
+            let batch = batch?;
+            let iter = self.state.iteration;
+            let lr = self.schedule.lr(iter);
+            let stats = self.step(&batch, lr)?;
+            self.state.iteration += 1;
+            self.state.loss_calls += 1;
+            self.state.next_batch = batch.index + 1;
+            let images = batch.len() * self.group.as_ref().map_or(1, |g| g.world_size());
+            let seconds = tick.elapsed().as_secs_f64();
+            tick = Instant::now();
+            let timing = StepTiming { images, seconds };
+            self.record_step(iter, epoch, stats, lr, timing, last)?;
+            if self.stop_requested()? {
+                self.save(false)?;
+                self.progress.line(&format!(
+                    "stopped at iteration {}: checkpoint {} saved; continue with --resume",
+                    self.state.iteration,
+                    last_checkpoint(&self.config.out).display()
+                ));
+                return Ok(EpochEnd::Interrupted);
+            }
+            // (At an epoch's last batch the epoch end saves anyway.)
+            if self.config.checkpoint_every > 0
+                && self
+                    .state
+                    .iteration
+                    .is_multiple_of(self.config.checkpoint_every)
+                && self.state.next_batch < iters_per_epoch
+            {
+                self.save(false)?;
+            }
+        }
+        drop(batches);
+        Ok(if exhausted || self.state.next_batch >= iters_per_epoch {
+            EpochEnd::Done
+        } else {
+            EpochEnd::Cut
+        })
+    }
+
+    /// Log a step's statistics, or count a non-finite one (and stop the run after
+    /// `max_nonfinite` in a row).
+    fn record_step(
+        &mut self,
+        iter: u64,
+        epoch: u64,
+        stats: Option<LossStats>,
+        lr: f64,
+        timing: StepTiming,
+        last: &mut Option<LossStats>,
+    ) -> Result<()> {
+        let Some(s) = stats else {
+            self.state.nonfinite_in_row += 1;
+            self.state.nonfinite_skips += 1;
+            self.log_nonfinite(iter, epoch)?;
+            let nonfinite_in_row = self.state.nonfinite_in_row;
+            if nonfinite_in_row >= self.config.max_nonfinite {
+                bail!(
+                    "stopping: {nonfinite_in_row} non-finite losses in a row (iterations {} to {iter}); \
+                     lower --lr or add --warmup / --grad-clip. The last good checkpoint is {} (untouched)",
+                    iter + 1 - nonfinite_in_row as u64,
+                    last_checkpoint(&self.config.out).display()
+                );
+            }
+            return Ok(());
+        };
+        self.state.nonfinite_in_row = 0;
+        self.state
+            .epoch_progress
+            .add(&s, timing.images, timing.seconds);
+        self.log_step(iter, epoch, &s, lr, timing)?;
+        *last = Some(s);
+        Ok(())
+    }
+
+    /// Whether to stop after this step: Ctrl-C or `stop_after`, on any rank (every rank then
+    /// stops after the same step).
+    fn stop_requested(&self) -> Result<bool> {
+        let mut stop_now = self.options.interrupt.load(Ordering::Relaxed)
+            || self
+                .options
+                .stop_after
+                .is_some_and(|s| self.state.iteration >= s);
+        if let Some(g) = &self.group {
+            let mut any = [f64::from(u8::from(stop_now))];
+            g.all_reduce_f64(&mut any)?;
+            stop_now = any[0] > 0.0;
+        }
+        Ok(stop_now)
+    }
+
+    /// After a whole epoch: its summary, an evaluation when one is due (not after the last
+    /// epoch: the run's end evaluates), the best score, a checkpoint.
+    fn end_epoch(&mut self, epoch: u64, eval: &mut Option<VocEvalResult>) -> Result<()> {
+        let progress = std::mem::take(&mut self.state.epoch_progress);
+        self.state.epoch += 1;
+        self.state.next_batch = 0;
+        self.epoch_summary(epoch, &progress);
+        let eval_due =
+            self.config.eval_every > 0 && self.state.epoch.is_multiple_of(self.config.eval_every);
+        let is_last = self.state.iteration >= self.total_iters;
+        if eval_due && !is_last {
+            *eval = self.evaluate()?.or(eval.take());
+        }
+        let improved = self.update_best(eval, &progress, eval_due && !is_last);
+        self.save(improved)
+    }
+
+    /// The end of a run that was not stopped: the final evaluation (with a test set), the last
+    /// checkpoint, the plots.
+    fn finish_run(&mut self, eval: &mut Option<VocEvalResult>) -> Result<()> {
+        if self.config.test_sets.is_some() {
+            *eval = self.evaluate()?.or(eval.take());
+            let improved = self.update_best(eval, &EpochProgress::default(), true);
+            self.save(improved)?;
+        } else {
+            self.save(false)?;
+        }
+        if self.main() {
+            match crate::eval::plot::plot_run(&self.config.out, None) {
+                Ok(plots) => {
+                    for p in plots.loss.iter().chain(&plots.pr) {
+                        self.progress.line(&format!("wrote {}", p.display()));
+                    }
+                }
+                Err(e) => self.progress.line(&format!("warning: no plots: {e:#}")),
+            }
+        }
+        Ok(())
     }
 
     /// One iteration: forward, loss normalised by the global positives, backward, all-reduce,
@@ -476,13 +537,15 @@ impl Run {
         epoch: u64,
         s: &LossStats,
         lr: f64,
-        images_per_s: f64,
+        timing: StepTiming,
     ) -> Result<()> {
+        let images_per_s = timing.images as f64 / timing.seconds.max(1e-9);
         if let Some(m) = &mut self.metrics {
             m.write(&json!({
                 "kind": "step", "iter": iter, "epoch": epoch,
                 "loc_per_pos": s.loc_per_pos, "cls_per_pos": s.cls_per_pos, "total": s.total,
                 "num_pos": s.num_pos, "num_neg": s.num_neg, "lr": lr, "images_per_s": images_per_s,
+                "images": timing.images, "seconds": timing.seconds,
             }))?;
         }
         self.progress.step(iter, epoch, s, lr, images_per_s);
@@ -757,47 +820,15 @@ fn build_model(
     Ok(model)
 }
 
-/// The loss: `--loss`, else the spec's; with `--class-weights`, the softmax focal loss's
-/// weights from the training set's histogram (`dataset`) or from each batch.
+/// The loss [`TrainConfig::loss_setup`] describes.
 fn build_loss(
     config: &TrainConfig,
     spec: &ModelSpec,
     rank: usize,
     class_histogram: &[f64],
 ) -> Result<Box<dyn DetectionLoss + Send + Sync>> {
-    let kind = match config.loss {
-        Some(kind) => kind,
-        None => spec.loss.parse::<LossKind>()?,
-    };
-    if kind.has_background_column() != spec.has_background_column() {
-        crate::bail_input!(
-            "--loss {kind:?} does not fit {}: its head has {} background column (spec loss {:?})",
-            config.model.display(),
-            if spec.has_background_column() {
-                "a"
-            } else {
-                "no"
-            },
-            spec.loss
-        );
-    }
-    let mut loss_options = config.loss_options(kind, rank);
-    if kind == LossKind::SoftmaxFocal && config.class_weights != ClassWeightsMode::None {
-        let o = loss_options.as_object_mut().context("loss options")?;
-        match config.class_weights {
-            ClassWeightsMode::Dataset => {
-                o.insert("class_weights".into(), "static".into());
-                o.insert("class_counts".into(), json!(class_histogram));
-                o.insert("background_weight".into(), "fg_sum_over_3".into());
-            }
-            _ => {
-                o.insert("class_weights".into(), "batch".into());
-            }
-        }
-    } else if config.class_weights != ClassWeightsMode::None {
-        crate::bail_input!("--class-weights applies to --loss softmax-focal, not {kind:?}");
-    }
-    kind.build(loss_options)
+    let (kind, options) = config.loss_setup(spec, rank, class_histogram)?;
+    kind.build(options)
 }
 
 /// `--iters`, else `--epochs` (default 1) times the batches per epoch.
