@@ -17,7 +17,9 @@
 //!   "num_anchors": 8732
 //! }
 //! ```
-//! See `docs/box.md` for every field.
+//! A third anchor style, `"torchvision"`, lays out torchvision's `AnchorGenerator` anchors (Faster
+//! R-CNN's region proposal network); an optional `"rpn"` object holds the RPN's sampling and
+//! proposal settings. See `docs/box.md` for every field.
 
 mod json;
 
@@ -60,6 +62,10 @@ pub struct ModelSpec {
     pub anchors: AnchorSpec,
     pub matching: MatchingSpec,
     pub coder: CoderSpec,
+    /// Region proposal settings (sampling, proposals); None: torchvision's defaults
+    /// ([`RpnSpec::default`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rpn: Option<RpnSpec>,
 }
 
 /// A feature map's size in cells (JSON: `n` for a square map, else `[h, w]`).
@@ -109,6 +115,8 @@ pub enum AnchorSpec {
     Ssd(SsdAnchorSpec),
     /// RetinaNet anchors (areas x aspect ratios x scales).
     Retina(RetinaAnchorSpec),
+    /// torchvision `AnchorGenerator` anchors (sizes x aspect ratios, rounded, on a stride grid).
+    Torchvision(TorchvisionAnchorSpec),
 }
 
 /// SSD default boxes: per cell, `s`, `sqrt(s * s_next)`, then for each ratio `r` the wide box
@@ -141,6 +149,70 @@ pub struct RetinaAnchorSpec {
     /// Size multipliers, shared by every map.
     pub scales: Vec<f64>,
     pub clip: bool,
+}
+
+/// torchvision `AnchorGenerator` anchors (Faster R-CNN's RPN). Per map, for each aspect ratio
+/// `r = h / w` (outer) and size `s` (inner), the base anchor
+/// `round([-w/2, -h/2, w/2, h/2])` with `h = sqrt(r) * s`, `w = s / sqrt(r)` (f32, ties to
+/// even), shifted by `(col * stride_x, row * stride_y)`: centres on the grid's corners, not its
+/// cells' centres, as in torchvision.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TorchvisionAnchorSpec {
+    pub feature_maps: Vec<GridSize>,
+    /// One per map, whole pixels. Default: torchvision's `input_size // feature_map`.
+    pub strides: Vec<Step>,
+    /// Per map, the anchor sizes in pixels (torchvision `sizes[i]`).
+    pub sizes: Vec<Vec<f64>>,
+    /// Per map, the ratios `h / w` (torchvision `aspect_ratios[i]`; note: the inverse of the
+    /// retina style's `w / h`).
+    pub aspect_ratios: Vec<Vec<f64>>,
+}
+
+/// A pair of values for training and for testing (torchvision's `{"training": .., "testing": ..}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct TrainTest {
+    pub train: i64,
+    pub test: i64,
+}
+
+/// Region proposal settings (torchvision `RegionProposalNetwork`'s arguments). JSON `"rpn"`, every
+/// field optional.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RpnSpec {
+    /// Anchors sampled per image for the loss (torchvision: 256).
+    pub batch_size_per_image: i64,
+    /// At most this share of the sample is positive (torchvision: 0.5).
+    pub positive_fraction: f64,
+    /// Proposals kept per feature map before NMS (torchvision: 2000 / 1000).
+    pub pre_nms_top_n: TrainTest,
+    /// Proposals kept per image after NMS (torchvision: 2000 / 1000).
+    pub post_nms_top_n: TrainTest,
+    /// NMS suppresses IoU > this, per feature map (torchvision: 0.7).
+    pub nms_threshold: f64,
+    /// Proposals need an objectness probability >= this (torchvision: 0.0).
+    pub score_threshold: f64,
+    /// Proposals need both sides >= this many pixels (torchvision: 1e-3).
+    pub min_size: f64,
+}
+
+impl Default for RpnSpec {
+    fn default() -> Self {
+        Self {
+            batch_size_per_image: 256,
+            positive_fraction: 0.5,
+            pre_nms_top_n: TrainTest {
+                train: 2000,
+                test: 1000,
+            },
+            post_nms_top_n: TrainTest {
+                train: 2000,
+                test: 1000,
+            },
+            nms_threshold: 0.7,
+            score_threshold: 0.0,
+            min_size: 1e-3,
+        }
+    }
 }
 
 /// Where the IoU band between the thresholds of max-IoU matching is closed.
@@ -211,6 +283,7 @@ impl ModelSpec {
             "anchors",
             "matching",
             "coder",
+            "rpn",
             "num_anchors",
         ])?;
         let name = root.required("name", |n| n.string())?;
@@ -231,14 +304,16 @@ impl ModelSpec {
                 Ok(s)
             })?
             .unwrap_or_else(|| if head == "retina" { "focal" } else { "ssd" }.to_string());
-        let anchors = root.required("anchors", parse_anchors)?;
+        let anchors = root.required("anchors", |n| parse_anchors(n, input_size))?;
+        let default_matching = anchors.default_matching();
         let matching = root
-            .optional("matching", parse_matching)?
-            .unwrap_or_else(|| anchors.default_matching());
+            .optional("matching", |n| parse_matching(n, &default_matching))?
+            .unwrap_or(default_matching);
         let coder = root.optional("coder", parse_coder)?.unwrap_or(CoderSpec {
             variances: None,
             decode_clamp: Some(DEFAULT_DECODE_CLAMP),
         });
+        let rpn = root.optional("rpn", parse_rpn)?;
         let spec = ModelSpec {
             name,
             description,
@@ -250,6 +325,7 @@ impl ModelSpec {
             anchors,
             matching,
             coder,
+            rpn,
         };
         let total = spec.num_anchors();
         if total > MAX_ANCHORS {
@@ -309,6 +385,12 @@ impl ModelSpec {
                 let per_cell = (r.aspect_ratios.len() * r.scales.len()) as i64;
                 vec![per_cell; r.feature_maps.len()]
             }
+            AnchorSpec::Torchvision(t) => t
+                .sizes
+                .iter()
+                .zip(&t.aspect_ratios)
+                .map(|(s, r)| (s.len() * r.len()) as i64)
+                .collect(),
         }
     }
 
@@ -343,6 +425,11 @@ impl ModelSpec {
     pub fn has_background_column(&self) -> bool {
         self.loss != "focal"
     }
+
+    /// The spec's `rpn` settings, or torchvision's defaults when it has none.
+    pub fn rpn_or_default(&self) -> RpnSpec {
+        self.rpn.clone().unwrap_or_default()
+    }
 }
 
 impl AnchorSpec {
@@ -350,26 +437,31 @@ impl AnchorSpec {
         match self {
             AnchorSpec::Ssd(s) => &s.feature_maps,
             AnchorSpec::Retina(r) => &r.feature_maps,
+            AnchorSpec::Torchvision(t) => &t.feature_maps,
         }
     }
 
-    /// The spec's steps (SSD) or strides (RetinaNet), one per map.
+    /// The spec's steps (SSD) or strides (RetinaNet, torchvision), one per map.
     pub fn steps(&self) -> &[Step] {
         match self {
             AnchorSpec::Ssd(s) => &s.steps,
             AnchorSpec::Retina(r) => &r.strides,
+            AnchorSpec::Torchvision(t) => &t.strides,
         }
     }
 
+    /// Whether anchors are clamped into the input (never for the torchvision style).
     pub fn clip(&self) -> bool {
         match self {
             AnchorSpec::Ssd(s) => s.clip,
             AnchorSpec::Retina(r) => r.clip,
+            AnchorSpec::Torchvision(_) => false,
         }
     }
 
     /// The matching of the style's reference: torchcv bipartite + 0.5 for SSD, max-IoU
-    /// 0.5 / 0.4 (torchvision band) for RetinaNet.
+    /// 0.5 / 0.4 (torchvision band) for RetinaNet, torchvision's RPN `Matcher(0.7, 0.3,
+    /// allow_low_quality_matches=True)` for the torchvision style.
     pub fn default_matching(&self) -> MatchingSpec {
         match self {
             AnchorSpec::Ssd(_) => MatchingSpec::Bipartite { threshold: 0.5 },
@@ -378,6 +470,12 @@ impl AnchorSpec {
                 neg_iou: 0.4,
                 band: IgnoreBand::Torchvision,
                 allow_low_quality: false,
+            },
+            AnchorSpec::Torchvision(_) => MatchingSpec::MaxIou {
+                pos_iou: 0.7,
+                neg_iou: 0.3,
+                band: IgnoreBand::Torchvision,
+                allow_low_quality: true,
             },
         }
     }
@@ -393,8 +491,12 @@ fn parse_step(n: Node<'_>) -> Result<Step> {
     Ok(Step { y, x })
 }
 
-fn parse_anchors(n: Node<'_>) -> Result<AnchorSpec> {
-    if n.tag("style", &["ssd", "retina"])? == "ssd" {
+fn parse_anchors(n: Node<'_>, input_size: [i64; 2]) -> Result<AnchorSpec> {
+    let style = n.tag("style", &["ssd", "retina", "torchvision"])?;
+    if style == "torchvision" {
+        let o = n.object(&["style", "feature_maps", "strides", "sizes", "aspect_ratios"])?;
+        parse_torchvision_anchors(o, input_size).map(AnchorSpec::Torchvision)
+    } else if style == "ssd" {
         let o = n.object(&[
             "style",
             "feature_maps",
@@ -472,7 +574,138 @@ fn parse_retina_anchors(o: Obj<'_>) -> Result<RetinaAnchorSpec> {
     })
 }
 
-fn parse_matching(n: Node<'_>) -> Result<MatchingSpec> {
+/// One number or a list of numbers, each > 0 (a list of one for a number).
+fn one_or_list(n: Node<'_>) -> Result<Vec<f64>> {
+    if n.value().is_array() {
+        n.non_empty_list(|v| v.positive())
+    } else {
+        Ok(vec![n.positive()?])
+    }
+}
+
+/// A stride: a whole number of pixels > 0, or `[y, x]`.
+fn parse_whole_step(n: Node<'_>) -> Result<Step> {
+    let [y, x] = n.one_or_pair(|v| {
+        let x = v.positive()?;
+        if x.fract() != 0.0 {
+            return Err(v.fail(format!(
+                "expected a whole number of pixels (torchvision strides are integers), got {x}"
+            )));
+        }
+        Ok(x)
+    })?;
+    Ok(Step { y, x })
+}
+
+fn parse_torchvision_anchors(o: Obj<'_>, input_size: [i64; 2]) -> Result<TorchvisionAnchorSpec> {
+    let feature_maps = o.required("feature_maps", |n| n.non_empty_list(parse_grid))?;
+    let m = feature_maps.len();
+    let strides = match o.optional("strides", |n| {
+        n.list_of_len(m, "one per feature map", parse_whole_step)
+    })? {
+        Some(strides) => strides,
+        None => default_strides(&o, input_size)?,
+    };
+    let sizes = o.required("sizes", |n| {
+        n.list_of_len(m, "a size or a list of sizes per feature map", one_or_list)
+    })?;
+    let aspect_ratios = o.required("aspect_ratios", |n| {
+        let per_map = n
+            .value()
+            .as_array()
+            .and_then(|items| items.first())
+            .is_some_and(|first| first.is_array());
+        if per_map {
+            n.list_of_len(m, "a list of ratios per feature map", |r| {
+                r.non_empty_list(|v| v.positive())
+            })
+        } else {
+            Ok(vec![n.non_empty_list(|v| v.positive())?; m])
+        }
+    })?;
+    Ok(TorchvisionAnchorSpec {
+        feature_maps,
+        strides,
+        sizes,
+        aspect_ratios,
+    })
+}
+
+/// torchvision's strides: `input_size // feature_map` per axis (which must not be 0).
+fn default_strides(o: &Obj<'_>, input_size: [i64; 2]) -> Result<Vec<Step>> {
+    let [width, height] = input_size;
+    o.required("feature_maps", |n| {
+        n.list(|item| {
+            let g = parse_grid(item)?;
+            let (y, x) = (height / g.h, width / g.w);
+            if y == 0 || x == 0 {
+                return Err(item.fail(format!(
+                    "a {}x{} map in a {width}x{height} input gives a stride of 0 \
+                     (input // map); give anchors.strides",
+                    g.h, g.w
+                )));
+            }
+            Ok(Step {
+                y: y as f64,
+                x: x as f64,
+            })
+        })
+    })
+}
+
+fn parse_train_test(n: Node<'_>) -> Result<TrainTest> {
+    let o = n.object(&["train", "test"])?;
+    Ok(TrainTest {
+        train: o.required("train", |v| v.count())?,
+        test: o.required("test", |v| v.count())?,
+    })
+}
+
+fn parse_rpn(n: Node<'_>) -> Result<RpnSpec> {
+    let o = n.object(&[
+        "batch_size_per_image",
+        "positive_fraction",
+        "pre_nms_top_n",
+        "post_nms_top_n",
+        "nms_threshold",
+        "score_threshold",
+        "min_size",
+    ])?;
+    let d = RpnSpec::default();
+    Ok(RpnSpec {
+        batch_size_per_image: o
+            .optional("batch_size_per_image", |v| v.count())?
+            .unwrap_or(d.batch_size_per_image),
+        positive_fraction: o
+            .optional("positive_fraction", |v| v.in_range(0.0, 1.0))?
+            .unwrap_or(d.positive_fraction),
+        pre_nms_top_n: o
+            .optional("pre_nms_top_n", parse_train_test)?
+            .unwrap_or(d.pre_nms_top_n),
+        post_nms_top_n: o
+            .optional("post_nms_top_n", parse_train_test)?
+            .unwrap_or(d.post_nms_top_n),
+        nms_threshold: o
+            .optional("nms_threshold", |v| v.in_range(0.0, 1.0))?
+            .unwrap_or(d.nms_threshold),
+        score_threshold: o
+            .optional("score_threshold", |v| v.in_range(0.0, 1.0))?
+            .unwrap_or(d.score_threshold),
+        min_size: o
+            .optional("min_size", |v| {
+                let x = v.number()?;
+                if x < 0.0 {
+                    return Err(v.fail(format!("expected a number >= 0, got {x}")));
+                }
+                Ok(x)
+            })?
+            .unwrap_or(d.min_size),
+    })
+}
+
+/// `matching`; absent max-IoU fields take the style's defaults (`default`, when it is max-IoU)
+/// or 0.5 / 0.4 / torchvision band / no low-quality matches.
+fn parse_matching(n: Node<'_>, default: &MatchingSpec) -> Result<MatchingSpec> {
     let rule = n.tag("rule", &["bipartite", "forced_best", "max_iou"])?;
     let iou = |v: Node<'_>| v.in_range(0.0, 1.0);
     if rule != "max_iou" {
@@ -485,8 +718,17 @@ fn parse_matching(n: Node<'_>) -> Result<MatchingSpec> {
         });
     }
     let o = n.object(&["rule", "pos_iou", "neg_iou", "band", "allow_low_quality"])?;
-    let pos_iou = o.optional("pos_iou", iou)?.unwrap_or(0.5);
-    let neg_iou = o.optional("neg_iou", iou)?.unwrap_or(0.4);
+    let (d_pos, d_neg, d_band, d_low) = match *default {
+        MatchingSpec::MaxIou {
+            pos_iou,
+            neg_iou,
+            band,
+            allow_low_quality,
+        } => (pos_iou, neg_iou, band, allow_low_quality),
+        _ => (0.5, 0.4, IgnoreBand::Torchvision, false),
+    };
+    let pos_iou = o.optional("pos_iou", iou)?.unwrap_or(d_pos);
+    let neg_iou = o.optional("neg_iou", iou)?.unwrap_or(d_neg);
     if neg_iou > pos_iou {
         return Err(o.fail(format!(
             "neg_iou ({neg_iou}) must not exceed pos_iou ({pos_iou})"
@@ -501,10 +743,10 @@ fn parse_matching(n: Node<'_>) -> Result<MatchingSpec> {
                  ((neg, pos) ignored), got {other:?}"
             ))),
         })?
-        .unwrap_or(IgnoreBand::Torchvision);
+        .unwrap_or(d_band);
     let allow_low_quality = o
         .optional("allow_low_quality", |v| v.boolean())?
-        .unwrap_or(false);
+        .unwrap_or(d_low);
     Ok(MatchingSpec::MaxIou {
         pos_iou,
         neg_iou,

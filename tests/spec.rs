@@ -4,7 +4,9 @@
 mod common;
 
 use serde_json::{json, Value};
-use tchcv::spec::{AnchorSpec, IgnoreBand, MatchingSpec, ModelSpec, DEFAULT_DECODE_CLAMP};
+use tchcv::spec::{
+    AnchorSpec, IgnoreBand, MatchingSpec, ModelSpec, RpnSpec, TrainTest, DEFAULT_DECODE_CLAMP,
+};
 
 fn load(name: &str) -> ModelSpec {
     ModelSpec::load(&common::repo().join("models").join(name))
@@ -85,6 +87,7 @@ fn specs_round_trip_through_to_json() {
         "ssd512.json",
         "retinanet.json",
         "ssd_small.json",
+        "rpn_small.json",
     ] {
         let spec = load(name);
         let again = ModelSpec::from_json_str(&spec.to_json().to_string(), name).unwrap();
@@ -241,4 +244,170 @@ fn malformed_specs_name_the_file_and_field() {
 
     let v = json!([1, 2]);
     assert_error(&v, &["models/x.json: expected an object"]);
+}
+
+fn rpn_small_json() -> Value {
+    let text = std::fs::read_to_string(common::repo().join("models/rpn_small.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+#[test]
+fn torchvision_style_loads_with_torchvision_defaults() {
+    let spec = load("rpn_small.json");
+    assert_eq!(
+        (spec.backbone.as_str(), spec.head.as_str()),
+        ("small", "rpn")
+    );
+    // (20^2 + 10^2 + 5^2 + 3^2) cells x (2 sizes x 3 ratios).
+    assert_eq!(spec.num_anchors(), 534 * 6);
+    assert_eq!(spec.anchors_per_cell(), vec![6; 4]);
+    assert_eq!(spec.rpn, Some(RpnSpec::default()));
+
+    // Without matching, strides and rpn: torchvision's RPN defaults.
+    let mut v = rpn_small_json();
+    let obj = v.as_object_mut().unwrap();
+    for key in ["matching", "rpn", "coder"] {
+        obj.remove(key);
+    }
+    v["anchors"].as_object_mut().unwrap().remove("strides");
+    v["anchors"]["aspect_ratios"] = json!([[1.0], [0.5, 2.0], [1.0], [1.0]]);
+    v["anchors"]["sizes"] = json!([16, [32, 48], 64, 128]);
+    v.as_object_mut().unwrap().remove("num_anchors");
+    let spec = ModelSpec::from_json_str(&v.to_string(), "x").unwrap();
+    assert_eq!(
+        spec.matching,
+        MatchingSpec::MaxIou {
+            pos_iou: 0.7,
+            neg_iou: 0.3,
+            band: IgnoreBand::Torchvision,
+            allow_low_quality: true
+        }
+    );
+    assert_eq!(spec.rpn, None);
+    assert_eq!(spec.rpn_or_default().batch_size_per_image, 256);
+    assert_eq!(spec.coder.variances, None);
+    assert_eq!(spec.anchors_per_cell(), vec![1, 4, 1, 1]);
+    let AnchorSpec::Torchvision(t) = &spec.anchors else {
+        panic!("not torchvision")
+    };
+    // input // map: 160 // 3 = 53.
+    let strides: Vec<f64> = t.strides.iter().map(|s| s.x).collect();
+    assert_eq!(strides, vec![8.0, 16.0, 32.0, 53.0]);
+    assert_eq!(t.sizes[0], vec![16.0]);
+    let again = ModelSpec::from_json_str(&spec.to_json().to_string(), "again").unwrap();
+    assert_eq!(again, spec);
+
+    // A max_iou matching that gives only some fields takes the style's other defaults.
+    v["matching"] = json!({"rule": "max_iou", "pos_iou": 0.6});
+    v["rpn"] = json!({"post_nms_top_n": {"train": 300, "test": 100}});
+    let spec = ModelSpec::from_json_str(&v.to_string(), "x").unwrap();
+    assert!(matches!(
+        spec.matching,
+        MatchingSpec::MaxIou {
+            pos_iou: 0.6,
+            neg_iou: 0.3,
+            allow_low_quality: true,
+            ..
+        }
+    ));
+    let rpn = spec.rpn.unwrap();
+    assert_eq!(
+        rpn.post_nms_top_n,
+        TrainTest {
+            train: 300,
+            test: 100
+        }
+    );
+    assert_eq!(rpn.pre_nms_top_n, RpnSpec::default().pre_nms_top_n);
+}
+
+#[test]
+fn malformed_torchvision_specs_name_the_file_and_field() {
+    let cases = [
+        (
+            "/anchors/sizes",
+            json!([[16], [32]]),
+            "anchors.sizes: expected 4 values",
+        ),
+        (
+            "/anchors/sizes",
+            json!([[16], [], [64], [128]]),
+            "anchors.sizes[1]: expected at least one value",
+        ),
+        (
+            "/anchors/aspect_ratios",
+            json!([0.5, -1]),
+            "anchors.aspect_ratios[1]: expected a number > 0, got -1",
+        ),
+        (
+            "/anchors/aspect_ratios",
+            json!([[1.0], [1.0]]),
+            "anchors.aspect_ratios: expected 4 values",
+        ),
+        (
+            "/anchors/aspect_ratios",
+            json!([[1.0], 2, [1.0], [1.0]]),
+            "anchors.aspect_ratios[1]: expected a list",
+        ),
+        (
+            "/anchors/strides",
+            json!([8, 16, 32.5, 53]),
+            "anchors.strides[2]: expected a whole number",
+        ),
+        (
+            "/anchors/strides",
+            json!([8, 16, 32]),
+            "anchors.strides: expected 4 values",
+        ),
+        (
+            "/anchors/feature_maps",
+            json!([20, 10, 5, 300]),
+            "anchors.feature_maps[3]: a 300x300 map in a 160x160 input gives a stride of 0",
+        ),
+        ("/anchors/steps", json!([8]), "anchors.steps: unknown field"),
+        (
+            "/rpn/positive_fraction",
+            json!(1.5),
+            "rpn.positive_fraction: expected a number in [0, 1], got 1.5",
+        ),
+        (
+            "/rpn/batch_size_per_image",
+            json!(0),
+            "rpn.batch_size_per_image: expected a whole number > 0",
+        ),
+        (
+            "/rpn/pre_nms_top_n",
+            json!({"train": 10}),
+            "rpn.pre_nms_top_n.test: missing",
+        ),
+        (
+            "/rpn/min_size",
+            json!(-1),
+            "rpn.min_size: expected a number >= 0, got -1",
+        ),
+        ("/rpn/nms", json!(0.5), "rpn.nms: unknown field"),
+        ("/matching/band", json!("both"), "matching.band: expected"),
+        (
+            "/num_anchors",
+            json!(3205),
+            "num_anchors: the spec says 3205 but its anchors give 3204",
+        ),
+    ];
+    for (pointer, value, want) in cases {
+        let mut v = rpn_small_json();
+        if pointer == "/anchors/feature_maps" {
+            v["anchors"].as_object_mut().unwrap().remove("strides");
+        }
+        let (parent, key) = pointer.rsplit_once('/').unwrap();
+        let target = if parent.is_empty() {
+            &mut v
+        } else {
+            v.pointer_mut(parent).unwrap()
+        };
+        target[key] = value;
+        if pointer != "/num_anchors" {
+            v.as_object_mut().unwrap().remove("num_anchors");
+        }
+        assert_error(&v, &[&format!("models/x.json: {want}")]);
+    }
 }

@@ -17,13 +17,31 @@
 //! RetinaNet (torchcv `RetinaBoxCoder`): per map one area; per cell, for each ratio `r = w/h`
 //! (outer) and scale `k` (inner): `h = sqrt(area / r) * k`, `w = r * sqrt(area / r) * k`.
 //!
+//! torchvision (`"style": "torchvision"`, Faster R-CNN's RPN), computed in f32 as torchvision does:
+//!
+//! ```text
+//! torchvision AnchorGenerator                             torchvision_anchors
+//! generate_anchors(scales, aspect_ratios):                base_anchors (per map, f32)
+//!   h_ratios = sqrt(aspect_ratios); w_ratios = 1/h_ratios   h_r = sqrt(r); w_r = 1 / h_r
+//!   ws = (w_ratios[:, None] * scales[None, :]).view(-1)     for r in ratios (outer), s in sizes
+//!   hs = (h_ratios[:, None] * scales[None, :]).view(-1)       (w, h) = (w_r * s, h_r * s)
+//!   stack([-ws, -hs, ws, hs], 1) / 2 .round()               round_ties_even(-w/2, -h/2, w/2, h/2)
+//! strides = image_size // grid_size (int64)               spec strides (default input // map)
+//! shifts_x = arange(grid_w) * stride_w                    x0 = col * stride_x (f32)
+//! (shifts.view(-1,1,4) + base.view(1,-1,4))               row, col, then the cell's anchors
+//! ```
+//! These anchors are xyxy by construction (centred on the grid's corners `col * stride`, not on
+//! cell centres); their cxcywh is derived exactly (whole and half pixels).
+//!
 //! Everything is in model-input pixels. With `clip`, `cx, w` are clamped to `[0, width]` and
 //! `cy, h` to `[0, height]` (ssd.pytorch's `clamp_(0, 1)` in pixels); torchcv does not clip.
 
 use tch::Tensor;
 
 use super::ops;
-use crate::spec::{AnchorSpec, ModelSpec, RetinaAnchorSpec, SsdAnchorSpec, Step};
+use crate::spec::{
+    AnchorSpec, ModelSpec, RetinaAnchorSpec, SsdAnchorSpec, Step, TorchvisionAnchorSpec,
+};
 
 /// The anchors of one model, on the host (shareable between loader threads).
 #[derive(Debug, Clone, PartialEq)]
@@ -37,12 +55,13 @@ pub struct Anchors {
 }
 
 impl Anchors {
-    /// The anchors of `spec` (SSD default boxes or RetinaNet anchors).
+    /// The anchors of `spec` (SSD default boxes, RetinaNet or torchvision anchors).
     pub fn from_spec(spec: &ModelSpec) -> Anchors {
         let size = [spec.input_width() as f64, spec.input_height() as f64];
         match &spec.anchors {
             AnchorSpec::Ssd(s) => ssd_default_boxes(s, size),
             AnchorSpec::Retina(r) => retina_anchors(r, size),
+            AnchorSpec::Torchvision(t) => torchvision_anchors(t),
         }
     }
 
@@ -159,4 +178,48 @@ pub fn retina_anchors(spec: &RetinaAnchorSpec, size: [f64; 2]) -> Anchors {
         builder.map(grid.h, grid.w, spec.strides[i], &cell);
     }
     builder.finish()
+}
+
+/// One map's zero-centred cell anchors `[k]` xyxy (torchvision `generate_anchors`): for each
+/// ratio `r = h / w` (outer) and size `s` (inner), `round([-w/2, -h/2, w/2, h/2])` with
+/// `h = sqrt(r) * s` and `w = (1 / sqrt(r)) * s`, every step in f32, ties to even (`torch.round`).
+pub fn torchvision_base_anchors(sizes: &[f64], aspect_ratios: &[f64]) -> Vec<[f32; 4]> {
+    let mut base = Vec::with_capacity(sizes.len() * aspect_ratios.len());
+    for &r in aspect_ratios {
+        let h_ratio = (r as f32).sqrt();
+        let w_ratio = 1.0 / h_ratio;
+        for &s in sizes {
+            let (w, h) = (w_ratio * s as f32, h_ratio * s as f32);
+            base.push([-w / 2.0, -h / 2.0, w / 2.0, h / 2.0].map(f32::round_ties_even));
+        }
+    }
+    base
+}
+
+/// torchvision `AnchorGenerator` anchors: per map, row, column, the cell's base anchors shifted
+/// by `(col * stride_x, row * stride_y)`.
+pub fn torchvision_anchors(spec: &TorchvisionAnchorSpec) -> Anchors {
+    let mut xyxy = Vec::new();
+    let mut per_map = Vec::with_capacity(spec.feature_maps.len());
+    for (i, grid) in spec.feature_maps.iter().enumerate() {
+        let base = torchvision_base_anchors(&spec.sizes[i], &spec.aspect_ratios[i]);
+        let step = spec.strides[i];
+        for row in 0..grid.h {
+            let y0 = (row as f64 * step.y) as f32;
+            for col in 0..grid.w {
+                let x0 = (col as f64 * step.x) as f32;
+                xyxy.extend(
+                    base.iter()
+                        .map(|b| [x0 + b[0], y0 + b[1], x0 + b[2], y0 + b[3]]),
+                );
+            }
+        }
+        per_map.push(grid.h * grid.w * base.len() as i64);
+    }
+    let cxcywh = xyxy.iter().map(ops::to_cxcywh).collect();
+    Anchors {
+        cxcywh,
+        xyxy,
+        per_map,
+    }
 }

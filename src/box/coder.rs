@@ -14,7 +14,9 @@
 //! instead of crashing; targets of non-positive anchors are 0 (torchcv fills them from GT 0).
 //!
 //! RetinaNet deltas (torchcv `RetinaBoxCoder`) are the same with no variances (`v = 1`), against
-//! the anchors as built (no round trip).
+//! the anchors as built (no round trip); so are torchvision-style anchors (whose cxcywh is exact),
+//! which makes them torchvision's `BoxCoder((1, 1, 1, 1))` deltas (see `rpn.rs` for the RPN's
+//! own encoder in torchvision's operation order).
 //!
 //! Encoding is plain Rust over host slices: a [`BoxCoder`] is `Send + Sync`, so data-loader
 //! threads can share one (`Arc<BoxCoder>`) and call [`BoxCoder::encode`] per image.
@@ -136,7 +138,7 @@ impl BoxCoder {
         let anchor_areas = anchors.xyxy.iter().map(ops::area).collect();
         let delta_basis = match spec.anchors {
             AnchorSpec::Ssd(_) => anchors.xyxy.iter().map(ops::to_cxcywh).collect(),
-            AnchorSpec::Retina(_) => anchors.cxcywh.clone(),
+            AnchorSpec::Retina(_) | AnchorSpec::Torchvision(_) => anchors.cxcywh.clone(),
         };
         Ok(BoxCoder {
             anchors,

@@ -68,7 +68,8 @@ impl DecodeConfig {
         }
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Check the thresholds and counts (bad input, named); decoding does it on every call.
+    pub fn validate(&self) -> Result<()> {
         for (name, v) in [
             ("score_threshold", self.score_threshold),
             ("nms_threshold", self.nms_threshold),

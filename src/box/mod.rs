@@ -10,6 +10,14 @@
 //! | `decode` | [`BoxCoder::decode`] ([`decode`]) |
 //! | `utils/box.py` `box_nms` | [`nms`] |
 //!
+//! | torchvision `models/detection/` (Faster R-CNN's RPN) | here |
+//! |---|---|
+//! | `anchor_utils.py` `AnchorGenerator` | [`anchors::torchvision_anchors`] (`"style": "torchvision"`) |
+//! | `_utils.py` `Matcher` | [`matcher`] (`max_iou` with `allow_low_quality`) |
+//! | `rpn.py` `assign_targets_to_anchors`, `_utils.py` `BoxCoder` | [`rpn::RpnCoder`] |
+//! | `_utils.py` `BalancedPositiveNegativeSampler` | [`sampler`] (random, hard, all) |
+//! | `rpn.py` `filter_proposals` | [`proposals`] |
+//!
 //! Coordinates are model-input pixels; boxes are xyxy unless a name says cxcywh.
 
 pub mod anchors;
@@ -18,9 +26,15 @@ pub mod decode;
 pub mod matcher;
 pub mod nms;
 pub mod ops;
+pub mod proposals;
+pub mod rpn;
+pub mod sampler;
 
 pub use anchors::Anchors;
 pub use coder::{BoxCoder, EncodeStats, Encoded};
 pub use decode::{DecodeConfig, Detections, HostDetections};
 pub use matcher::Matcher;
 pub use nms::{batched_nms, nms, NmsMethod};
+pub use proposals::{filter_proposals, ProposalConfig, Proposals};
+pub use rpn::{AnchorTargets, RpnCoder};
+pub use sampler::{sample_batch, sample_image, SamplerConfig, SamplerKind};

@@ -25,16 +25,16 @@ pub struct Args {
     out: PathBuf,
 }
 
-/// The `--boxes` file.
+/// The `--boxes` file (also read by `tchcv sample`).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct BoxesFile {
-    boxes: Vec<[f32; 4]>,
-    labels: Vec<i64>,
-    image_size: [f64; 2],
+pub(super) struct BoxesFile {
+    pub boxes: Vec<[f32; 4]>,
+    pub labels: Vec<i64>,
+    pub image_size: [f64; 2],
 }
 
-fn read_boxes(path: &Path) -> Result<BoxesFile> {
+pub(super) fn read_boxes(path: &Path) -> Result<BoxesFile> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| tchcv::bad_input(format!("{}: {e}", path.display())))?;
     serde_json::from_str(&text).map_err(|e| {

@@ -10,6 +10,7 @@ mod eval;
 mod info;
 mod loss;
 mod plot;
+mod sample;
 mod synth;
 mod train;
 
@@ -51,6 +52,8 @@ enum Command {
     Anchors(anchors::Args),
     /// One image's ground-truth boxes to training targets (loc_targets, cls_targets).
     Encode(encode::Args),
+    /// One image's anchors labelled and sampled for the region proposal network's loss.
+    Sample(sample::Args),
     /// Time tchcv against its PyTorch counterpart, side by side.
     Bench(bench::Args),
 }
@@ -67,6 +70,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Loss(args) => loss::run(args),
         Command::Anchors(args) => anchors::run(args),
         Command::Encode(args) => encode::run(args),
+        Command::Sample(args) => sample::run(args),
         Command::Bench(args) => bench::run(args),
     }
 }

@@ -16,12 +16,14 @@
 mod focal;
 mod inputs;
 pub mod mining;
+mod rpn;
 mod softmax_focal;
 mod ssd;
 
 pub use focal::{focal_sum, sigmoid_focal_loss, FocalLoss, FocalLossConfig};
 pub use inputs::LossInputs;
 pub use mining::NegativeMining;
+pub use rpn::{RpnLoss, RpnLossConfig, RpnLossInputs};
 pub use softmax_focal::{
     class_weights_from_histogram, BackgroundWeight, ClassWeighting, ClsReduction, SoftmaxFocalLoss,
     SoftmaxFocalLossConfig,

@@ -186,6 +186,11 @@ pub fn build_spec_detector(
         ("retina", b) if b.starts_with("resnet") => {
             make(retina::RetinaNet::new, path, spec, columns, origin)?
         }
+        ("rpn", _) => crate::bail_input!(
+            "{origin}: head \"rpn\" is not built yet: the region proposal network's head comes \
+             later (issue 16); its anchors, labels and sampling work already (tchcv anchors, \
+             tchcv sample)"
+        ),
         (head, backbone) => crate::bail_input!(
             "{origin}: head {head:?} with backbone {backbone:?} is not a network tchcv builds \
              (known: \"ssd\" with \"vgg16\" or \"small\", \"retina\" with \"resnet18\", \
