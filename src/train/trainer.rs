@@ -266,7 +266,7 @@ impl Run {
         optimizer.convert_state(config.memory_format())?;
 
         let metrics = if main {
-            Some(prepare_run_folder(&config, &options, &data.classes)?)
+            Some(prepare_run_folder(&config, &options, &data)?)
         } else {
             None
         };
@@ -919,12 +919,13 @@ fn restore(
     Ok(state)
 }
 
-/// Rank 0's run folder: `config.json` and `classes.json` written, a fresh start's stale
+/// Rank 0's run folder: `config.json`, `classes.json` and `data.json` (the training images and
+/// objects per class, which `tchcv compare` orders classes by) written, a fresh start's stale
 /// checkpoints removed, and `metrics.jsonl` opened (appended to on resume).
 fn prepare_run_folder(
     config: &TrainConfig,
     options: &TrainOptions,
-    classes: &ClassMap,
+    data: &TrainData,
 ) -> Result<MetricsLog> {
     let out = &config.out;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
@@ -932,7 +933,23 @@ fn prepare_run_folder(
         &out.join("config.json"),
         serde_json::to_string_pretty(config)?.as_bytes(),
     )?;
-    classes.save_json(&out.join("classes.json"))?;
+    data.classes.save_json(&out.join("classes.json"))?;
+    let objects: serde_json::Map<String, serde_json::Value> = data
+        .classes
+        .names()
+        .iter()
+        .zip(data.class_histogram.iter().skip(1))
+        .map(|(name, &count)| (name.clone(), json!(count as u64)))
+        .collect();
+    let summary = json!({
+        "images": data.loader.dataset().len(),
+        "objects_per_class": objects,
+        "use_difficult": config.use_difficult,
+    });
+    crate::io::write_bytes_atomic(
+        &out.join("data.json"),
+        serde_json::to_string_pretty(&summary)?.as_bytes(),
+    )?;
     if !options.resume && last_checkpoint(out).exists() {
         eprintln!(
             "note: {} holds an earlier run; starting afresh removes its checkpoints, evaluation and metrics (continue it with --resume instead)",
