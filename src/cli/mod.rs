@@ -4,6 +4,7 @@
 mod anchors;
 mod bench;
 mod check_data;
+mod compare;
 mod detect;
 mod encode;
 mod eval;
@@ -44,6 +45,9 @@ enum Command {
     Eval(eval::Args),
     /// Draw a trained detector's boxes on images (and write them as JSON).
     Detect(detect::Args),
+    /// Training runs side by side: the cures, their speed, mAP and AP per class (rare classes
+    /// first in view), with the seed-to-seed spread.
+    Compare(compare::Args),
     /// Write a run's loss.png (from metrics.jsonl) and pr.png (from eval.json).
     Plot(plot::Args),
     /// Evaluate a loss on tensors from a file (check tchcv against your PyTorch code).
@@ -66,6 +70,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Detect(args) => detect::run(args),
+        Command::Compare(args) => compare::run(args),
         Command::Plot(args) => plot::run(args),
         Command::Loss(args) => loss::run(args),
         Command::Anchors(args) => anchors::run(args),

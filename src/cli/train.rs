@@ -51,6 +51,10 @@ pub struct Args {
     /// SSD loss: hard, random or all.
     #[arg(long)]
     neg_mining: Option<NegativeMining>,
+    /// RPN loss: which 256 anchors per image enter it: random (torchvision's sampler), hard
+    /// (OHEM negatives) or all (default: the spec's rpn.sampler).
+    #[arg(long)]
+    rpn_sampler: Option<tchcv::bbox::SamplerKind>,
     /// Softmax focal loss class weights.
     #[arg(long, value_enum)]
     class_weights: Option<ClassWeightsMode>,
@@ -109,8 +113,12 @@ pub struct Args {
     #[arg(long)]
     cudnn_benchmark: bool,
     /// Seed of the initialisation, data order, augmentation and random mining (default: 0).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "seeds")]
     seed: Option<u64>,
+    /// Train once per seed (comma separated), each in OUT/seed-<s>, then compare them: each AP
+    /// as mean and spread over the seeds (OUT/compare.md). With --resume, continues them.
+    #[arg(long, value_delimiter = ',')]
+    seeds: Option<Vec<u64>>,
     /// The run folder (default: runs/train).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -198,6 +206,7 @@ impl Args {
             loss,
             neg_pos_ratio,
             neg_mining,
+            rpn_sampler,
             class_weights,
             epochs,
             iters,
@@ -245,13 +254,26 @@ impl Args {
         Ok(o)
     }
 
+    /// The run folder to resume from: --out, or with --seeds its first seed's that has a
+    /// checkpoint.
+    fn resume_folder(&self) -> PathBuf {
+        let out = self
+            .out
+            .clone()
+            .unwrap_or_else(|| TrainConfig::default().out);
+        let Some(seeds) = &self.seeds else {
+            return out;
+        };
+        seeds
+            .iter()
+            .map(|&s| tchcv::train::seeds::seed_folder(&out, s))
+            .find(|dir| tchcv::train::last_checkpoint(dir).is_file())
+            .unwrap_or(out)
+    }
+
     fn config(&self) -> Result<TrainConfig> {
         let mut base = if self.resume {
-            let out = self
-                .out
-                .clone()
-                .unwrap_or_else(|| TrainConfig::default().out);
-            tchcv::train::saved_config(&out)?
+            tchcv::train::saved_config(&self.resume_folder())?
         } else if let Some(path) = &self.config {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| tchcv::bad_input(format!("--config {}: {e}", path.display())))?;
@@ -300,7 +322,49 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
         eprintln!("\ninterrupt: saving a checkpoint after this step (Ctrl-C again to kill)");
     });
+    if let Some(seeds) = &args.seeds {
+        return train_seeds(config, seeds, options);
+    }
     let summary = train(config, options)?;
+    report(&summary);
+    Ok(if summary.interrupted {
+        ExitCode::from(130)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// `--seeds`: one run per seed, then their comparison.
+fn train_seeds(config: TrainConfig, seeds: &[u64], options: TrainOptions) -> Result<ExitCode> {
+    // A resumed run's saved configuration names one seed's folder: the parent is the study's.
+    let mut config = config;
+    if args_resumed_into_seed_folder(&config.out) {
+        if let Some(parent) = config.out.parent() {
+            config.out = parent.to_path_buf();
+        }
+    }
+    let (summaries, comparison) = tchcv::train::seeds::train_seeds(&config, seeds, &options)?;
+    for s in &summaries {
+        report(s);
+    }
+    let Some(comparison) = comparison else {
+        return Ok(ExitCode::from(130));
+    };
+    print!("{}", comparison.markdown());
+    eprintln!("wrote {}", config.out.join("compare.md").display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Whether `out` is a `seed-<s>` folder (the configuration saved by one seed's run).
+fn args_resumed_into_seed_folder(out: &std::path::Path) -> bool {
+    out.file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("seed-"))
+        .is_some_and(|s| s.parse::<u64>().is_ok())
+}
+
+/// The closing line of a run.
+fn report(summary: &tchcv::train::TrainSummary) {
     if let Some(s) = &summary.last {
         println!(
             "done: {}/{} iterations | last loc_loss {:.4} | cls_loss {:.4} | total {:.4}{}",
@@ -315,9 +379,4 @@ pub fn run(args: Args) -> Result<ExitCode> {
             ))
         );
     }
-    Ok(if summary.interrupted {
-        ExitCode::from(130)
-    } else {
-        ExitCode::SUCCESS
-    })
 }

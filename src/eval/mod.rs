@@ -10,6 +10,7 @@
 //! The AP computation, files and pictures run on host data; [`runner`] runs a detector over a
 //! dataset and hands its decoded boxes to them.
 
+pub mod compare_plot;
 pub mod detections;
 pub mod draw;
 mod font;

@@ -140,7 +140,7 @@ pub fn moving_average(values: &[f64], half: usize) -> Vec<f64> {
 }
 
 /// The smoothing half-window for `n` points: about 1% of the run each side, at most 250.
-fn smoothing_half_window(n: usize) -> usize {
+pub(super) fn smoothing_half_window(n: usize) -> usize {
     (n / 100).min(250)
 }
 
@@ -211,14 +211,14 @@ fn ensure_font() -> Result<()> {
     found.as_ref().map(|_| ()).map_err(|e| anyhow!("{e}"))
 }
 
-fn plot_err(e: impl std::fmt::Display) -> anyhow::Error {
+pub(super) fn plot_err(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow!("drawing the plot: {e}")
 }
 
-type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
+pub(super) type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
 
 /// Draw with `draw` on a white `width x height` canvas and write it as a PNG, atomically.
-fn render_png(
+pub(super) fn render_png(
     path: &Path,
     (width, height): (u32, u32),
     draw: impl FnOnce(&Area) -> Result<()>,
@@ -247,12 +247,12 @@ const LR_COLOR: RGBColor = RGBColor(214, 39, 40);
 const MAP07_COLOR: RGBColor = RGBColor(44, 160, 44);
 const MAP_AREA_COLOR: RGBColor = RGBColor(148, 103, 189);
 
-fn font(size: f64) -> TextStyle<'static> {
+pub(super) fn font(size: f64) -> TextStyle<'static> {
     ("sans-serif", size).into_font().color(&BLACK)
 }
 
 /// The value below which `q` of the finite values lie (nearest rank); None when there are none.
-fn quantile(values: impl Iterator<Item = f64>, q: f64) -> Option<f64> {
+pub(super) fn quantile(values: impl Iterator<Item = f64>, q: f64) -> Option<f64> {
     let mut v: Vec<f64> = values.filter(|x| x.is_finite()).collect();
     if v.is_empty() {
         return None;
@@ -262,7 +262,7 @@ fn quantile(values: impl Iterator<Item = f64>, q: f64) -> Option<f64> {
     Some(v[k])
 }
 
-fn legend_line(color: RGBColor) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
+pub(super) fn legend_line(color: RGBColor) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
     move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3))
 }
 
@@ -474,7 +474,7 @@ fn draw_map_panel(area: &Area, metrics: &Metrics) -> Result<()> {
 }
 
 /// The class colour of the drawn boxes, darkened where it would be too light on white.
-fn plot_color(class: usize) -> RGBColor {
+pub(super) fn plot_color(class: usize) -> RGBColor {
     let c = class_color(class).map(f64::from);
     let luma = 0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2];
     let k = if luma > 150.0 { 150.0 / luma } else { 1.0 };

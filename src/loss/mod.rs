@@ -293,6 +293,24 @@ impl LossKind {
         self != Self::Focal
     }
 
+    /// The JSON options with every missing key at its default (what [`Self::build`] uses), for
+    /// reports; unknown keys are an error naming the key.
+    pub fn options_with_defaults(self, options: serde_json::Value) -> Result<serde_json::Value> {
+        fn fill<T>(kind: LossKind, v: serde_json::Value) -> Result<serde_json::Value>
+        where
+            T: serde::de::DeserializeOwned + Serialize,
+        {
+            let config: T = serde_json::from_value(v)
+                .map_err(|e| crate::bad_input(format!("{kind:?} loss options: {e}")))?;
+            Ok(serde_json::to_value(config)?)
+        }
+        match self {
+            Self::Ssd => fill::<SsdLossConfig>(self, options),
+            Self::Focal => fill::<FocalLossConfig>(self, options),
+            Self::SoftmaxFocal => fill::<SoftmaxFocalLossConfig>(self, options),
+        }
+    }
+
     /// Build the loss from its JSON options (missing keys take their defaults; unknown keys
     /// are an error naming the key).
     pub fn build(self, options: serde_json::Value) -> Result<Box<dyn DetectionLoss + Send + Sync>> {

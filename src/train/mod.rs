@@ -2,11 +2,14 @@
 //! (torchcv `examples/ssd/train.py`, grown up).
 
 pub mod checkpoint;
+pub mod compare;
+mod compare_report;
 pub mod config;
 pub mod metrics;
 pub mod optim;
 mod progress;
 pub mod schedule;
+pub mod seeds;
 mod trainer;
 
 pub use config::{ClassWeightsMode, OptimizerKind, TrainConfig};

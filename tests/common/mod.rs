@@ -171,7 +171,7 @@ pub fn dist_or_skip(what: &str) -> bool {
     match dist_expectation(
         tchcv::dist::available(),
         std::env::var("TCHCV_NO_DIST").ok().as_deref(),
-        &tchcv::dist::build_note(),
+        tchcv::dist::build_note(),
     ) {
         Ok(true) => true,
         Ok(false) => {
