@@ -17,12 +17,118 @@ pub fn read_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
     }
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
     let named = match ext {
-        "safetensors" => Tensor::read_safetensors(path),
-        "npz" => Tensor::read_npz(path),
+        "safetensors" => Tensor::read_safetensors(path).map_err(|e| e.to_string()),
+        "npz" => read_npz(path),
         _ => bail_input!("{}: expected a .safetensors or .npz file", path.display()),
     }
     .map_err(|e| crate::bad_input(format!("{}: cannot read tensors: {e}", path.display())))?;
     Ok(named.into_iter().collect())
+}
+
+/// The tensors of an `.npz` (numpy's zip of `.npy` files), named by member without `.npy`.
+///
+/// Not tch's `Tensor::read_npz`: it panics on a damaged member and copies as many bytes as a
+/// member's header promises, however few the member holds. Here each member must hold exactly
+/// the bytes of its header's dtype and shape.
+fn read_npz(path: &Path) -> std::result::Result<Vec<(String, Tensor)>, String> {
+    let file = fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| e.to_string())?;
+    let mut named = Vec::with_capacity(zip.len());
+    for i in 0..zip.len() {
+        let mut member = zip.by_index(i).map_err(|e| format!("member {i}: {e}"))?;
+        let name = member.name().to_string();
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut member, &mut bytes).map_err(|e| format!("{name}: {e}"))?;
+        let tensor = npy_tensor(&bytes).map_err(|e| format!("{name}: {e}"))?;
+        let name = name.strip_suffix(".npy").unwrap_or(&name).to_string();
+        named.push((name, tensor));
+    }
+    Ok(named)
+}
+
+/// The tensor of one `.npy` file's bytes (format versions 1 to 3, C order, little-endian).
+fn npy_tensor(bytes: &[u8]) -> std::result::Result<Tensor, String> {
+    const MAGIC: &[u8] = b"\x93NUMPY";
+    if bytes.len() < 10 || !bytes.starts_with(MAGIC) {
+        return Err("not a .npy file (no \\x93NUMPY header)".into());
+    }
+    let (len, start): (usize, usize) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
+        v => return Err(format!(".npy format version {v} (expected 1, 2 or 3)")),
+    };
+    let header = bytes
+        .get(start..start.saturating_add(len))
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .ok_or("the .npy header is cut short or not text")?;
+    let (kind, shape) = npy_header(header)?;
+    let data = &bytes[start + len..];
+    let numel = shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(usize::try_from(d).ok()?));
+    let expected = numel.and_then(|n| n.checked_mul(kind.elt_size_in_bytes()));
+    if expected != Some(data.len()) {
+        return Err(format!(
+            "the header promises {kind:?} {shape:?} but the member holds {} bytes of data",
+            data.len()
+        ));
+    }
+    Tensor::f_from_data_size(data, &shape, kind).map_err(|e| e.to_string())
+}
+
+/// The dtype and shape of a `.npy` header, e.g.
+/// `{'descr': '<f4', 'fortran_order': False, 'shape': (2, 5, 4), }`.
+fn npy_header(header: &str) -> std::result::Result<(tch::Kind, Vec<i64>), String> {
+    use tch::Kind;
+    // The text after `'key':`.
+    let value = |key: &str| -> std::result::Result<&str, String> {
+        let at = header
+            .find(&format!("'{key}'"))
+            .ok_or_else(|| format!("no {key:?} in the .npy header {header:?}"))?;
+        let rest = header[at + key.len() + 2..].trim_start();
+        Ok(rest.strip_prefix(':').unwrap_or(rest).trim_start())
+    };
+    let descr = value("descr")?
+        .strip_prefix('\'')
+        .and_then(|d| d.split('\'').next())
+        .ok_or("the .npy descr is not a quoted string")?;
+    let kind = match descr.trim_start_matches(['<', '|', '=']) {
+        "f2" => Kind::Half,
+        "f4" => Kind::Float,
+        "f8" => Kind::Double,
+        "i1" => Kind::Int8,
+        "i2" => Kind::Int16,
+        "i4" => Kind::Int,
+        "i8" => Kind::Int64,
+        "u1" => Kind::Uint8,
+        "b1" => Kind::Bool,
+        _ => {
+            let known = "little-endian f2, f4, f8, i1, i2, i4, i8, u1 or b1";
+            return Err(format!("dtype {descr:?} is not supported ({known})"));
+        }
+    };
+    if value("fortran_order")?.starts_with("True") {
+        return Err(
+            "Fortran (column-major) order is not supported; save a C-contiguous array".into(),
+        );
+    }
+    let shape = value("shape")?
+        .strip_prefix('(')
+        .and_then(|s| s.split(')').next())
+        .ok_or("the .npy shape is not a tuple")?;
+    let shape = shape
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map(|d| {
+            d.parse::<i64>()
+                .map_err(|_| format!("shape ({shape}): {d:?} is not a size"))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok((kind, shape))
 }
 
 /// Take the tensor `name` out of `tensors`, or say which file lacks it and what it has.
@@ -131,13 +237,36 @@ pub fn load_into_variables(
                 .then(|| format!("{k} (file {:?}, model {:?})", t.size(), v.size()))
         })
         .collect();
-    if !(missing.is_empty() && unexpected.is_empty() && mismatched.is_empty()) {
+    // A float variable takes float values only: integers or booleans are another file's data.
+    let mut mistyped: Vec<String> = variables
+        .iter()
+        .filter_map(|(k, v)| {
+            let t = named.get(k)?;
+            (v.is_floating_point() && !t.is_floating_point())
+                .then(|| format!("{k} (file {:?}, model {:?})", t.kind(), v.kind()))
+        })
+        .collect();
+    if !(missing.is_empty()
+        && unexpected.is_empty()
+        && mismatched.is_empty()
+        && mistyped.is_empty())
+    {
         missing.sort();
         unexpected.sort();
         mismatched.sort();
+        mistyped.sort();
         let list = |v: &[&String]| v.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
+        let dtypes = if mistyped.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", {} of a non-float dtype [{}]",
+                mistyped.len(),
+                mistyped.join(", ")
+            )
+        };
         crate::bail_input!(
-            "{origin}: weights do not fit the model: {} missing [{}], {} unexpected [{}], {} with another shape [{}]",
+            "{origin}: weights do not fit the model: {} missing [{}], {} unexpected [{}], {} with another shape [{}]{dtypes}",
             missing.len(),
             list(&missing),
             unexpected.len(),

@@ -71,6 +71,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
         nms_threshold: args.nms,
         ..DecodeConfig::for_spec(&trained.spec)
     };
+    // Bad flags fail here, not once per image as skipped images.
+    decode.validate()?;
     let classes = trained.classes.names().to_vec();
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;

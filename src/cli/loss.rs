@@ -1,12 +1,12 @@
 //! `tchcv loss`: one loss evaluation on tensors from a file, printed as JSON.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde_json::{json, Map, Value};
-use tch::Tensor;
+use tch::{Kind, Tensor};
 use tchcv::io::{read_tensors, take_tensor, write_safetensors};
 use tchcv::loss::{LossInputs, LossKind};
 
@@ -77,6 +77,15 @@ pub struct Args {
     repeat: Option<usize>,
 }
 
+/// A number flag as JSON. JSON has no NaN or inf (`json!` would write null), so those are
+/// refused here, naming the flag.
+fn finite(flag: &str, v: f64) -> Result<Value> {
+    if !v.is_finite() {
+        tchcv::bail_input!("--{flag} {v}: expected a finite number");
+    }
+    Ok(json!(v))
+}
+
 impl Args {
     /// The loss options as JSON: the --config file, then the flags on top.
     fn options(&self) -> Result<Value> {
@@ -95,7 +104,7 @@ impl Args {
             options.insert(key.to_string(), value);
         };
         if let Some(v) = self.neg_pos_ratio {
-            set("neg_pos_ratio", json!(v));
+            set("neg_pos_ratio", finite("neg-pos-ratio", v)?);
         }
         if let Some(v) = &self.neg_mining {
             set("mining", json!(v));
@@ -109,20 +118,28 @@ impl Args {
         if let Some(v) = &self.alpha {
             let alpha = match v.as_str() {
                 "none" | "off" | "-1" => Value::Null,
-                s => json!(s.parse::<f64>().map_err(|_| tchcv::bad_input(format!(
-                    "--alpha {s:?}: expected a number in [0, 1] or none"
-                )))?),
+                s => s
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|a| a.is_finite())
+                    .map(|a| json!(a))
+                    .ok_or_else(|| {
+                        tchcv::bad_input(format!(
+                            "--alpha {s:?}: expected a number in [0, 1] or none"
+                        ))
+                    })?,
             };
             set("alpha", alpha);
         }
         if let Some(v) = self.gamma {
-            set("gamma", json!(v));
+            set("gamma", finite("gamma", v)?);
         }
         if let Some(v) = &self.class_weights {
             set("class_weights", json!(snake(v)));
         }
         if let Some(v) = &self.class_counts {
-            set("class_counts", json!(v));
+            let counts = v.iter().map(|&h| finite("class-counts", h));
+            set("class_counts", counts.collect::<Result<Value>>()?);
         }
         if let Some(v) = &self.background_weight {
             set("background_weight", json!(snake(v)));
@@ -131,10 +148,10 @@ impl Args {
             set("reduction", json!(snake(v)));
         }
         if let Some(v) = self.normalizer_min {
-            set("normalizer_min", json!(v));
+            set("normalizer_min", finite("normalizer-min", v)?);
         }
         if let Some(v) = self.beta {
-            set("beta", json!(v));
+            set("beta", finite("beta", v)?);
         }
         if self.strict {
             set("strict", json!(true));
@@ -143,24 +160,65 @@ impl Args {
     }
 }
 
+/// `t` on `device`, as a leaf that records its gradient. Only float tensors can: another dtype
+/// is an error naming the tensor (and the file), not tch's panic.
+fn differentiable(name: &str, t: Tensor, device: tch::Device, file: &Path) -> Result<Tensor> {
+    if !matches!(
+        t.kind(),
+        Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16
+    ) {
+        tchcv::bail_input!(
+            "{}: {name}: expected a float tensor (f32, f64, f16 or bf16), got {:?} with shape {:?}",
+            file.display(),
+            t.kind(),
+            t.size()
+        );
+    }
+    Ok(t.f_to_device(device)?.f_set_requires_grad(true)?)
+}
+
+/// The `class_counts` tensor of the input file: `[C]` finite counts >= 0 of a number dtype.
+fn class_counts(counts: &Tensor, file: &Path) -> Result<Vec<f64>> {
+    let bad = |why: String| {
+        tchcv::bad_input(format!(
+            "{}: class_counts: expected [C] counts (one per class, background first), {why}",
+            file.display()
+        ))
+    };
+    if counts.dim() != 1 || counts.kind() == Kind::Bool {
+        return Err(bad(format!(
+            "got {:?} with shape {:?}",
+            counts.kind(),
+            counts.size()
+        )));
+    }
+    let counts = Vec::<f64>::try_from(counts.f_to_kind(Kind::Double)?)
+        .map_err(|e| bad(format!("cannot read them: {e}")))?;
+    if let Some(h) = counts.iter().find(|h| !(h.is_finite() && **h >= 0.0)) {
+        return Err(bad(format!("got a count of {h}")));
+    }
+    Ok(counts)
+}
+
 pub fn run(args: Args) -> Result<ExitCode> {
     let device = tchcv::device::parse_device(&args.device)?;
     let mut tensors = read_tensors(&args.input)?;
     let file = args.input.as_path();
     let mut take = |name: &str| take_tensor(&mut tensors, name, file);
-    let loc_preds = take("loc_preds")?.to_device(device).set_requires_grad(true);
-    let loc_targets = take("loc_targets")?.to_device(device);
-    let cls_preds = take("cls_preds")?.to_device(device).set_requires_grad(true);
-    let cls_targets = take("cls_targets")?.to_device(device);
-    let class_counts = take("class_counts").ok();
+    let loc_preds = differentiable("loc_preds", take("loc_preds")?, device, file)?;
+    let loc_targets = take("loc_targets")?.f_to_device(device)?;
+    let cls_preds = differentiable("cls_preds", take("cls_preds")?, device, file)?;
+    let cls_targets = take("cls_targets")?.f_to_device(device)?;
+    let class_counts_tensor = take("class_counts").ok();
 
     let mut options = args.options()?;
     let static_weights = options.get("class_weights").and_then(Value::as_str) == Some("static");
-    if let (true, None, Some(counts)) = (static_weights, options.get("class_counts"), class_counts)
-    {
-        let counts = Vec::<f64>::try_from(counts.to_kind(tch::Kind::Double).view(-1))
-            .context("reading class_counts")?;
-        options["class_counts"] = json!(counts);
+    if let (true, None, Some(counts)) = (
+        static_weights,
+        options.get("class_counts"),
+        class_counts_tensor,
+    ) {
+        options["class_counts"] = json!(class_counts(&counts, file)?);
     }
     let loss = args.loss.build(options)?;
     let inputs = LossInputs {

@@ -37,7 +37,7 @@
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
-use tch::{Reduction, Tensor};
+use tch::{Kind, Reduction, Tensor};
 
 use super::inputs::LabelRule;
 use super::{
@@ -99,14 +99,42 @@ impl FocalLoss {
     }
 }
 
+/// The smallest positive normal number of a float `kind` (f64's for f64, f32's for f32).
+fn smallest_normal(kind: Kind) -> f64 {
+    match kind {
+        Kind::Double => f64::MIN_POSITIVE,
+        Kind::Half => 6.103_515_625e-5,
+        _ => f32::MIN_POSITIVE as f64,
+    }
+}
+
+/// `base^gamma` of a base `1 - p_t` in `[0, 1]`, with a finite gradient where the base is 0.
+///
+/// For `0 < gamma < 1`, pow's gradient `gamma base^(gamma-1)` is inf at a base of 0 (p_t
+/// saturated to 1), and times the zero cross entropy there it is NaN; its limit is 0. The base
+/// is clamped at the kind's smallest positive normal first: the clamp passes no gradient below
+/// it, and a nonzero `1 - p_t` is never that small (it differs from 1 by at least the epsilon
+/// of the kind), so only the exact zeros change, to `tiny^gamma` times a zero cross entropy.
+/// Other gammas take the plain pow (no extra pass over the tensor: gamma 2 is the default and
+/// the benchmarked case).
+pub(super) fn focal_modulator(base: &Tensor, gamma: f64) -> Tensor {
+    if gamma > 0.0 && gamma < 1.0 {
+        base.clamp_min(smallest_normal(base.kind()))
+            .pow_tensor_scalar(gamma)
+    } else {
+        base.pow_tensor_scalar(gamma)
+    }
+}
+
 /// `sigmoid_focal_loss(x, t)` elementwise (torchvision `ops.sigmoid_focal_loss`, fvcore):
-/// x, t `[V, C]`, t in {0, 1}. Returns `[V, C]`.
+/// x, t `[V, C]`, t in {0, 1}. Returns `[V, C]`. For `0 < gamma < 1` the gradient stays
+/// finite where `p_t` saturates to 1 (see [`focal_modulator`]).
 pub fn sigmoid_focal_loss(x: &Tensor, t: &Tensor, alpha: Option<f64>, gamma: f64) -> Tensor {
     let p = x.sigmoid();
     let ce = x.binary_cross_entropy_with_logits::<Tensor>(t, None, None, Reduction::None);
     let p_t = &p * t + (1.0 - &p) * (1.0 - t);
     let one_minus_p_t: Tensor = 1.0 - p_t;
-    let loss = ce * one_minus_p_t.pow_tensor_scalar(gamma);
+    let loss = ce * focal_modulator(&one_minus_p_t, gamma);
     match alpha {
         Some(alpha) => loss * (alpha * t + (1.0 - alpha) * (1.0 - t)),
         None => loss,
@@ -115,11 +143,18 @@ pub fn sigmoid_focal_loss(x: &Tensor, t: &Tensor, alpha: Option<f64>, gamma: f64
 
 /// `softplus(s x) sigmoid(s x)^gamma` elementwise with `s = -1` for a target of 1 and `s = 1`
 /// for a target of 0: the focal loss of `x` without its alpha weight.
+///
+/// For `0 < gamma < 1`, `sigmoid(z)^gamma` is `exp(gamma log_sigmoid(z))`: where `sigmoid(z)`
+/// underflows to 0 (p_t saturated to 1), pow's gradient `gamma s^(gamma-1)` is inf and times
+/// the zero `softplus(z)` NaN, while this form's, `gamma s^gamma (1 - s)`, is finite (and 0 in
+/// the limit). Other gammas keep the plain pow, which is faster (gamma 2 is the default).
 fn unweighted_focal(x: &Tensor, target_one: bool, gamma: f64) -> Tensor {
     let z = if target_one { -x } else { x.shallow_clone() };
     let ce = z.softplus();
     if gamma == 0.0 {
         ce
+    } else if gamma < 1.0 {
+        ce * (z.log_sigmoid() * gamma).exp()
     } else {
         ce * z.sigmoid().pow_tensor_scalar(gamma)
     }

@@ -5,8 +5,11 @@
 //! x = cls_preds[valid]          [V, C]     valid = cls_targets > -1
 //! log_p_t = log_softmax(x)[y]   [V]        y = cls_targets[valid]
 //! p_t = exp(log_p_t)
-//! loss = -w[y] (1 - p_t)^gamma log_p_t     summed; gamma = 0 is the alpha-balanced CE
+//! loss = -w[y] (1 - p_t)^gamma log_p_t     summed
 //! ```
+//!
+//! With `gamma = 0` this is the class-weighted cross entropy (the focal paper's alpha-balanced
+//! CE, eq. 3, with `w` as alpha); with `gamma = 0` and no class weights, plain cross entropy.
 //!
 //! The weights come from a histogram `h` over the C classes (background at 0): the whole
 //! dataset's (static, [`ClassWeighting::Static`]) or this batch's targets
@@ -17,6 +20,7 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
+use super::focal::focal_modulator;
 use super::inputs::LabelRule;
 use super::{check_option, valid_rows, DetectionLoss, LossInputs, LossSums, Normalization};
 
@@ -135,7 +139,8 @@ impl SoftmaxFocalLoss {
         Ok(Self { config })
     }
 
-    /// The α-balanced cross entropy (focal paper eq. 3): this loss with `gamma = 0`.
+    /// The class-weighted cross entropy (the focal paper's α-balanced CE, eq. 3, with the class
+    /// weights as α): this loss with `gamma = 0`. Without class weights, plain cross entropy.
     pub fn alpha_balanced_ce(mut config: SoftmaxFocalLossConfig) -> Result<Self> {
         config.gamma = 0.0;
         Self::new(config)
@@ -185,7 +190,8 @@ impl DetectionLoss for SoftmaxFocalLoss {
             .squeeze_dim(1);
         let p_t = log_p_t.exp();
         let one_minus_p_t: Tensor = 1.0 - p_t;
-        let modulator = one_minus_p_t.pow_tensor_scalar(self.config.gamma);
+        // Finite gradients where p_t saturates to 1, also for 0 < gamma < 1.
+        let modulator = focal_modulator(&one_minus_p_t, self.config.gamma);
         let loss = match self.weights(&y, c, x.kind())? {
             Some(w) => -w.index_select(0, &y) * modulator * &log_p_t,
             None => -modulator * &log_p_t,

@@ -127,10 +127,7 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
         } else if let Some(k) = name.strip_prefix(OPTIM) {
             optim.insert(k.to_string(), t);
         } else if name == STATE {
-            let bytes = Vec::<u8>::try_from(&t).context("reading the run state")?;
-            let parsed: RunState = serde_json::from_slice(&bytes)
-                .map_err(|e| crate::bad_input(format!("{}: run state: {e}", path.display())))?;
-            state = Some(parsed);
+            state = Some(run_state(&t, path)?);
         }
     }
     let state = state.ok_or_else(|| {
@@ -139,11 +136,29 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
             path.display()
         ))
     })?;
+    crate::data::ClassMap::new(state.classes.clone())
+        .with_context(|| format!("{}: run state: classes", path.display()))?;
     Ok(Checkpoint {
         state,
         model,
         optim,
     })
+}
+
+/// The run state of a checkpoint: `meta.state_json`, JSON text as a `[bytes]` u8 tensor.
+fn run_state(t: &Tensor, path: &Path) -> Result<RunState> {
+    if t.kind() != tch::Kind::Uint8 || t.dim() != 1 {
+        crate::bail_input!(
+            "{}: {STATE}: expected JSON text as a 1-D uint8 tensor, got {:?} with shape {:?}",
+            path.display(),
+            t.kind(),
+            t.size()
+        );
+    }
+    let bytes = Vec::<u8>::try_from(t)
+        .map_err(|e| crate::bad_input(format!("{}: {STATE}: {e}", path.display())))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| crate::bad_input(format!("{}: run state: {e}", path.display())))
 }
 
 /// A trained detector restored from a checkpoint: what `tchcv eval --checkpoint` and

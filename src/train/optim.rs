@@ -202,35 +202,61 @@ impl Optimizer {
     }
 
     /// Restore [`Self::state_tensors`]. Every state tensor must belong to a known parameter
-    /// with the same shape.
+    /// with the same shape and a float dtype, and `steps` must be one integer >= 0; anything
+    /// else is bad input (a damaged or foreign checkpoint), named.
     pub fn load_state(&mut self, mut tensors: BTreeMap<String, Tensor>) -> Result<()> {
         let steps = tensors
             .remove("steps")
-            .context("optimizer state: missing `steps`")?;
-        self.steps = steps.int64_value(&[0]);
+            .ok_or_else(|| crate::bad_input("optimizer state: missing `steps`"))?;
+        let steps = step_count(&steps)?;
         let mut state = BTreeMap::new();
         for (key, value) in tensors {
             let name = key.split_once('.').map(|(_, n)| n).unwrap_or_default();
-            let param = self
-                .params
-                .iter()
-                .find(|p| p.name == name)
-                .with_context(|| format!("optimizer state {key:?}: no parameter {name:?}"))?;
+            let param = self.params.iter().find(|p| p.name == name).ok_or_else(|| {
+                crate::bad_input(format!("optimizer state {key:?}: no parameter {name:?}"))
+            })?;
             if value.size() != param.tensor.size() {
-                anyhow::bail!(
+                crate::bail_input!(
                     "optimizer state {key:?}: shape {:?}, parameter has {:?}",
                     value.size(),
                     param.tensor.size()
                 );
             }
+            if !value.is_floating_point() {
+                crate::bail_input!(
+                    "optimizer state {key:?}: expected a float tensor, got {:?}",
+                    value.kind()
+                );
+            }
             state.insert(
                 key,
                 value
-                    .to_device(param.tensor.device())
-                    .to_kind(param.tensor.kind()),
+                    .f_to_device(param.tensor.device())?
+                    .f_to_kind(param.tensor.kind())?,
             );
         }
         self.state = state;
+        self.steps = steps;
         Ok(())
+    }
+}
+
+/// The `steps` of a saved optimizer state: one integer >= 0 (`[1]` int64 as saved).
+fn step_count(steps: &Tensor) -> Result<i64> {
+    let is_integer = matches!(
+        steps.kind(),
+        tch::Kind::Int64 | tch::Kind::Int | tch::Kind::Int16 | tch::Kind::Int8 | tch::Kind::Uint8
+    );
+    // Reads a tensor of exactly one element (of any shape), else fails.
+    match i64::try_from(steps) {
+        Ok(n) if is_integer && n >= 0 => Ok(n),
+        Ok(n) if is_integer => {
+            crate::bail_input!("optimizer state `steps`: expected an integer >= 0, got {n}")
+        }
+        _ => crate::bail_input!(
+            "optimizer state `steps`: expected one integer >= 0, got {:?} with shape {:?}",
+            steps.kind(),
+            steps.size()
+        ),
     }
 }
