@@ -22,6 +22,7 @@ test: setup
 	$(CARGO) test --release --no-fail-fast -- --test-threads 1
 	$(TCHCV_PYTHON) tests/reference/losses.py selftest
 	$(TCHCV_PYTHON) tests/reference/voc_eval.py selftest
+	$(TCHCV_PYTHON) tests/reference/coco_eval.py selftest
 	@echo "== skipped (each with its reason):"; sort -u target/test-skips.log 2>/dev/null || echo "   none"
 
 demo: build

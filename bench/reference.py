@@ -1,6 +1,6 @@
 """The PyTorch side of `tchcv bench`: the same work in PyTorch eager, one module per benchmark.
 
-    python bench/reference.py loss|encode|data|train-step [ARGS...]
+    python bench/reference.py loss|encode|data|train-step|coco-eval [ARGS...]
 
 Each prints one JSON line with `median_ms` (and benchmark-specific numbers). `tchcv bench <work>`
 runs this script itself on the same inputs and reports both timings and the ratio.
@@ -11,6 +11,7 @@ runs this script itself on the same inputs and reports both timings and the rati
 | encode | encode_reference.py | torchcv SSDBoxCoder.encode / RetinaBoxCoder.encode per image |
 | data | data_reference.py | PIL decode + torchcv SSD transforms + encode, torch DataLoader workers |
 | train-step | train_step_reference.py | detector forward + SSD loss + backward + torch.optim.SGD step |
+| coco-eval | coco_eval_reference.py | pycocotools COCOeval (bbox): evaluate + accumulate + summarize, one thread |
 """
 
 import runpy
@@ -22,6 +23,7 @@ MODULES = {
     "encode": "encode_reference.py",
     "data": "data_reference.py",
     "train-step": "train_step_reference.py",
+    "coco-eval": "coco_eval_reference.py",
 }
 
 

@@ -79,6 +79,17 @@ else
     skip data_ssd300 "its PyTorch side decodes with PIL, which $python cannot import"
 fi
 
+echo "== COCO box evaluation: 5000 images x 100 detections, tchcv and pycocotools on one thread each"
+if "$python" -c 'import pycocotools' 2>/dev/null; then
+    if [ -n "${BENCH_QUICK:-}" ]; then
+        run coco_eval_5000x100 coco-eval --images 50 --detections 20 --repeat 1
+    else
+        run coco_eval_5000x100 coco-eval --images 5000 --detections 100
+    fi
+else
+    skip coco_eval_5000x100 "its reference is pycocotools, which $python cannot import"
+fi
+
 echo "== training step: forward + SSD loss + backward + SGD"
 run train_step_ssd300 train-step --model models/ssd300.json --batch "$step_batch" "${step_repeat[@]}"
 if [ "$device" = cuda ] || [ -n "${BENCH_QUICK:-}" ]; then

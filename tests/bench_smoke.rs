@@ -122,6 +122,31 @@ fn every_benchmark_runs_both_sides() {
     );
 }
 
+/// `tchcv bench coco-eval` at a tiny size: tchcv and pycocotools both run, and agree on the
+/// twelve numbers (the benchmark fails when they do not).
+#[test]
+fn coco_eval_benchmark_runs_both_sides() {
+    let row = bench(
+        "coco-eval",
+        &[
+            "coco-eval",
+            "--images",
+            "30",
+            "--detections",
+            "20",
+            "--repeat",
+            "1",
+        ],
+    );
+    assert_eq!(row["extra"]["detections"], 600, "{row}");
+    let diff = row["extra"]["pycocotools_stats_max_abs_diff"]
+        .as_f64()
+        .unwrap();
+    assert!(diff <= 1e-9, "{row}");
+    let ap = row["extra"]["tchcv_stats"][0].as_f64().unwrap();
+    assert!(ap > 0.0 && ap < 1.0, "{row}");
+}
+
 /// `tchcv bench loss` at a tiny size with the environment `env` (on top of a PATH without the
 /// project venv, and without TCHCV_PYTHON or VIRTUAL_ENV, as after `make build` in a fresh
 /// shell).

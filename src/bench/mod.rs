@@ -11,6 +11,7 @@ use std::process::Command;
 use std::time::Instant;
 
 pub mod chart;
+pub mod coco_eval;
 pub mod data;
 pub mod encode;
 pub mod loss;
@@ -123,7 +124,8 @@ fn missing_module_hint(python: &Path, stderr: &str) -> Option<String> {
     Some(format!(
         "{} has no module {module:?}: the PyTorch references need the project's venv (run \
          `make setup` in the tchcv checkout: it installs torch 2.11.0, torchvision, numpy, \
-         safetensors and pillow into .venv), or set TCHCV_PYTHON to a Python that has them",
+         safetensors, pillow and pycocotools into .venv), or set TCHCV_PYTHON to a Python that \
+         has them",
         python.display()
     ))
 }

@@ -43,6 +43,8 @@ enum Work {
     Chart(ChartArgs),
     /// Data pipeline: decode + SSD augmentation + target encoding, images per second.
     Data(tchcv::bench::data::DataBench),
+    /// COCO box evaluation (5000 images x 100 detections) against pycocotools, one thread each.
+    CocoEval(tchcv::bench::coco_eval::CocoEvalBench),
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
@@ -58,6 +60,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         Work::Data(b) => vec![tchcv::bench::data::run(b, device)?],
+        Work::CocoEval(b) => vec![tchcv::bench::coco_eval::run(b, device)?],
     };
     for row in &rows {
         println!("{}", row.line());

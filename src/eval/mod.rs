@@ -4,12 +4,14 @@
 //! |---|---|
 //! | `evaluations/voc_eval.py` `voc_eval` (ChainerCV), devkit `VOCevaldet.m` | [`voc::evaluate`] |
 //! | devkit results files `<prefix><class>.txt` | [`detections`] |
+//! | pycocotools `COCOeval` (bbox), COCO instances and results files | [`coco`] |
 //! | (examples drew with PIL) | [`draw::draw_detections`] |
 //! | (printed losses only) | [`plot::plot_loss`], [`plot::plot_pr`] |
 //!
 //! The AP computation, files and pictures run on host data; [`runner`] runs a detector over a
 //! dataset and hands its decoded boxes to them.
 
+pub mod coco;
 pub mod compare_plot;
 pub mod detections;
 pub mod draw;
