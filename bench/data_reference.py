@@ -8,7 +8,8 @@ bipartite matching, IoU >= 0.5, variances 0.1/0.2). Batches come from a torch Da
 --workers worker processes (each with one torch thread, DataLoader's default).
 
 Written for tchcv from torchcv's algorithms (reference-semantics.md b.1, b.7); prints one JSON
-line: {"ms_per_image": median over epochs, "images_per_s": ...}.
+line: {"ms_per_image": median over epochs, "images_per_s": ...}. The per-image recipe is
+`augment` (settable with tchcv's AugmentConfig keys), which bench/train_reference.py shares.
 """
 import argparse
 import itertools
@@ -38,7 +39,10 @@ def random_distort(img, b=32 / 255.0, c=0.5, s=0.5, h=0.1):
         return ImageEnhance.Color(img).enhance(factor(s)) if random.random() < 0.5 else img
 
     def hue(img):
-        return adjust_hue(img, random.uniform(-h, h)) if random.random() < 0.5 else img
+        if random.random() >= 0.5:
+            return img
+        shift = random.uniform(-h, h)
+        return adjust_hue(img, shift) if h else img  # hue 0: no step (ColorJitter(hue=0), tchcv)
 
     img = brightness(img)
     if random.random() < 0.5:
@@ -68,11 +72,12 @@ def random_paste(img, boxes, max_ratio=4, fill=(123, 116, 103)):
     return canvas, boxes + torch.tensor([x, y, x, y], dtype=torch.float32)
 
 
-def random_crop(img, boxes, labels, min_scale=0.3, max_aspect_ratio=2.0):
+def random_crop(img, boxes, labels, min_scale=0.3, max_aspect_ratio=2.0,
+                min_ious=(0, 0.1, 0.3, 0.5, 0.7, 0.9), trials=100):
     imw, imh = img.size
     params = [(0, 0, imw, imh)]
-    for min_iou in (0, 0.1, 0.3, 0.5, 0.7, 0.9):
-        for _ in range(100):
+    for min_iou in min_ious:
+        for _ in range(trials):
             scale = random.uniform(min_scale, 1)
             ar = random.uniform(max(1 / max_aspect_ratio, scale * scale), min(max_aspect_ratio, 1 / (scale * scale)))
             w = int(imw * scale * math.sqrt(ar))
@@ -143,33 +148,62 @@ def encode(anchors, boxes, labels):
     return loc, cls
 
 
+# tchcv's AugmentConfig defaults (src/data/transforms.rs): the keys of `--augment` JSON.
+AUGMENT_DEFAULTS = {
+    "photometric": True, "brightness": 32 / 255.0, "contrast": 0.5, "saturation": 0.5, "hue": 0.1,
+    "zoom_out": True, "zoom_out_prob": 0.5, "max_zoom_out": 4.0, "fill": [123, 116, 103],
+    "crop": True, "crop_min_scale": 0.3, "crop_max_aspect": 2.0,
+    "crop_min_ious": [0.0, 0.1, 0.3, 0.5, 0.7, 0.9], "crop_trials": 100,
+    "flip": True, "flip_prob": 0.5,
+}
+
+
+def load_item(item):
+    """One entry of the image list ({"path", "boxes", "labels"}): (PIL RGB image, boxes [K, 4]
+    f32, labels [K] i64)."""
+    img = Image.open(item["path"]).convert("RGB")
+    boxes = torch.tensor(item["boxes"], dtype=torch.float32).view(-1, 4)
+    return img, boxes, torch.tensor(item["labels"], dtype=torch.long)
+
+
+def to_normalized_tensor(img):
+    """ToTensor + Normalize (ImageNet): [3, H, W] f32."""
+    x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div(255)
+    return (x - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
+
+
+def augment(img, boxes, labels, size, cfg=None):
+    """torchcv's SSD training recipe on a PIL image and its [K, 4] xyxy pixel boxes, to a
+    `size = (W, H)` input: distort -> paste (zoom out) -> min-IoU crop -> resize (BILINEAR) ->
+    flip -> ToTensor + Normalize. `cfg` holds tchcv's AugmentConfig keys (AUGMENT_DEFAULTS for
+    the missing ones). Returns (x [3, H, W], boxes, labels)."""
+    c = dict(AUGMENT_DEFAULTS, **(cfg or {}))
+    if c["photometric"]:
+        img = random_distort(img, c["brightness"], c["contrast"], c["saturation"], c["hue"])
+    if c["zoom_out"] and random.random() < c["zoom_out_prob"]:
+        img, boxes = random_paste(img, boxes, c["max_zoom_out"], tuple(c["fill"]))
+    if c["crop"]:
+        img, boxes, labels = random_crop(img, boxes, labels, c["crop_min_scale"], c["crop_max_aspect"],
+                                         c["crop_min_ious"], c["crop_trials"])
+    w, h = img.size
+    img = img.resize(size, Image.BILINEAR)
+    boxes = boxes * torch.tensor([size[0] / w, size[1] / h] * 2)
+    if c["flip"] and random.random() < c["flip_prob"]:
+        img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        boxes = torch.stack([size[0] - boxes[:, 2], boxes[:, 1], size[0] - boxes[:, 0], boxes[:, 3]], 1)
+    return to_normalized_tensor(img), boxes, labels
+
+
 class Pipeline(torch.utils.data.Dataset):
     def __init__(self, items, size):
         self.items, self.size = items, size
         self.anchors = default_boxes(size)
-        self.mean = torch.tensor(MEAN).view(3, 1, 1)
-        self.std = torch.tensor(STD).view(3, 1, 1)
 
     def __len__(self):
         return len(self.items)
 
     def __getitem__(self, i):
-        item = self.items[i]
-        img = Image.open(item["path"]).convert("RGB")
-        boxes = torch.tensor(item["boxes"], dtype=torch.float32).view(-1, 4)
-        labels = torch.tensor(item["labels"], dtype=torch.long)
-        img = random_distort(img)
-        if random.random() < 0.5:
-            img, boxes = random_paste(img, boxes)
-        img, boxes, labels = random_crop(img, boxes, labels)
-        w, h = img.size
-        img = img.resize((self.size, self.size), Image.BILINEAR)
-        boxes = boxes * torch.tensor([self.size / w, self.size / h] * 2)
-        if random.random() < 0.5:
-            img = img.transpose(Image.FLIP_LEFT_RIGHT)
-            boxes = torch.stack([self.size - boxes[:, 2], boxes[:, 1], self.size - boxes[:, 0], boxes[:, 3]], 1)
-        x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div(255)
-        x = (x - self.mean) / self.std
+        x, boxes, labels = augment(*load_item(self.items[i]), (self.size, self.size))
         loc, cls = encode(self.anchors, boxes, labels)
         return x, loc, cls
 

@@ -33,6 +33,13 @@ def positives_and_loc_loss(loc_preds, loc_targets, cls_targets):
 
 def ssd_loss(loc_preds, loc_targets, cls_preds, cls_targets):
     """torchcv SSDLoss.forward: [N,A,4], [N,A,4], [N,A,C], [N,A] -> scalar."""
+    loc_loss, cls_loss, num_pos = ssd_loss_parts(loc_preds, loc_targets, cls_preds, cls_targets)
+    return (loc_loss + cls_loss) / max(1, num_pos)
+
+
+def ssd_loss_parts(loc_preds, loc_targets, cls_preds, cls_targets):
+    """torchcv SSDLoss.forward before its division: (loc_loss sum, cls_loss sum, num_pos), the
+    parts torchcv's training loop printed per positive."""
     pos, num_pos, loc_loss = positives_and_loc_loss(loc_preds, loc_targets, cls_targets)
     n, a, c = cls_preds.shape
     cls_loss = F.cross_entropy(cls_preds.view(-1, c), cls_targets.view(-1), reduction="none",
@@ -46,7 +53,7 @@ def ssd_loss(loc_preds, loc_targets, cls_preds, cls_targets):
         num_neg = 3 * pos.sum(1)
         neg = rank < num_neg[:, None]
     cls_loss = cls_loss[pos | neg].sum()
-    return (loc_loss + cls_loss) / max(1, num_pos)
+    return loc_loss, cls_loss, num_pos
 
 
 def focal_loss(loc_preds, loc_targets, cls_preds, cls_targets, alpha=0.25, gamma=2.0):

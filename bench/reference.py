@@ -1,6 +1,6 @@
 """The PyTorch side of `tchcv bench`: the same work in PyTorch eager, one module per benchmark.
 
-    python bench/reference.py loss|encode|data|train-step|coco-eval [ARGS...]
+    python bench/reference.py loss|encode|data|train-step|coco-eval|train [ARGS...]
 
 Each prints one JSON line with `median_ms` (and benchmark-specific numbers). `tchcv bench <work>`
 runs this script itself on the same inputs and reports both timings and the ratio.
@@ -12,6 +12,7 @@ runs this script itself on the same inputs and reports both timings and the rati
 | data | data_reference.py | PIL decode + torchcv SSD transforms + encode, torch DataLoader workers |
 | train-step | train_step_reference.py | detector forward + SSD loss + backward + torch.optim.SGD step |
 | coco-eval | coco_eval_reference.py | pycocotools COCOeval (bbox): evaluate + accumulate + summarize, one thread |
+| train | train_reference.py | a whole training run: DataLoader workers, augmentation, encoding, SSD, SSDLoss, optimizer |
 """
 
 import runpy
@@ -24,6 +25,7 @@ MODULES = {
     "data": "data_reference.py",
     "train-step": "train_step_reference.py",
     "coco-eval": "coco_eval_reference.py",
+    "train": "train_reference.py",
 }
 
 

@@ -3,7 +3,10 @@
 #include "torch_ext.h"
 #include "guarded.h"
 
+#include <atomic>
+#include <chrono>
 #include <cstring>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <sstream>
@@ -12,6 +15,9 @@
 #include <vector>
 
 #include <ATen/ATen.h>
+#include <ATen/ops/_fused_adam.h>
+#include <ATen/ops/_fused_adamw.h>
+#include <ATen/ops/_fused_sgd.h>
 #include <ATen/autocast_mode.h>
 #include <ATen/record_function.h>
 #include <c10/core/CachingDeviceAllocator.h>
@@ -98,6 +104,64 @@ void op_count_exit(const at::RecordFunction&, at::ObserverContext*) {
   if (slot < op_calls.size()) {
     op_calls[slot] = std::move(line);
   }
+}
+
+// ---- operator timing --------------------------------------------------------------------------
+
+std::mutex op_time_mutex;
+std::optional<at::CallbackHandle> op_time_handle;  // guarded by op_time_mutex
+// Per operator name: outermost calls and their nanoseconds.
+std::map<std::string, std::pair<int64_t, int64_t>> op_times;  // guarded by op_time_mutex
+// Bumped by each start, so a thread's depth left over from an earlier timing is discarded.
+std::atomic<uint64_t> op_time_generation{0};
+
+// Per thread: the timing generation it last saw, its operator nesting depth and when its
+// outermost call started.
+struct OpTimeThread {
+  uint64_t generation = 0;
+  int depth = 0;
+  std::chrono::steady_clock::time_point started;
+};
+thread_local OpTimeThread op_time_thread;
+
+std::unique_ptr<at::ObserverContext> op_time_enter(const at::RecordFunction&) {
+  auto& t = op_time_thread;
+  const uint64_t generation = op_time_generation.load(std::memory_order_relaxed);
+  if (t.generation != generation) {
+    t = OpTimeThread{generation, 0, {}};
+  }
+  if (t.depth++ == 0) {
+    t.started = std::chrono::steady_clock::now();
+  }
+  return nullptr;
+}
+
+void op_time_exit(const at::RecordFunction& fn, at::ObserverContext*) {
+  auto& t = op_time_thread;
+  // A callback registered while an operator was running sees its exit without its entry.
+  if (t.generation != op_time_generation.load(std::memory_order_relaxed) || t.depth == 0) {
+    return;
+  }
+  if (--t.depth > 0) {
+    return;
+  }
+  const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                      std::chrono::steady_clock::now() - t.started)
+                      .count();
+  std::lock_guard<std::mutex> lock(op_time_mutex);
+  auto& entry = op_times[fn.name()];
+  entry.first += 1;
+  entry.second += ns;
+}
+
+std::vector<at::Tensor> tensors_of(tchcv_tensor* list, int64_t n) {
+  TORCH_CHECK(n >= 0 && (n == 0 || list != nullptr), "bad tensor list of length ", n);
+  std::vector<at::Tensor> out;
+  out.reserve(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    out.push_back(tensor_of(list[i]));
+  }
+  return out;
 }
 
 }  // namespace
@@ -213,6 +277,84 @@ char* tchcv_op_count_stop(char** report) {
     }
     op_calls.clear();
     *report = tchcv::copy_message(out.str());
+  });
+}
+
+char* tchcv_op_time_start(void) {
+  return guarded([&] {
+    std::lock_guard<std::mutex> lock(op_time_mutex);
+    TORCH_CHECK(!op_time_handle.has_value(), "an operator timing is already running");
+    op_times.clear();
+    op_time_generation.fetch_add(1, std::memory_order_relaxed);
+    op_time_handle = at::addGlobalCallback(
+        at::RecordFunctionCallback(op_time_enter, op_time_exit)
+            .scopes({at::RecordScope::FUNCTION})
+            .needsInputs(false)
+            .needsOutputs(false));
+  });
+}
+
+char* tchcv_op_time_stop(char** report) {
+  return guarded([&] {
+    std::optional<at::CallbackHandle> handle;
+    {
+      std::lock_guard<std::mutex> lock(op_time_mutex);
+      TORCH_CHECK(op_time_handle.has_value(), "no operator timing is running");
+      handle = op_time_handle;
+      op_time_handle.reset();
+    }
+    at::removeCallback(*handle);
+    std::ostringstream out;
+    std::lock_guard<std::mutex> lock(op_time_mutex);
+    for (const auto& [name, entry] : op_times) {
+      out << name << '\t' << entry.first << '\t' << entry.second << '\n';
+    }
+    op_times.clear();
+    *report = tchcv::copy_message(out.str());
+  });
+}
+
+char* tchcv_grad_set_none(tchcv_tensor tensor) {
+  return guarded([&] {
+    at::Tensor t = tensor_of(tensor);
+    t.mutable_grad().reset();
+  });
+}
+
+char* tchcv_fused_sgd(tchcv_tensor* params, tchcv_tensor* grads, tchcv_tensor* bufs, int64_t n,
+                      double weight_decay, double momentum, double lr, int nesterov,
+                      int is_first_step) {
+  return guarded([&] {
+    const auto p = tensors_of(params, n);
+    const auto g = tensors_of(grads, n);
+    const auto b = momentum != 0.0 ? tensors_of(bufs, n) : std::vector<at::Tensor>{};
+    at::_fused_sgd_(p, g, b, weight_decay, momentum, lr, /*dampening=*/0.0, nesterov != 0,
+                    /*maximize=*/false, is_first_step != 0);
+  });
+}
+
+char* tchcv_fused_adam(tchcv_tensor* params, tchcv_tensor* grads, tchcv_tensor* exp_avgs,
+                       tchcv_tensor* exp_avg_sqs, int64_t n, double lr, double beta1, double beta2,
+                       double weight_decay, double eps, int decoupled, int64_t step) {
+  return guarded([&] {
+    const auto p = tensors_of(params, n);
+    if (p.empty()) {
+      return;
+    }
+    const auto g = tensors_of(grads, n);
+    const auto m = tensors_of(exp_avgs, n);
+    const auto v = tensors_of(exp_avg_sqs, n);
+    // The kernels read each parameter's step count from a float scalar on its device.
+    const auto count = at::full({}, static_cast<double>(step),
+                                at::TensorOptions().dtype(at::kFloat).device(p[0].device()));
+    const std::vector<at::Tensor> steps(p.size(), count);
+    if (decoupled != 0) {
+      at::_fused_adamw_(p, g, m, v, {}, steps, lr, beta1, beta2, weight_decay, eps,
+                        /*amsgrad=*/false, /*maximize=*/false);
+    } else {
+      at::_fused_adam_(p, g, m, v, {}, steps, lr, beta1, beta2, weight_decay, eps,
+                       /*amsgrad=*/false, /*maximize=*/false);
+    }
   });
 }
 

@@ -56,6 +56,31 @@ char* tchcv_op_count_start(void);
 // tab-separated.
 char* tchcv_op_count_stop(char** report);
 
+// Operator timing through a global RecordFunction callback: per operator name, the calls and
+// wall nanoseconds of the outermost operator calls of each thread (an operator's nested calls
+// count toward it; the autograd engine's `autograd::engine::evaluate_function: <Node>` scopes
+// are outermost in a backward pass). Only one timing runs at a time.
+char* tchcv_op_time_start(void);
+// Stop timing; *report (malloc'd, freed by the caller) gets one line per operator name:
+// name, calls, nanoseconds, tab-separated.
+char* tchcv_op_time_stop(char** report);
+
+// Undefine a tensor's gradient (`tensor.grad = None`, torch's zero_grad(set_to_none=True)):
+// the next backward pass then stores its gradient instead of adding it to zeros.
+char* tchcv_grad_set_none(tchcv_tensor tensor);
+
+// One update of `n` float parameters of one device with libtorch's fused SGD kernel
+// (at::_fused_sgd_, torch.optim.SGD(fused=True); dampening 0): momentum buffers `bufs` (unused
+// when momentum is 0) are set to the gradients on the first step, else updated in place.
+char* tchcv_fused_sgd(tchcv_tensor* params, tchcv_tensor* grads, tchcv_tensor* bufs, int64_t n,
+                      double weight_decay, double momentum, double lr, int nesterov,
+                      int is_first_step);
+// One Adam update (at::_fused_adam_, or at::_fused_adamw_ when `decoupled`), moments updated in
+// place; `step` counts the updates including this one (1 on the first).
+char* tchcv_fused_adam(tchcv_tensor* params, tchcv_tensor* grads, tchcv_tensor* exp_avgs,
+                       tchcv_tensor* exp_avg_sqs, int64_t n, double lr, double beta1, double beta2,
+                       double weight_decay, double eps, int decoupled, int64_t step);
+
 #ifdef __cplusplus
 }
 #endif

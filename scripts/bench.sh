@@ -113,6 +113,29 @@ if [ "$device" = cpu ]; then
         --batch "$small_batch" --channels-last "${small_repeat[@]}"
 fi
 
+echo "== training end to end: tchcv train against the ordinary PyTorch script on the same synthetic"
+echo "   VOC data (images/s, start-up, data wait, peak memory, VOC07 mAP after equal iterations)"
+if "$python" -c 'import PIL' 2>/dev/null; then
+    train_data="$out/train-data"
+    if [ -n "${BENCH_QUICK:-}" ]; then
+        "$bin" synth --out "$train_data" --train 16 --test 8 --size 128x96 --seed 0 >/dev/null
+        e2e_small=(--batch 4 --iters 2 --seeds 0 --probe-iters 1)
+        e2e_300=(--batch 2 --iters 2 --seeds 0 --probe-iters 1)
+    else
+        # make demo's data and recipe; BENCH_TRAIN_* shorten the runs (SSD300 takes seconds a step).
+        "$bin" synth --out "$train_data" --train 2000 --test 200 --seed 0 >/dev/null
+        e2e_small=(--batch 32 --iters "${BENCH_TRAIN_ITERS_SMALL:-1500}" --seeds "${BENCH_TRAIN_SEEDS:-0,1,2}")
+        e2e_300=(--batch 8 --iters "${BENCH_TRAIN_ITERS_SSD300:-300}" --seeds "${BENCH_TRAIN_SEEDS_SSD300:-0}")
+    fi
+    run train_e2e_ssd_small train --model models/ssd_small.json --data "$train_data" "${e2e_small[@]}"
+    run train_e2e_ssd300 train --model models/ssd300.json --data "$train_data" "${e2e_300[@]}"
+    # Where one tchcv iteration's time goes (no PyTorch side, so no bar in the chart).
+    run train_profile_ssd_small train --profile --model models/ssd_small.json --data "$train_data" \
+        "${e2e_small[@]:0:4}" ${BENCH_QUICK:+--profile-iters 1}
+else
+    skip train_e2e "its PyTorch side decodes with PIL, which $python cannot import"
+fi
+
 shopt -s nullglob
 reports=("$out"/*.json)
 if [ ${#reports[@]} -gt 0 ]; then

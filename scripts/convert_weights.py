@@ -3,6 +3,8 @@
 
     python scripts/convert_weights.py --arch vgg16 vgg16-397923af.pth vgg16_backbone.safetensors
     python scripts/convert_weights.py --arch resnet50 resnet50-0676ba61.pth r50_backbone.safetensors
+    python scripts/convert_weights.py --arch fasterrcnn_resnet50_fpn \
+        fasterrcnn_resnet50_fpn_coco-258fb6c6.pth rpn_r50_fpn.safetensors
     tchcv train --model models/ssd300.json --init vgg16_backbone.safetensors ...
 
 The input is a state_dict saved with torch.save (a `.pth` as torchvision downloads them, or a
@@ -22,6 +24,17 @@ vgg16 (SSD300, SSD512; torchcv's layer names)
 
 resnet18/34/50/101/152 (RetinaNet; torchcv keeps the ResNet inside `fpn`)
     conv1, bn1, layer1..layer4 -> fpn.<same name>; fc and num_batches_tracked dropped
+    (--prefix backbone.body. for models/rpn_r50_fpn.json, whose ResNet has torchvision's
+    Faster R-CNN names)
+
+fasterrcnn_resnet50_fpn (models/rpn_r50_fpn.json: the whole region proposal network, which
+`tchcv train --init` loads whole; tchcv keeps torchvision's names)
+    backbone.body.*                       -> the same names
+    backbone.fpn.{inner,layer}_blocks.i.0 -> the same names; the pre-0.13 names of torchvision's
+                                             COCO checkpoint (backbone.fpn.inner_blocks.i.weight)
+                                             get the `.0`
+    rpn.head.conv.0.0, cls_logits, bbox_pred -> the same; rpn.head.conv (pre-0.13) -> conv.0.0
+    roi_heads.* (the second stage) and num_batches_tracked dropped
 
 Exit status 0 on success, 1 with a one-line `error: ...` (e.g. the names the input lacks).
 """
@@ -36,6 +49,7 @@ from safetensors.torch import load_file, save_file
 VGG_FEATURES = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21]
 VGG_CONV5 = {24: 'conv5_1', 26: 'conv5_2', 28: 'conv5_3'}
 RESNETS = {'resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152'}
+DETECTORS = {'fasterrcnn_resnet50_fpn'}
 
 
 class ConvertError(Exception):
@@ -84,22 +98,62 @@ def convert_vgg16(state, origin):
     return out
 
 
-def convert_resnet(state, origin):
+def convert_resnet(state, origin, prefix='fpn.'):
     out = {}
     for name, t in state.items():
         if name.endswith('num_batches_tracked') or name.startswith('fc.'):
             continue
         if name.split('.')[0] in ('conv1', 'bn1', 'layer1', 'layer2', 'layer3', 'layer4'):
-            out[f'fpn.{name}'] = t
+            out[f'{prefix}{name}'] = t
         else:
             raise ConvertError(f'{origin}: unexpected tensor {name!r} for a torchvision ResNet')
     take(state, 'layer4.0.conv1.weight', origin)
     return out
 
 
+def rpn_name(name):
+    """A Faster R-CNN tensor's tchcv name (torchvision's current one); None for one tchcv
+    drops (the second stage, batch-norm counters), '' for one it does not know."""
+    parts = name.split('.')
+    if name.endswith('num_batches_tracked') or parts[0] == 'roi_heads':
+        return None
+    if parts[:2] == ['backbone', 'body']:
+        return name
+    fpn_block = parts[:2] == ['backbone', 'fpn'] and parts[2:3] in (['inner_blocks'],
+                                                                    ['layer_blocks'])
+    if fpn_block and len(parts) == 5:
+        return '.'.join(parts[:4] + ['0', parts[4]])  # pre-0.13: blocks.i.weight
+    if fpn_block and len(parts) == 6 and parts[4] == '0':
+        return name
+    if parts[:3] == ['rpn', 'head', 'conv'] and len(parts) == 4:
+        return f'rpn.head.conv.0.0.{parts[3]}'  # pre-0.13
+    if parts[:2] == ['rpn', 'head'] and parts[2] in ('conv', 'cls_logits', 'bbox_pred'):
+        return name
+    return ''
+
+
+def convert_fasterrcnn(state, origin):
+    out = {}
+    for name, t in state.items():
+        new = rpn_name(name)
+        if new == '':
+            raise ConvertError(f'{origin}: unexpected tensor {name!r} for a torchvision '
+                               'fasterrcnn_resnet50_fpn')
+        if new is not None:
+            out[new] = t
+    take(state, 'backbone.body.layer4.2.conv3.weight', origin)
+    if 'rpn.head.cls_logits.weight' not in out:
+        take(state, 'rpn.head.cls_logits.weight', origin)
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--arch', required=True, choices=['vgg16', *sorted(RESNETS)])
+    parser.add_argument('--arch', required=True,
+                        choices=['vgg16', *sorted(RESNETS), *sorted(DETECTORS)])
+    parser.add_argument('--prefix', default='fpn.',
+                        help='ResNets: the name prefix of the backbone (fpn. for RetinaNet, '
+                             'backbone.body. for the ResNet-FPN RPN)')
     parser.add_argument('input', help='torchvision state_dict (.pth or .safetensors)')
     parser.add_argument('output', help='tchcv backbone weights (.safetensors)')
     args = parser.parse_args()
@@ -107,8 +161,10 @@ def main():
         state = read_state_dict(args.input)
         if args.arch == 'vgg16':
             out = convert_vgg16(state, args.input)
+        elif args.arch in DETECTORS:
+            out = convert_fasterrcnn(state, args.input)
         else:
-            out = convert_resnet(state, args.input)
+            out = convert_resnet(state, args.input, args.prefix)
         out = {k: v.detach().to(torch.float32).contiguous() for k, v in out.items()}
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         save_file(out, args.output)
@@ -116,7 +172,8 @@ def main():
         print(f'error: {exc}', file=sys.stderr)
         sys.exit(1)
     n = sum(t.numel() for t in out.values())
-    print(f'{args.output}: {len(out)} tensors, {n} values ({args.arch} backbone)')
+    what = 'region proposal network' if args.arch in DETECTORS else 'backbone'
+    print(f'{args.output}: {len(out)} tensors, {n} values ({args.arch} {what})')
 
 
 if __name__ == '__main__':

@@ -37,8 +37,13 @@ pub const DEFAULT_DECODE_CLAMP: f64 = 4.135_166_556_742_356;
 /// At most this many anchors per spec (a guard against a typo such as a 3000x3000 map).
 pub const MAX_ANCHORS: i64 = 1 << 24;
 
-/// The loss names a spec may give (`tchcv::loss::LossKind` parses them).
-pub const LOSS_NAMES: [&str; 3] = ["ssd", "focal", "softmax_focal"];
+/// The loss names a spec may give (`tchcv::loss::LossKind` parses them). `"rpn"` (Faster
+/// R-CNN's region proposal loss) goes with `head: "rpn"` and only with it.
+pub const LOSS_NAMES: [&str; 4] = ["ssd", "focal", "softmax_focal", "rpn"];
+
+/// The RPN sampler names a spec's `rpn.sampler` may give (`tchcv::bbox::SamplerKind` parses
+/// them).
+pub const SAMPLER_NAMES: [&str; 3] = ["random", "hard", "all"];
 
 /// One architecture: input size, network names, anchors, matching and coder constants.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -56,8 +61,8 @@ pub struct ModelSpec {
     /// Free-form options for the detector builder; not validated here.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub network: Option<Value>,
-    /// Default loss: "ssd", "focal" or "softmax_focal". Default: "focal" for `head: "retina"`,
-    /// else "ssd".
+    /// Default loss: "ssd", "focal", "softmax_focal" or "rpn". Default: "focal" for
+    /// `head: "retina"`, "rpn" for `head: "rpn"` (the only loss it takes), else "ssd".
     pub loss: String,
     pub anchors: AnchorSpec,
     pub matching: MatchingSpec,
@@ -193,6 +198,9 @@ pub struct RpnSpec {
     pub score_threshold: f64,
     /// Proposals need both sides >= this many pixels (torchvision: 1e-3).
     pub min_size: f64,
+    /// Which anchors of an image enter the loss when training: `"random"` (torchvision's
+    /// balanced sampler), `"hard"` (OHEM negatives) or `"all"` ([`SAMPLER_NAMES`]).
+    pub sampler: String,
 }
 
 impl Default for RpnSpec {
@@ -211,6 +219,7 @@ impl Default for RpnSpec {
             nms_threshold: 0.7,
             score_threshold: 0.0,
             min_size: 1e-3,
+            sampler: "random".to_string(),
         }
     }
 }
@@ -296,14 +305,14 @@ impl ModelSpec {
         let head = root.required("head", |n| n.string())?;
         let network = root.optional("network", |n| Ok(n.value().clone()))?;
         let loss = root
-            .optional("loss", |n| {
-                let s = n.string()?;
-                if !LOSS_NAMES.contains(&s.as_str()) {
-                    return Err(n.fail(format!("expected one of {LOSS_NAMES:?}, got {s:?}")));
-                }
-                Ok(s)
-            })?
-            .unwrap_or_else(|| if head == "retina" { "focal" } else { "ssd" }.to_string());
+            .optional("loss", |n| one_of(n, &LOSS_NAMES))?
+            .unwrap_or_else(|| default_loss(&head).to_string());
+        if (head == "rpn") != (loss == "rpn") {
+            return Err(crate::bad_input(format!(
+                "{origin}: loss: {loss:?} does not fit head {head:?} (the \"rpn\" head is \
+                 trained with the \"rpn\" loss, and only it)"
+            )));
+        }
         let anchors = root.required("anchors", |n| parse_anchors(n, input_size))?;
         let default_matching = anchors.default_matching();
         let matching = root
@@ -421,9 +430,9 @@ impl ModelSpec {
     }
 
     /// Whether the classifier has a background column 0 (softmax losses) rather than none
-    /// (sigmoid focal loss).
+    /// (sigmoid focal loss, the RPN's objectness).
     pub fn has_background_column(&self) -> bool {
-        self.loss != "focal"
+        self.loss != "focal" && self.loss != "rpn"
     }
 
     /// The spec's `rpn` settings, or torchvision's defaults when it has none.
@@ -661,6 +670,24 @@ fn parse_train_test(n: Node<'_>) -> Result<TrainTest> {
     })
 }
 
+/// A string that must be one of `names`.
+fn one_of(n: Node<'_>, names: &[&str]) -> Result<String> {
+    let s = n.string()?;
+    if !names.contains(&s.as_str()) {
+        return Err(n.fail(format!("expected one of {names:?}, got {s:?}")));
+    }
+    Ok(s)
+}
+
+/// The loss of a spec that names none: the head's own.
+fn default_loss(head: &str) -> &'static str {
+    match head {
+        "retina" => "focal",
+        "rpn" => "rpn",
+        _ => "ssd",
+    }
+}
+
 fn parse_rpn(n: Node<'_>) -> Result<RpnSpec> {
     let o = n.object(&[
         "batch_size_per_image",
@@ -670,6 +697,7 @@ fn parse_rpn(n: Node<'_>) -> Result<RpnSpec> {
         "nms_threshold",
         "score_threshold",
         "min_size",
+        "sampler",
     ])?;
     let d = RpnSpec::default();
     Ok(RpnSpec {
@@ -700,6 +728,9 @@ fn parse_rpn(n: Node<'_>) -> Result<RpnSpec> {
                 Ok(x)
             })?
             .unwrap_or(d.min_size),
+        sampler: o
+            .optional("sampler", |v| one_of(v, &SAMPLER_NAMES))?
+            .unwrap_or(d.sampler),
     })
 }
 

@@ -208,3 +208,72 @@ fn benchmarks_find_the_project_venv() {
         "{stderr}"
     );
 }
+
+/// `tchcv bench train` end to end at a tiny size: a synthetic VOC folder, both sides trained
+/// (after a one-iteration probe of each of two splits per side) and scored; every field of the
+/// report is there and finite (no speed is asserted).
+#[test]
+fn train_benchmark_runs_both_sides() {
+    let data = common::scratch("bench-train-data");
+    let synth = Command::new(common::tchcv_bin())
+        .args([
+            "synth", "--train", "12", "--test", "6", "--size", "128x96", "--out",
+        ])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        synth.status.success(),
+        "{}",
+        String::from_utf8_lossy(&synth.stderr)
+    );
+    let row = bench(
+        "train",
+        &[
+            "train",
+            "--model",
+            "models/ssd_small.json",
+            "--data",
+            data.to_str().unwrap(),
+            "--iters",
+            "2",
+            "--batch",
+            "4",
+            "--probe-iters",
+            "1",
+            "--workers-split",
+            "1x1,2x1",
+            "--log-every",
+            "1",
+        ],
+    );
+    assert_eq!(row["work"], "ssd_small train end-to-end", "{row}");
+    let extra = &row["extra"];
+    for side in ["tchcv", "pytorch"] {
+        let s = &extra[side];
+        for key in [
+            "images_per_s",
+            "startup_s",
+            "wall_s",
+            "loop_seconds",
+            "peak_rss_mib",
+        ] {
+            let v = s[key].as_f64().unwrap_or(f64::NAN);
+            assert!(v.is_finite() && v > 0.0, "{side}.{key} = {v} in {row}");
+        }
+        let wait = s["data_wait_share"].as_f64().unwrap_or(f64::NAN);
+        assert!((0.0..=1.0).contains(&wait), "{side}: data wait {wait}");
+        let map = s["map_voc07_mean"].as_f64().unwrap_or(f64::NAN);
+        assert!((0.0..=1.0).contains(&map), "{side}: mAP {map}");
+        assert_eq!(s["iterations"], 2, "{side}: {s}");
+        assert_eq!(s["images"], 8, "{side}: {s}");
+        assert!(s["peak_total_mib"].as_f64().unwrap() > 0.0, "{side}: {s}");
+        assert!(s["peak_cuda_allocated_mib"].is_null(), "{side}: {s}");
+        assert!(
+            ["1x1", "2x1"].contains(&s["split"].as_str().unwrap()),
+            "{side}: {s}"
+        );
+    }
+    assert_eq!(extra["probes"].as_array().unwrap().len(), 4, "{row}");
+    assert_eq!(extra["test_images"], 6, "{row}");
+}

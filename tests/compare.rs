@@ -47,7 +47,8 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// A few iterations of the small SSD, evaluated on the test split.
+/// A few iterations (of the small SSD unless `extra` names a model), evaluated on the test
+/// split.
 fn train(data: &Path, out: &Path, extra: &[&str]) {
     let mut args = vec![
         "train",
@@ -57,8 +58,6 @@ fn train(data: &Path, out: &Path, extra: &[&str]) {
         "trainval",
         "--test-sets",
         "test",
-        "--model",
-        "models/ssd_small.json",
         "--device",
         "cpu",
         "--workers",
@@ -72,6 +71,9 @@ fn train(data: &Path, out: &Path, extra: &[&str]) {
         "--out",
         s(out),
     ];
+    if !extra.contains(&"--model") {
+        args.extend(["--model", "models/ssd_small.json"]);
+    }
     args.extend_from_slice(extra);
     ok(&tchcv(&args), &format!("train {}", out.display()));
 }
@@ -219,4 +221,42 @@ fn runs_on_other_data_are_refused_unless_forced() {
         .contains("**Forced**"));
     let not_a_run = tchcv(&["compare", "--out", s(&out), s(&data)]);
     assert_eq!(not_a_run.status.code(), Some(2));
+}
+
+/// Region proposal networks are compared by their proposal recall (their eval.json), each
+/// value the run's own.
+#[test]
+fn proposal_networks_are_compared_by_recall() {
+    let data = synth("compare_rpn_data", 5);
+    let root = common::scratch("compare_rpn_runs");
+    let (random, hard) = (root.join("random"), root.join("hard"));
+    let rpn = ["--model", "models/rpn_small.json", "--loss", "rpn"];
+    train(
+        &data,
+        &random,
+        &[&rpn[..], &["--rpn-sampler", "random"]].concat(),
+    );
+    train(
+        &data,
+        &hard,
+        &[&rpn[..], &["--rpn-sampler", "hard"]].concat(),
+    );
+    let out = root.join("report");
+    let table = ok(
+        &tchcv(&["compare", "--out", s(&out), s(&random), s(&hard)]),
+        "compare rpn",
+    );
+    assert!(table.contains("AR@1000"), "{table}");
+    let report = read(&out.join("compare.json"));
+    for (run, dir) in report["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip([&random, &hard])
+    {
+        let own = read(&dir.join("eval.json"));
+        assert_eq!(run["ar_1000"], own["ar_1000"]);
+        assert_eq!(run["recall_50"], own["recall_50"]);
+    }
+    assert_eq!(report["experiments"].as_array().unwrap().len(), 2);
 }

@@ -430,3 +430,39 @@ fn pinned_memory_batches_on_cuda() {
     let unpinned = collect(&loader(&ds, config(2, 0)), 0);
     assert!(!unpinned[0].images.is_pinned(device));
 }
+
+#[test]
+fn the_rpn_coder_encodes_class_agnostic_labels_before_sampling() {
+    // With RpnCoder as the target encoder each image's targets are RpnCoder::label of its
+    // transformed boxes: labels 1 / 0 / -1 whatever the classes, regression targets at the
+    // positives only.
+    let root = synth("loader-rpn", 12);
+    let ds = dataset(&root);
+    let spec = tchcv::spec::ModelSpec::load(&common::repo().join("models/rpn_small.json")).unwrap();
+    let rpn = Arc::new(tchcv::bbox::RpnCoder::from_spec(&spec).unwrap());
+    let config = LoaderConfig {
+        input_size: [160, 160],
+        ..config(2, 4)
+    };
+    let loader = Loader::new(Arc::clone(&ds), rpn.clone(), config).unwrap();
+    let mut positives = 0;
+    for batch in collect(&loader, 0) {
+        let a = rpn.num_anchors();
+        assert_eq!(batch.cls_targets.size(), [batch.len() as i64, a]);
+        for (i, boxes) in batch.boxes.iter().enumerate() {
+            let want = rpn.label(boxes).unwrap();
+            let labels = batch.cls_targets.get(i as i64);
+            assert!(
+                labels.equal(&want.labels_tensor()),
+                "image {}",
+                batch.ids[i]
+            );
+            let targets = batch.loc_targets.get(i as i64);
+            assert!(targets.equal(&want.regression_targets_tensor()));
+            positives += want.num_pos();
+        }
+        let (lo, hi) = (batch.cls_targets.min(), batch.cls_targets.max());
+        assert!(lo.int64_value(&[]) >= -1 && hi.int64_value(&[]) <= 1);
+    }
+    assert!(positives > 0, "the images have objects");
+}

@@ -313,6 +313,54 @@ fn retinanet_options_match_the_reference() {
     compare("retina_r18", &case, 4, true, Device::Cpu);
 }
 
+/// rpn_r50_fpn.json at 256x256 (P2-P6: maps 64, 32, 16, 8, 4), so the test stays fast.
+fn rpn_r50_256(name: &str, network: serde_json::Value) -> PathBuf {
+    edited_spec(name, "rpn_r50_fpn.json", |v| {
+        v["name"] = serde_json::json!("rpn_r50_256");
+        v["input_size"] = serde_json::json!([256, 256]);
+        v["anchors"]["feature_maps"] = serde_json::json!([64, 32, 16, 8, 4]);
+        v["num_anchors"] = serde_json::json!(3 * (64 * 64 + 32 * 32 + 16 * 16 + 8 * 8 + 4 * 4));
+        v["network"] = network;
+    })
+}
+
+#[test]
+fn rpn_small_matches_torchvision_rpn_heads_in_training_mode() {
+    // The small backbone's maps (64 and 128 channels) with one torchvision RPNHead per map;
+    // deltas [N, A, 4] and objectness [N, A, 1] flattened by concat_box_prediction_layers.
+    let seed = common::fresh_seed("rpn_small parity (train)");
+    let path = spec("rpn_small.json");
+    let case = reference_in(Mode::grads(), "rpn_small_train", &path, 5, 3, true, seed);
+    compare("rpn_small_train", &case, 5, true, Device::Cpu);
+}
+
+#[test]
+fn rpn_resnet50_fpn_matches_torchvisions_backbone_and_rpn_head() {
+    // torchvision's resnet_fpn_backbone (ResNet-50, FPN P2-P5 + LastLevelMaxPool) and one
+    // shared RPNHead: batch norms training (outputs, statistics, gradients), then frozen batch
+    // norm as the shipped spec has it.
+    let seed = common::fresh_seed("rpn_r50_fpn parity");
+    let path = rpn_r50_256("rpn_r50_train", serde_json::json!({"frozen_bn": false}));
+    let case = reference_in(Mode::grads(), "rpn_r50_train", &path, 1, 2, true, seed);
+    compare("rpn_r50_train", &case, 1, true, Device::Cpu);
+    let path = rpn_r50_256("rpn_r50_frozen", serde_json::json!({"frozen_bn": true}));
+    let case = reference("rpn_r50_frozen", &path, 1, 1, false, seed);
+    compare("rpn_r50_frozen", &case, 1, false, Device::Cpu);
+}
+
+#[test]
+fn rpns_match_the_reference_on_cuda() {
+    let Some(device) = common::cuda_or_skip("rpn parity on CUDA") else {
+        return;
+    };
+    let seed = common::fresh_seed("rpn parity (cuda)");
+    let case = reference("rpn_small_cuda", &spec("rpn_small.json"), 1, 2, true, seed);
+    compare("rpn_small (cuda, train)", &case, 1, true, device);
+    let path = rpn_r50_256("rpn_r50_cuda", serde_json::Value::Null);
+    let case = reference("rpn_r50_cuda", &path, 1, 2, false, seed);
+    compare("rpn_r50_fpn (cuda)", &case, 1, false, device);
+}
+
 #[test]
 fn committed_tiny_small_ssd_fixture_matches() {
     // tests/fixtures/models/small_tiny: `ssd_net.py gen --spec .../spec.json --num-classes 3

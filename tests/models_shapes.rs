@@ -51,6 +51,9 @@ fn shipped_specs_give_outputs_of_the_spec_anchor_count() {
         ("ssd512.json", 20, 1, 24564, 21), // 64^2*4 + 32^2*6 + 16^2*6 + 8^2*6 + 4^2*6 + 4*4 + 4
         ("retinanet.json", 20, 1, 49104, 20), // 9 * (64^2 + 32^2 + 16^2 + 8^2 + 4^2), no bg
         ("ssd_small.json", 3, 2, 2386, 4), // 20^2*4 + 10^2*6 + 5^2*6 + 3^2*4
+        // RPNs: one column (objectness) whatever the classes.
+        ("rpn_small.json", 5, 2, 3204, 1), // 6 * (20^2 + 10^2 + 5^2 + 3^2)
+        ("rpn_r50_fpn.json", 20, 1, 159882, 1), // 3 * (200^2 + 100^2 + 50^2 + 25^2 + 13^2)
     ];
     for (file, classes, n, a, c) in cases {
         let spec = load(file);
@@ -442,4 +445,75 @@ fn ssd_heads_under_a_sigmoid_focal_loss_start_at_the_prior() {
         v["network"] = serde_json::json!({"prior_prob": 1.5});
     });
     assert!(build_error(&bad, 4).contains("network.prior_prob"));
+}
+
+#[test]
+fn rpn_heads_start_at_torchvisions_init_under_its_names() {
+    // torchvision's RPNHead: every conv N(0, 0.01), every bias 0; one head per map on the small
+    // backbone (64- and 128-channel maps), one shared head on the FPN.
+    tch::manual_seed(3);
+    let vs = nn::VarStore::new(Device::Cpu);
+    build(vs.root(), &load("rpn_small.json"), 3).unwrap();
+    let vars = vs.variables();
+    let expect = [
+        ("rpn.head.0.conv.0.0.weight", vec![64, 64, 3, 3]),
+        ("rpn.head.0.cls_logits.weight", vec![6, 64, 1, 1]),
+        ("rpn.head.0.bbox_pred.weight", vec![24, 64, 1, 1]),
+        ("rpn.head.3.conv.0.0.weight", vec![128, 128, 3, 3]),
+        ("rpn.head.3.bbox_pred.bias", vec![24]),
+        ("extractor.stem.conv.weight", vec![16, 3, 3, 3]),
+    ];
+    for (name, shape) in expect {
+        assert_eq!(vars[name].size(), shape, "{name}");
+    }
+    for (name, t) in vars.iter().filter(|(n, _)| n.starts_with("rpn.head.")) {
+        if name.ends_with("bias") {
+            assert_eq!(t.abs().max().double_value(&[]), 0.0, "{name}");
+        } else if t.numel() > 10_000 {
+            let std = t.std(true).double_value(&[]);
+            assert!((std - 0.01).abs() < 5e-4, "{name}: std {std}");
+        }
+    }
+    let mut spec = load("rpn_r50_fpn.json");
+    // A smaller input builds the same variables faster.
+    spec.input_size = [256, 256];
+    let mut value = spec.to_json();
+    value["anchors"]["feature_maps"] = serde_json::json!([64, 32, 16, 8, 4]);
+    value.as_object_mut().unwrap().remove("num_anchors");
+    let spec = tchcv::spec::ModelSpec::from_json_str(&value.to_string(), "r50").unwrap();
+    let vs = nn::VarStore::new(Device::Cpu);
+    build(vs.root(), &spec, 3).unwrap();
+    let vars = vs.variables();
+    let expect = [
+        ("backbone.body.conv1.weight", vec![64, 3, 7, 7]),
+        ("backbone.body.layer4.2.conv3.weight", vec![2048, 512, 1, 1]),
+        ("backbone.fpn.inner_blocks.0.0.weight", vec![256, 256, 1, 1]),
+        (
+            "backbone.fpn.inner_blocks.3.0.weight",
+            vec![256, 2048, 1, 1],
+        ),
+        ("backbone.fpn.layer_blocks.3.0.weight", vec![256, 256, 3, 3]),
+        ("rpn.head.conv.0.0.weight", vec![256, 256, 3, 3]),
+        ("rpn.head.cls_logits.weight", vec![3, 256, 1, 1]),
+        ("rpn.head.bbox_pred.weight", vec![12, 256, 1, 1]),
+    ];
+    for (name, shape) in expect {
+        assert_eq!(vars[name].size(), shape, "{name}");
+    }
+    assert!(
+        !vars.keys().any(|k| k.starts_with("rpn.head.0.")),
+        "one shared head"
+    );
+    // Frozen batch norm (the spec's): nothing of it trains.
+    let trainable: Vec<String> = vs
+        .trainable_variables()
+        .iter()
+        .filter_map(|t| {
+            vars.iter()
+                .find(|(_, v)| v.data_ptr() == t.data_ptr())
+                .map(|(n, _)| n.clone())
+        })
+        .filter(|n| n.contains(".bn") || n.contains("downsample.1"))
+        .collect();
+    assert!(trainable.is_empty(), "frozen norms train: {trainable:?}");
 }

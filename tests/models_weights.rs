@@ -39,9 +39,14 @@ fn torchvision_random(arch: &str, dir: &Path, seed: u64) -> (PathBuf, HashMap<St
 
 /// Run the converter; returns (success, stdout + stderr).
 fn convert(arch: &str, input: &Path, output: &Path) -> (bool, String) {
+    convert_with(&["--arch", arch], input, output)
+}
+
+/// Run the converter with `flags`; returns (success, stdout + stderr).
+fn convert_with(flags: &[&str], input: &Path, output: &Path) -> (bool, String) {
     let out = Command::new(common::python())
         .arg(common::repo().join("scripts/convert_weights.py"))
-        .args(["--arch", arch])
+        .args(flags)
         .arg(input)
         .arg(output)
         .output()
@@ -72,6 +77,24 @@ fn assert_same(what: &str, got: &Tensor, want: &Tensor) {
         0.0,
         "{what}: values differ"
     );
+}
+
+/// Every tensor of a torchvision ResNet `tv` but `fc` and `num_batches_tracked` is in `vars`
+/// under `prefix`, equal; returns how many.
+fn resnet_arrived(
+    tv: &HashMap<String, Tensor>,
+    vars: &HashMap<String, Tensor>,
+    prefix: &str,
+) -> usize {
+    let mut compared = 0;
+    for (name, t) in tv {
+        if name.starts_with("fc.") || name.ends_with("num_batches_tracked") {
+            continue;
+        }
+        assert_same(name, &vars[&format!("{prefix}{name}")], t);
+        compared += 1;
+    }
+    compared
 }
 
 #[test]
@@ -145,18 +168,109 @@ fn converted_torchvision_resnet50_loads_as_the_retinanet_backbone() {
     let loaded = load_backbone(&vs, &spec, &converted).unwrap();
     let vars = vs.variables();
     // Every torchvision tensor but fc and num_batches_tracked arrived, under fpn.
-    let mut compared = 0;
-    for (name, t) in &tv {
-        if name.starts_with("fc.") || name.ends_with("num_batches_tracked") {
-            continue;
-        }
-        assert_same(name, &vars[&format!("fpn.{name}")], t);
-        compared += 1;
-    }
-    assert_eq!(compared, loaded);
+    assert_eq!(resnet_arrived(&tv, &vars, "fpn."), loaded);
     // conv1 + bn1 (4 tensors) + 16 bottlenecks x (3 convs + 3 bns x 4) + 4 downsamples x 5.
     assert_eq!(loaded, 1 + 4 + 16 * (3 + 3 * 4) + 4 * 5);
     assert_same("fpn.toplayer", &vars["fpn.toplayer.weight"], &fpn_before);
+}
+
+#[test]
+fn converted_torchvision_fasterrcnn_loads_as_the_whole_rpn_and_gives_its_outputs() {
+    // A random torchvision fasterrcnn_resnet50_fpn, saved with today's names and with the
+    // pre-0.13 names of its COCO checkpoint; both convert to the same file, which `--init`
+    // loads whole into models/rpn_r50_fpn.json; the network then gives torchvision's first
+    // stage outputs (backbone, FPN with the max-pool level, RPNHead) on an 800x800 image.
+    let seed = common::fresh_seed("fasterrcnn conversion");
+    let dir = common::scratch("models_weights/fasterrcnn");
+    let arch = "fasterrcnn_resnet50_fpn";
+    let (pth, old_pth) = (dir.join("new.pth"), dir.join("old.pth"));
+    let (raw, case) = (dir.join("tv.safetensors"), dir.join("case.safetensors"));
+    let seed_text = seed.to_string();
+    let mut args = vec!["--arch", arch, "--seed", &seed_text, "--safetensors"];
+    args.extend([raw.to_str().unwrap(), "--pth", pth.to_str().unwrap()]);
+    let mut with_case = args.clone();
+    with_case.extend(["--rpn-case", case.to_str().unwrap(), "--size", "800"]);
+    common::run_reference("torchvision_random.py", &with_case);
+    let last = args.len() - 1;
+    args[last] = old_pth.to_str().unwrap();
+    args.push("--old-names");
+    common::run_reference("torchvision_random.py", &args);
+    let tv = common::read_safetensors(&raw);
+    let (out, old_out) = (dir.join("rpn.safetensors"), dir.join("rpn_old.safetensors"));
+    for (input, output) in [(&pth, &out), (&old_pth, &old_out)] {
+        let (ok, text) = convert(arch, input, output);
+        assert!(ok, "convert_weights.py failed: {text}");
+    }
+    let (new, old) = (
+        common::read_safetensors(&out),
+        common::read_safetensors(&old_out),
+    );
+    assert_eq!(new.len(), old.len());
+    for (name, t) in &new {
+        assert_same(&format!("{name} (old names)"), &old[name], t);
+    }
+
+    let spec = spec("rpn_r50_fpn.json");
+    let vs = nn::VarStore::new(Device::Cpu);
+    let detector = build(vs.root(), &spec, 20).unwrap();
+    let loaded = tchcv::models::load_init(&vs, &spec, &out).unwrap();
+    let vars = vs.variables();
+    assert_eq!(loaded, tchcv::models::InitWeights::Model(vars.len()));
+    let mut compared = 0;
+    for (name, t) in &tv {
+        if name.starts_with("roi_heads.") || name.ends_with("num_batches_tracked") {
+            continue;
+        }
+        assert_same(name, &vars[name], t);
+        compared += 1;
+    }
+    assert_eq!(
+        compared,
+        vars.len(),
+        "every variable is torchvision's tensor of that name"
+    );
+
+    let mut expected = common::read_safetensors(&case);
+    let images = expected.remove("images").unwrap();
+    let (loc, cls) = tch::no_grad(|| detector.forward_t(&images, false)).unwrap();
+    for (what, got) in [("loc_preds", &loc), ("cls_preds", &cls)] {
+        let want = &expected[what];
+        assert_eq!(got.size(), want.size(), "{what}");
+        let scale = want.abs().max().double_value(&[]);
+        assert!(scale > 1e-3, "{what}: all zeros");
+        common::assert_close(what, got, want, 1e-4, 1e-4 * scale);
+        eprintln!(
+            "{what} {:?}: max |tchcv - torchvision| / max |torchvision| = {:.3e}",
+            want.size(),
+            common::max_abs_diff(got, want) / scale
+        );
+    }
+}
+
+#[test]
+fn converted_torchvision_resnet50_loads_as_the_rpn_backbone_with_a_prefix() {
+    let seed = common::fresh_seed("resnet50 conversion for the rpn");
+    let dir = common::scratch("models_weights/resnet50_rpn");
+    let (pth, tv) = torchvision_random("resnet50", &dir, seed);
+    let out = dir.join("backbone.safetensors");
+    let flags = ["--arch", "resnet50", "--prefix", "backbone.body."];
+    let (ok, text) = convert_with(&flags, &pth, &out);
+    assert!(ok, "convert_weights.py failed: {text}");
+    // A smaller input builds the same variables faster.
+    let mut value = spec("rpn_r50_fpn.json").to_json();
+    value["input_size"] = serde_json::json!([256, 256]);
+    value["anchors"]["feature_maps"] = serde_json::json!([64, 32, 16, 8, 4]);
+    value.as_object_mut().unwrap().remove("num_anchors");
+    let spec = ModelSpec::from_json_str(&value.to_string(), "rpn_r50_256").unwrap();
+    let vs = nn::VarStore::new(Device::Cpu);
+    build(vs.root(), &spec, 1).unwrap();
+    let fpn_before = vs.variables()["backbone.fpn.inner_blocks.0.0.weight"].copy();
+    let loaded = tchcv::models::load_init(&vs, &spec, &out).unwrap();
+    let vars = vs.variables();
+    let compared = resnet_arrived(&tv, &vars, "backbone.body.");
+    assert_eq!(loaded, tchcv::models::InitWeights::Backbone(compared));
+    let fpn = &vars["backbone.fpn.inner_blocks.0.0.weight"];
+    assert_same("the FPN is untouched", fpn, &fpn_before);
 }
 
 #[test]

@@ -1,14 +1,14 @@
 //! tchcv's SGD and Adam/AdamW against torch.optim (tests/reference/optim.py): the same
 //! parameters after K steps with the same gradients and learning rates, within 1e-6 relative
-//! (tch lacks the fused `alpha` arguments, so the last bits may differ), and the saved state
-//! restores to an identical continuation.
+//! (the last bits may differ: rounding order), with libtorch's fused kernels (the default) and
+//! with the loop over parameters, and the saved state restores to an identical continuation.
 
 mod common;
 
 use std::collections::BTreeMap;
 
 use tch::{Device, Kind, Tensor};
-use tchcv::train::optim::{Optimizer, OptimizerConfig, Param};
+use tchcv::train::optim::{Optimizer, OptimizerConfig, Param, UpdateKernel};
 
 const STEPS: usize = 6;
 
@@ -110,11 +110,30 @@ fn reference(
     common::read_safetensors(&out)
 }
 
+/// Both update kernels (fused, the default; and the loop over parameters) match torch.optim,
+/// and each resumes exactly.
 fn check(config: OptimizerConfig, name: &str) {
     let c = case(common::fresh_seed(name));
-    let mut opt = optimizer(&config, &c);
-    run(&mut opt, &c, 0..STEPS);
     let want = reference(&config, &c, name);
+    for kernel in [UpdateKernel::Fused, UpdateKernel::PerParameter] {
+        check_kernel(&config, &c, &want, &format!("{name} ({kernel:?})"), kernel);
+    }
+}
+
+fn check_kernel(
+    config: &OptimizerConfig,
+    c: &Case,
+    want: &std::collections::HashMap<String, Tensor>,
+    name: &str,
+    kernel: UpdateKernel,
+) {
+    let with_kernel = |c: &Case| {
+        let mut opt = optimizer(config, c);
+        opt.set_kernel(kernel);
+        opt
+    };
+    let mut opt = with_kernel(c);
+    run(&mut opt, c, 0..STEPS);
     for (i, p) in opt.params().iter().enumerate() {
         common::assert_close(
             &format!("{name}: param {i}"),
@@ -137,20 +156,20 @@ fn check(config: OptimizerConfig, name: &str) {
         }
     }
     // Resume: steps 0..3, save, restore into a fresh optimizer, steps 3..6: identical.
-    let mut first = optimizer(&config, &c);
-    run(&mut first, &c, 0..3);
+    let mut first = with_kernel(c);
+    run(&mut first, c, 0..3);
     let saved: BTreeMap<String, Tensor> = first
         .state_tensors()
         .into_iter()
         .map(|(k, v)| (k, v.copy()))
         .collect();
-    let mut resumed = optimizer(&config, &c);
+    let mut resumed = with_kernel(c);
     for (dst, src) in resumed.params().iter().zip(first.params()) {
         tch::no_grad(|| dst.tensor.shallow_clone().copy_(&src.tensor));
     }
     resumed.load_state(saved).unwrap();
     // The fresh parameters have no gradient yet; `run` creates them with a backward pass.
-    run(&mut resumed, &c, 3..STEPS);
+    run(&mut resumed, c, 3..STEPS);
     for (a, b) in resumed.params().iter().zip(opt.params()) {
         assert!(a.tensor.equal(&b.tensor), "{name}: resumed run differs");
     }

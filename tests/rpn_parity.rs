@@ -27,7 +27,11 @@ use tchcv::bbox::{
     filter_proposals, ops, sample_batch, sample_image, ProposalConfig, RpnCoder, SamplerConfig,
     SamplerKind,
 };
-use tchcv::loss::{RpnLoss, RpnLossConfig, RpnLossInputs};
+use tchcv::dist::global_normalizer_by;
+use tchcv::loss::{
+    LossInputs, LossKind, LossSums, Normalization, NormalizeBy, RpnLoss, RpnLossConfig,
+    RpnLossInputs,
+};
 use tchcv::rng::Rng;
 use tchcv::spec::ModelSpec;
 
@@ -1030,13 +1034,183 @@ fn proposal_input_errors_are_named() {
     );
 }
 
+/// The training loss (`LossKind::Rpn`) of `case` at call `call` with `options`.
+fn training_loss_at(case: &LossCase, rows: &[i64], options: Value, call: u64) -> LossSums {
+    let loss = LossKind::Rpn.build(options).unwrap();
+    loss.set_calls(call);
+    let rows = Tensor::from_slice(rows);
+    let pick = |t: &Tensor| t.index_select(0, &rows);
+    let (deltas, targets) = (pick(&case.deltas), pick(&case.targets));
+    let (objectness, labels) = (pick(&case.objectness).unsqueeze(2), pick(&case.labels));
+    let inputs = LossInputs {
+        loc_preds: &deltas,
+        loc_targets: &targets,
+        cls_preds: &objectness,
+        cls_targets: &labels,
+    };
+    loss.sums(&inputs).unwrap()
+}
+
+/// What the training loss must give at `call`: [`RpnLoss`] on `sample_batch`'s sample (images
+/// keyed 0..N, the step as the key).
+fn sample_then_loss(
+    rpn: &RpnCoder,
+    case: &LossCase,
+    kind: SamplerKind,
+    seed: u64,
+    call: u64,
+) -> LossSums {
+    let config = rpn.sampler_config(kind, seed);
+    let sampled = sample_batch(&case.labels, Some(&case.objectness), &config, &[call]).unwrap();
+    RpnLoss::default()
+        .sums(&RpnLossInputs {
+            objectness: &case.objectness,
+            deltas: &case.deltas,
+            regression_targets: &case.targets,
+            sampled_labels: &sampled,
+        })
+        .unwrap()
+}
+
+/// Ranks 0 and 1 of 2 (rank r takes images r, r + 2: the loader's sharding) together give
+/// `whole`, the sums of one process with every image.
+fn check_two_ranks_sum_to(
+    case: &LossCase,
+    options: &Value,
+    call: u64,
+    whole: &LossSums,
+    ctx: &str,
+) {
+    let images = case.boxes.len() as i64;
+    let ranks: Vec<LossSums> = (0..2u64)
+        .map(|r| {
+            let mut o = options.clone();
+            o["rank"] = json!(r);
+            o["world_size"] = json!(2);
+            let rows: Vec<i64> = (r as i64..images).step_by(2).collect();
+            training_loss_at(case, &rows, o, call)
+        })
+        .collect();
+    let total = |f: &dyn Fn(&LossSums) -> f64| ranks.iter().map(f).sum::<f64>();
+    assert_eq!(
+        total(&|s| s.num_pos as f64),
+        whole.num_pos as f64,
+        "{ctx}: ranks"
+    );
+    assert_eq!(
+        total(&|s| s.num_neg as f64),
+        whole.num_neg as f64,
+        "{ctx}: ranks"
+    );
+    let loc = |s: &LossSums| s.loc_sum.double_value(&[]);
+    let cls = |s: &LossSums| s.cls_sum.double_value(&[]);
+    for part in [&loc as &dyn Fn(&LossSums) -> f64, &cls] {
+        let (one, two) = (part(whole), total(part));
+        assert!(
+            (one - two).abs() <= 1e-5 * one.abs().max(1.0),
+            "{ctx}: {one} vs {two}"
+        );
+    }
+}
+
 #[test]
-fn building_the_rpn_spec_says_the_head_is_not_built_yet() {
+fn the_training_loss_samples_per_step_and_image_and_ranks_share_the_global_sample() {
+    // LossKind::Rpn = the sampler (keyed by the call and the image's place in the global
+    // batch) + RpnLoss, normalised by the sample; two ranks of a data-parallel run together
+    // sample and sum what one process with the whole batch does.
+    let seed = common::fresh_seed("rpn training loss");
+    let (_, rpn) = load(&model("rpn_small.json"));
+    let sampled_only = Normalization {
+        min: 1.0,
+        strict: false,
+    };
+    for kind in [SamplerKind::Random, SamplerKind::Hard, SamplerKind::All] {
+        let case = loss_case(&rpn, seed, kind);
+        let options = json!({"sampler": kind, "seed": seed});
+        let all: Vec<i64> = (0..case.boxes.len() as i64).collect();
+        for call in [0u64, 1, 5] {
+            let got = training_loss_at(&case, &all, options.clone(), call);
+            let want = sample_then_loss(&rpn, &case, kind, seed, call);
+            let ctx = format!("{kind:?} call {call}");
+            assert_eq!(
+                (got.num_pos, got.num_neg),
+                (want.num_pos, want.num_neg),
+                "{ctx}"
+            );
+            assert_eq!(
+                got.num_valid,
+                got.num_pos + got.num_neg,
+                "{ctx}: the sample"
+            );
+            for (a, b) in [(&got.loc_sum, &want.loc_sum), (&got.cls_sum, &want.cls_sum)] {
+                assert_eq!(a.double_value(&[]), b.double_value(&[]), "{ctx}");
+            }
+            let global =
+                global_normalizer_by(None, &got, sampled_only, NormalizeBy::Sampled).unwrap();
+            assert_eq!(
+                global.normalizer, got.num_valid as f64,
+                "{ctx}: D = the sample"
+            );
+            check_two_ranks_sum_to(&case, &options, call, &got, &ctx);
+        }
+        if kind == SamplerKind::Random {
+            let a = training_loss_at(&case, &all, options.clone(), 0);
+            let b = training_loss_at(&case, &all, options.clone(), 1);
+            let mask = |s: &LossSums| s.neg_mask.as_ref().unwrap().shallow_clone();
+            assert!(!mask(&a).equal(&mask(&b)), "each call draws a new sample");
+        }
+    }
+}
+
+#[test]
+fn the_training_loss_names_what_does_not_fit() {
+    let (_, rpn) = load(&model("rpn_small.json"));
+    let case = loss_case(&rpn, 3, SamplerKind::Random);
+    let loss = LossKind::Rpn.build(json!({})).unwrap();
+    let two_columns = Tensor::zeros([4, rpn.num_anchors(), 2], (Kind::Float, Device::Cpu));
+    let err = loss
+        .sums(&LossInputs {
+            loc_preds: &case.deltas,
+            loc_targets: &case.targets,
+            cls_preds: &two_columns,
+            cls_targets: &case.labels,
+        })
+        .unwrap_err();
+    assert!(tchcv::is_bad_input(&err), "{err:#}");
+    assert!(format!("{err:#}").contains("cls_preds"), "{err:#}");
+    let err = LossKind::Rpn
+        .build(json!({"rank": 2, "world_size": 2}))
+        .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("rank 2 of world_size 2"),
+        "{err:#}"
+    );
+}
+
+#[test]
+fn the_rpn_network_gives_deltas_and_objectness_in_anchor_order() {
+    // One objectness column whatever the classes, one row per anchor of `tchcv anchors`, and
+    // proposals from the network's outputs (the head's parity with torchvision's RPNHead is in
+    // tests/models_parity.rs).
     let spec = ModelSpec::load(&model("rpn_small.json")).unwrap();
-    let vs = tch::nn::VarStore::new(Device::Cpu);
-    let err = tchcv::models::build(vs.root(), &spec, 1).expect_err("no rpn head yet");
-    let msg = format!("{err:#}");
-    assert!(msg.contains("head \"rpn\" is not built yet"), "{msg}");
+    let rpn = RpnCoder::from_spec(&spec).unwrap();
+    for classes in [1, 20] {
+        let vs = tch::nn::VarStore::new(Device::Cpu);
+        let net = tchcv::models::build(vs.root(), &spec, classes).unwrap();
+        let images = Tensor::randn([2, 3, 160, 160], (Kind::Float, Device::Cpu));
+        let (deltas, objectness) = tch::no_grad(|| net.forward_t(&images, false)).unwrap();
+        assert_eq!(deltas.size(), [2, rpn.num_anchors(), 4]);
+        assert_eq!(objectness.size(), [2, rpn.num_anchors(), 1]);
+        let proposals = rpn
+            .propose(
+                &deltas,
+                &objectness.squeeze_dim(2),
+                &rpn.proposal_config(false),
+            )
+            .unwrap();
+        assert_eq!(proposals.len(), 2);
+        assert!(proposals[0].boxes.size()[0] > 0);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -216,6 +216,11 @@ fn malformed_specs_name_the_file_and_field() {
     let mut v = ssd300_json();
     v["loss"] = json!("hinge");
     assert_error(&v, &["models/x.json: loss: expected one of"]);
+    v["loss"] = json!("rpn");
+    assert_error(
+        &v,
+        &["models/x.json: loss: \"rpn\" does not fit head \"ssd\""],
+    );
 
     let mut v = ssd300_json();
     v["num_anchors"] = json!(8733);
@@ -263,10 +268,10 @@ fn torchvision_style_loads_with_torchvision_defaults() {
     assert_eq!(spec.anchors_per_cell(), vec![6; 4]);
     assert_eq!(spec.rpn, Some(RpnSpec::default()));
 
-    // Without matching, strides and rpn: torchvision's RPN defaults.
+    // Without matching, strides, rpn and loss: torchvision's RPN defaults.
     let mut v = rpn_small_json();
     let obj = v.as_object_mut().unwrap();
-    for key in ["matching", "rpn", "coder"] {
+    for key in ["matching", "rpn", "coder", "loss"] {
         obj.remove(key);
     }
     v["anchors"].as_object_mut().unwrap().remove("strides");
@@ -285,6 +290,10 @@ fn torchvision_style_loads_with_torchvision_defaults() {
     );
     assert_eq!(spec.rpn, None);
     assert_eq!(spec.rpn_or_default().batch_size_per_image, 256);
+    assert_eq!(spec.rpn_or_default().sampler, "random");
+    // Without a loss the rpn head takes the rpn loss: one objectness column, no background.
+    assert_eq!(spec.loss, "rpn");
+    assert!(!spec.has_background_column());
     assert_eq!(spec.coder.variances, None);
     assert_eq!(spec.anchors_per_cell(), vec![1, 4, 1, 1]);
     let AnchorSpec::Torchvision(t) = &spec.anchors else {
@@ -386,6 +395,16 @@ fn malformed_torchvision_specs_name_the_file_and_field() {
             "rpn.min_size: expected a number >= 0, got -1",
         ),
         ("/rpn/nms", json!(0.5), "rpn.nms: unknown field"),
+        (
+            "/rpn/sampler",
+            json!("ohem"),
+            "rpn.sampler: expected one of [\"random\", \"hard\", \"all\"], got \"ohem\"",
+        ),
+        (
+            "/loss",
+            json!("ssd"),
+            "loss: \"ssd\" does not fit head \"rpn\"",
+        ),
         ("/matching/band", json!("both"), "matching.band: expected"),
         (
             "/num_anchors",

@@ -122,6 +122,24 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// Run `args` (a training into `out`) with `--stop-after stop` (it must stop like Ctrl-C, exit
+/// 130, after `stop` steps), then `tchcv train --resume` to the end.
+fn stop_then_resume(args: Vec<&str>, out: &Path, stop: usize) {
+    let stop_text = stop.to_string();
+    let mut args = args;
+    args.extend(["--stop-after", stop_text.as_str()]);
+    let first = tchcv(&args);
+    assert_eq!(
+        first.status.code(),
+        Some(130),
+        "stopped like Ctrl-C: {}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert_eq!(steps(out).len(), stop);
+    let resumed = tchcv(&["train", "--resume", "--out", s(out), "--log-every", "1"]);
+    ok(&resumed, "resumed");
+}
+
 #[test]
 fn training_reduces_the_loss_and_logs_per_positive_losses() {
     let data = synth("train-reduces");
@@ -201,18 +219,7 @@ fn resume_repeats_an_uninterrupted_run_exactly() {
     );
 
     let split = common::scratch("train-resume-split");
-    let mut first = train_args(s(&data), s(&split), &extra);
-    first.extend(["--stop-after", "5"]);
-    let out = tchcv(&first);
-    assert_eq!(
-        out.status.code(),
-        Some(130),
-        "stopped like Ctrl-C: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(steps(&split).len(), 5);
-    let out = tchcv(&["train", "--resume", "--out", s(&split), "--log-every", "1"]);
-    ok(&out, "resumed");
+    stop_then_resume(train_args(s(&data), s(&split), &extra), &split, 5);
 
     let (a, b) = (steps(&whole), steps(&split));
     assert_eq!(a.len(), 10);
@@ -672,4 +679,118 @@ fn bf16_autocast_and_channels_last_train_the_same_model() {
     let refused = tchcv(&args);
     assert_eq!(refused.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("cudnn-benchmark"));
+}
+
+/// `train_args` with another model spec.
+fn with_model<'a>(mut args: Vec<&'a str>, model: &'a str) -> Vec<&'a str> {
+    let at = args.iter().position(|a| *a == "--model").unwrap();
+    args[at + 1] = model;
+    args
+}
+
+#[test]
+fn rpn_trains_resumes_exactly_and_reports_proposal_recall() {
+    let data = synth("train-rpn");
+    let whole = common::scratch("train-rpn-whole");
+    // The sampler draws per step and image: a resumed run must continue its streams exactly.
+    let extra = [
+        "--iters",
+        "6",
+        "--rpn-sampler",
+        "random",
+        "--lr-schedule",
+        "cosine",
+        "--seed",
+        "9",
+        "--test-sets",
+        "test",
+    ];
+    let rpn = "models/rpn_small.json";
+    ok(
+        &tchcv(&with_model(train_args(s(&data), s(&whole), &extra), rpn)),
+        "rpn uninterrupted",
+    );
+    let split = common::scratch("train-rpn-split");
+    stop_then_resume(
+        with_model(train_args(s(&data), s(&split), &extra), rpn),
+        &split,
+        3,
+    );
+    let (a, b) = (steps(&whole), steps(&split));
+    assert_eq!(a.len(), 6);
+    assert_eq!(a, b, "6 iterations vs 3 + resume + 3: identical losses");
+    // Each step's loss covers at most 256 sampled anchors per image of the batch of 8.
+    for v in common::metrics(&whole, "step") {
+        let sampled = v["num_pos"].as_i64().unwrap() + v["num_neg"].as_i64().unwrap();
+        assert!(sampled > 0 && sampled <= 256 * 8, "{v}");
+    }
+
+    // The end-of-run evaluation: proposal recall in eval.json and metrics.jsonl, and `best`
+    // by AR@1000; `tchcv eval --checkpoint` gives the same numbers.
+    let ckpt = whole.join("best.safetensors");
+    let (during, after, stdout) = evaluations(&data, &whole, &ckpt);
+    assert!(
+        stdout.contains("AR@1000") && stdout.contains("recall@0.5"),
+        "{stdout}"
+    );
+    assert_eq!(during["metric"], "proposal_recall");
+    let logged = common::metrics(&whole, "recall");
+    assert_eq!(logged.len(), 1, "one evaluation, at the end");
+    for key in ["ar_100", "ar_300", "ar_1000", "recall_50", "recall_70"] {
+        let x = during[key].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&x), "{key} {x}");
+        assert_eq!(logged[0][key], during[key], "{key} in metrics.jsonl");
+        assert_eq!(
+            after[key], during[key],
+            "{key}: training-time vs tchcv eval"
+        );
+    }
+    let r = |k: &str| during[k].as_f64().unwrap();
+    assert!(r("recall_70") <= r("recall_50") && r("ar_100") <= r("ar_1000"));
+    let best = tchcv::train::checkpoint::load(&ckpt).unwrap().state.best;
+    assert_eq!(best, Some((r("ar_1000"), 6)));
+    assert!(
+        whole.join("loss.png").is_file(),
+        "the loss plot despite a recall eval.json"
+    );
+}
+
+#[test]
+fn rpn_samplers_train_and_the_rpn_loss_goes_with_the_rpn_head_only() {
+    let data = synth("train-rpn-samplers");
+    let rpn = "models/rpn_small.json";
+    // The other samplers train too; `all` takes every labelled anchor.
+    for sampler in ["hard", "all"] {
+        let out = common::scratch(&format!("train-rpn-{sampler}"));
+        let extra = ["--iters", "2", "--rpn-sampler", sampler];
+        ok(
+            &tchcv(&with_model(train_args(s(&data), s(&out), &extra), rpn)),
+            sampler,
+        );
+        let sampled: Vec<i64> = common::metrics(&out, "step")
+            .iter()
+            .map(|v| v["num_pos"].as_i64().unwrap() + v["num_neg"].as_i64().unwrap())
+            .collect();
+        assert_eq!(sampled.len(), 2);
+        if sampler == "all" {
+            assert!(sampled.iter().all(|&n| n > 256 * 8), "{sampled:?}");
+        }
+    }
+    // The RPN loss goes with the RPN head only.
+    let out = common::scratch("train-rpn-bad");
+    let bad = with_model(
+        train_args(s(&data), s(&out), &["--iters", "1", "--loss", "ssd"]),
+        rpn,
+    );
+    let res = tchcv(&bad);
+    assert_eq!(res.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&res.stderr).contains("rpn"));
+    let bad = train_args(
+        s(&data),
+        s(&out),
+        &["--iters", "1", "--rpn-sampler", "hard"],
+    );
+    let res = tchcv(&bad);
+    assert_eq!(res.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&res.stderr).contains("--rpn-sampler"));
 }

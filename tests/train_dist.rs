@@ -23,6 +23,11 @@ fn free_port() -> u16 {
 
 /// Synthetic data and a small-SSD spec without batch norm.
 fn setup(name: &str) -> (PathBuf, PathBuf) {
+    setup_with(name, "ssd_small.json")
+}
+
+/// Synthetic data and the shipped spec `model` without batch norm.
+fn setup_with(name: &str, model: &str) -> (PathBuf, PathBuf) {
     let dir = common::scratch(name);
     let data = dir.join("data");
     let config = SynthConfig {
@@ -34,12 +39,13 @@ fn setup(name: &str) -> (PathBuf, PathBuf) {
     };
     write_dataset(&data, &config).unwrap();
     let mut spec: Value = serde_json::from_str(
-        &std::fs::read_to_string(common::repo().join("models/ssd_small.json")).unwrap(),
+        &std::fs::read_to_string(common::repo().join("models").join(model)).unwrap(),
     )
     .unwrap();
     spec["network"] = serde_json::json!({"bn": false});
-    spec["name"] = "ssd_small_nobn".into();
-    let spec_path = dir.join("ssd_small_nobn.json");
+    let name = format!("{}_nobn", spec["name"].as_str().unwrap());
+    spec["name"] = name.as_str().into();
+    let spec_path = dir.join(format!("{name}.json"));
     std::fs::write(&spec_path, spec.to_string()).unwrap();
     (data, spec_path)
 }
@@ -163,6 +169,46 @@ fn compare(single: &Path, group: &Path) {
     }
 }
 
+/// Two ranks (`--world-size 2`, batch 4 each) training `spec` into `out` with `extra` flags;
+/// their outputs.
+fn launch_two(data: &Path, spec: &Path, out: &Path, extra: &[&str]) -> Vec<Output> {
+    let master = format!("127.0.0.1:{}", free_port());
+    let children = (0..2)
+        .map(|rank| {
+            let mut args = train_args(data, spec, out, 4);
+            let rank = rank.to_string();
+            let group = ["--world-size", "2", "--rank", &rank, "--master", &master];
+            args.extend(group.map(String::from));
+            args.extend(extra.iter().map(|a| a.to_string()));
+            Command::new(common::tchcv_bin())
+                .args(args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    wait_all(children, Duration::from_secs(180))
+}
+
+#[test]
+fn an_rpn_on_two_processes_samples_and_normalises_like_one_with_the_global_batch() {
+    // The RPN loss divides by the sampled anchors of the global batch, and each image's sample
+    // is keyed by its place in the global batch: two ranks of batch 4 log the losses and sample
+    // counts of one process of batch 8 and end with its weights.
+    if !common::dist_or_skip("rpn training on two processes") {
+        return;
+    }
+    let (data, spec) = setup_with("train-dist-rpn", "rpn_small.json");
+    let single = common::scratch("train-dist-rpn-single");
+    single_process(&data, &spec, &single);
+    let group = common::scratch("train-dist-rpn-group");
+    for (rank, out) in launch_two(&data, &spec, &group, &[]).iter().enumerate() {
+        ok(out, &format!("rpn rank {rank}"));
+    }
+    compare(&single, &group);
+}
+
 fn single_process(data: &Path, spec: &Path, out: &Path) {
     let out = Command::new(common::tchcv_bin())
         .args(train_args(data, spec, out, 8))
@@ -181,33 +227,7 @@ fn two_processes_train_like_one_with_the_global_batch_and_resume_together() {
     single_process(&data, &spec, &single);
 
     let group = common::scratch("train-dist-flags-group");
-    let launch = |extra: &[&str]| -> Vec<Output> {
-        let master = format!("127.0.0.1:{}", free_port());
-        let children = (0..2)
-            .map(|rank| {
-                let mut args = train_args(&data, &spec, &group, 4);
-                args.extend(
-                    [
-                        "--world-size",
-                        "2",
-                        "--rank",
-                        &rank.to_string(),
-                        "--master",
-                        &master,
-                    ]
-                    .map(String::from),
-                );
-                args.extend(extra.iter().map(|a| a.to_string()));
-                Command::new(common::tchcv_bin())
-                    .args(args)
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .unwrap()
-            })
-            .collect();
-        wait_all(children, Duration::from_secs(180))
-    };
+    let launch = |extra: &[&str]| launch_two(&data, &spec, &group, extra);
     // Two steps, stop (as Ctrl-C), then --resume both ranks for the rest.
     let first = launch(&["--stop-after", "2"]);
     for (rank, out) in first.iter().enumerate() {

@@ -64,6 +64,26 @@ pub fn time_loader(loader: &Loader, repeat: usize) -> Result<f64> {
     Ok(times[times.len() / 2])
 }
 
+/// The images of `dataset` as the PyTorch references read them: per image
+/// `{"path", "boxes": [[x0, y0, x1, y1], ...] (0-based pixels), "labels": [class id, ...]}`,
+/// difficult objects left out unless `use_difficult` (as tchcv's training loader).
+pub fn reference_images(dataset: &VocDataset, use_difficult: bool) -> Vec<serde_json::Value> {
+    dataset
+        .records
+        .iter()
+        .map(|r| {
+            let kept: Vec<_> = r
+                .objects
+                .iter()
+                .filter(|o| use_difficult || !o.difficult)
+                .collect();
+            let boxes: Vec<[f32; 4]> = kept.iter().map(|o| o.pixel_box()).collect();
+            let labels: Vec<usize> = kept.iter().map(|o| o.class_id).collect();
+            serde_json::json!({ "path": r.image_path, "boxes": boxes, "labels": labels })
+        })
+        .collect()
+}
+
 /// Time tchcv (and the PyTorch pipeline on the same images).
 pub fn run(b: &DataBench, _device: Device) -> Result<Comparison> {
     let scratch = std::env::temp_dir().join(format!("tchcv-bench-data-{}", std::process::id()));
@@ -113,25 +133,7 @@ pub fn run(b: &DataBench, _device: Device) -> Result<Comparison> {
         None
     } else {
         let list = scratch.join("images.json");
-        let items: Vec<serde_json::Value> = dataset
-            .records
-            .iter()
-            .map(|r| {
-                let boxes: Vec<[f32; 4]> = r
-                    .objects
-                    .iter()
-                    .filter(|o| !o.difficult)
-                    .map(|o| o.pixel_box())
-                    .collect();
-                let labels: Vec<usize> = r
-                    .objects
-                    .iter()
-                    .filter(|o| !o.difficult)
-                    .map(|o| o.class_id)
-                    .collect();
-                serde_json::json!({ "path": r.image_path, "boxes": boxes, "labels": labels })
-            })
-            .collect();
+        let items = reference_images(&dataset, false);
         crate::io::write_bytes_atomic(&list, serde_json::to_string(&items)?.as_bytes())?;
         let args: Vec<String> = vec![
             "--list".into(),

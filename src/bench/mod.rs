@@ -15,6 +15,7 @@ pub mod coco_eval;
 pub mod data;
 pub mod encode;
 pub mod loss;
+pub mod train;
 pub mod train_step;
 
 use anyhow::{bail, Context, Result};
@@ -115,7 +116,7 @@ pub fn reference_python() -> PathBuf {
 }
 
 /// What to tell a user whose reference Python lacks a module the references import.
-fn missing_module_hint(python: &Path, stderr: &str) -> Option<String> {
+pub(crate) fn missing_module_hint(python: &Path, stderr: &str) -> Option<String> {
     let module = stderr
         .lines()
         .find_map(|l| l.split("No module named ").nth(1))?

@@ -37,4 +37,4 @@ pub use matcher::Matcher;
 pub use nms::{batched_nms, nms, NmsMethod};
 pub use proposals::{filter_proposals, ProposalConfig, Proposals};
 pub use rpn::{AnchorTargets, RpnCoder};
-pub use sampler::{sample_batch, sample_image, SamplerConfig, SamplerKind};
+pub use sampler::{sample_batch, sample_batch_of, sample_image, SamplerConfig, SamplerKind};

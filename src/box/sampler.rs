@@ -243,11 +243,33 @@ pub fn sample_batch(
     config: &SamplerConfig,
     keys: &[u64],
 ) -> Result<Tensor> {
+    let n = labels.size().first().copied().unwrap_or(0).max(0) as u64;
+    let images: Vec<u64> = (0..n).collect();
+    sample_batch_of(labels, objectness, config, keys, &images)
+}
+
+/// [`sample_batch`] with image `i` drawing from `config.rng(keys, image_keys[i])` (`[N]`
+/// keys): e.g. its index in the global batch of a data-parallel run, so the ranks together
+/// draw what one process with the whole batch would.
+pub fn sample_batch_of(
+    labels: &Tensor,
+    objectness: Option<&Tensor>,
+    config: &SamplerConfig,
+    keys: &[u64],
+    image_keys: &[u64],
+) -> Result<Tensor> {
     let size = labels.size();
     if size.len() != 2 || labels.kind() != Kind::Int64 {
         bail_input!(
             "labels: expected [N, A] int64, got {:?} {size:?}",
             labels.kind()
+        );
+    }
+    if image_keys.len() as i64 != size[0] {
+        bail_input!(
+            "image keys: {} for a batch of {} images",
+            image_keys.len(),
+            size[0]
         );
     }
     let losses = match (config.kind, objectness) {
@@ -270,7 +292,7 @@ pub fn sample_batch(
     let mut out = Vec::with_capacity(host.len());
     for (i, image) in host.chunks(a).enumerate() {
         let loss = losses.as_ref().map(|l| &l[i * a..(i + 1) * a]);
-        let mut rng = config.rng(keys, i as u64);
+        let mut rng = config.rng(keys, image_keys[i]);
         out.extend(
             sample_image(image, loss, config, &mut rng)
                 .map_err(|e| e.context(format!("image {i}")))?,

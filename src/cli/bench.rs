@@ -45,6 +45,10 @@ enum Work {
     Data(tchcv::bench::data::DataBench),
     /// COCO box evaluation (5000 images x 100 detections) against pycocotools, one thread each.
     CocoEval(tchcv::bench::coco_eval::CocoEvalBench),
+    /// A whole training run against the ordinary PyTorch script: images/s, start-up, data
+    /// wait, peak memory and the VOC07 mAP after equal iterations (--profile: where one tchcv
+    /// iteration's time goes).
+    Train(tchcv::bench::train::TrainBench),
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
@@ -61,6 +65,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
         Work::Data(b) => vec![tchcv::bench::data::run(b, device)?],
         Work::CocoEval(b) => vec![tchcv::bench::coco_eval::run(b, device)?],
+        Work::Train(b) => vec![tchcv::bench::train::run(b, device)?],
     };
     for row in &rows {
         println!("{}", row.line());

@@ -73,7 +73,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
     };
     // Bad flags fail here, not once per image as skipped images.
     decode.validate()?;
-    let classes = trained.classes.names().to_vec();
+    // A region proposal network scores "object or not", whatever classes its data had.
+    let classes = if trained.spec.head == "rpn" {
+        vec!["object".to_string()]
+    } else {
+        trained.classes.names().to_vec()
+    };
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let mut all: Vec<ImageDetections> = Vec::new();

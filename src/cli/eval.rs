@@ -75,7 +75,9 @@ pub struct Args {
     )]
     detections: Option<PathBuf>,
     /// A checkpoint (runs/NAME/best.safetensors): run its model over the set, write the
-    /// detections in the devkit format (to --out), then score them.
+    /// detections in the devkit format (to --out), then score them. A region proposal
+    /// network's checkpoint is scored by proposal recall instead (AR@100, AR@300, AR@1000,
+    /// recall at IoU 0.5 and 0.7 with 1000 proposals; --json writes it).
     #[arg(long)]
     checkpoint: Option<PathBuf>,
     /// With --checkpoint: where the devkit results files go (default: a folder `detections`
@@ -333,6 +335,19 @@ fn score_coco_on_voc(args: &Args, scoring: &Scoring) -> Result<()> {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
+    // A region proposal network's checkpoint is scored by proposal recall.
+    if let Some(checkpoint) = &args.checkpoint {
+        if super::eval_proposals::is_rpn_checkpoint(checkpoint)? {
+            return super::eval_proposals::run(&super::eval_proposals::ProposalEval {
+                data: args.data.as_deref(),
+                sets: &args.sets,
+                checkpoint,
+                batch: args.batch,
+                device: &args.device,
+                json: args.json.as_deref(),
+            });
+        }
+    }
     let metric = metric_of(&args)?;
     if let Some(instances) = &args.coco_gt {
         let results = args.detections.as_deref().unwrap_or(Path::new(""));

@@ -5,9 +5,11 @@ mod anchors;
 mod bench;
 mod check_data;
 mod compare;
+mod convert;
 mod detect;
 mod encode;
 mod eval;
+mod eval_proposals;
 mod info;
 mod loss;
 mod plot;
@@ -36,8 +38,11 @@ enum Command {
     Info(info::Args),
     /// Write a synthetic VOC-format dataset of drawn shapes (what `make demo` trains on).
     Synth(synth::Args),
-    /// Read a VOC dataset and report images, objects per class and every problem.
+    /// Read a VOC or COCO dataset and report images, objects per class and every problem.
     CheckData(check_data::Args),
+    /// Convert a dataset between VOC and COCO (lossless for what both hold).
+    #[command(long_about = convert::ABOUT)]
+    Convert(convert::Args),
     /// Train a detector on VOC-format data (loc and cls loss per positive, checkpoints, resume).
     Train(train::Args),
     /// VOC mAP of a checkpoint, or of devkit results files: AP per class (devkit algorithm).
@@ -67,6 +72,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Info(args) => info::run(args),
         Command::Synth(args) => synth::run(args),
         Command::CheckData(args) => check_data::run(args),
+        Command::Convert(args) => convert::run(args),
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Detect(args) => detect::run(args),

@@ -1,4 +1,4 @@
-//! What can be wrong with a VOC dataset: the problem taxonomy, the counts, and the
+//! What can be wrong with a dataset (VOC or COCO): the problem taxonomy, the counts, and the
 //! `tchcv check-data` report.
 //!
 //! Every problem has a kind, the file it was found in and a detail. Errors mean data was lost
@@ -34,10 +34,11 @@ pub enum ProblemKind {
     MissingAnnotation,
     /// The XML does not parse, or lacks `<annotation>`; the image is skipped.
     MalformedXml,
-    /// An `<object>` lacks `<name>` or `<bndbox>`, or a coordinate is not a number; the object
-    /// is skipped.
+    /// An `<object>` lacks `<name>` or `<bndbox>`, or a coordinate is not a number (COCO: an
+    /// annotation's `image_id` is not in `images`); the object is skipped.
     BadObject,
-    /// An object's class is not in the class list; the object is skipped.
+    /// An object's class is not in the class list (COCO: its `category_id` is not in
+    /// `categories`, or its category not in a given class list); the object is skipped.
     UnknownClass,
     /// No image file for the id; the image is skipped.
     MissingImage,
@@ -45,7 +46,8 @@ pub enum ProblemKind {
     CorruptImage,
     /// The image file ends before the image data does; skipped.
     TruncatedImage,
-    /// The same id appears twice in the selected sets; the later one is skipped.
+    /// The same id appears twice in the selected sets; the later one is skipped (COCO: an image
+    /// id; a repeated annotation id is reported and both are kept).
     DuplicateId,
     /// A box reaches outside the image; it is clipped to the image.
     BoxClipped,
@@ -55,7 +57,7 @@ pub enum ProblemKind {
     NoObjects,
     /// `<size>` differs from the real image; the real size is used and boxes are clipped to it.
     SizeMismatch,
-    /// `<size>` is missing or zero; the real image size is used.
+    /// `<size>` (COCO: `width`/`height`) is missing or zero; the real image size is used.
     MissingSize,
     /// The image carries an EXIF orientation; pixels are turned upright and boxes mapped.
     ExifOrientation,
@@ -213,6 +215,8 @@ pub struct ClassStats {
     pub objects: usize,
     /// Of which marked difficult.
     pub difficult: usize,
+    /// Of which crowd regions (COCO `iscrowd`).
+    pub crowd: usize,
     /// Images containing at least one object of this class.
     pub images: usize,
 }
@@ -225,6 +229,8 @@ pub struct CheckReport {
     pub images_without_objects: usize,
     pub objects: usize,
     pub difficult: usize,
+    /// Crowd regions among the objects (COCO `iscrowd`).
+    pub crowd: usize,
     pub classes: Vec<ClassStats>,
     /// `[min_w, min_h, max_w, max_h]` over the images (as recorded), or zeros when empty.
     pub size_range: [u32; 4],
@@ -244,7 +250,7 @@ impl CheckReport {
                 ..Default::default()
             })
             .collect();
-        let (mut objects, mut difficult, mut empty) = (0, 0, 0);
+        let (mut objects, mut difficult, mut crowd, mut empty) = (0, 0, 0, 0);
         let mut size = [u32::MAX, u32::MAX, 0, 0];
         for r in &dataset.records {
             let mut seen = vec![false; classes.len()];
@@ -252,12 +258,14 @@ impl CheckReport {
                 let c = &mut classes[o.class_id];
                 c.objects += 1;
                 c.difficult += o.difficult as usize;
+                c.crowd += o.crowd as usize;
                 if !seen[o.class_id] {
                     seen[o.class_id] = true;
                     c.images += 1;
                 }
                 objects += 1;
                 difficult += o.difficult as usize;
+                crowd += o.crowd as usize;
             }
             empty += r.objects.is_empty() as usize;
             size = [
@@ -279,6 +287,7 @@ impl CheckReport {
             images_without_objects: empty,
             objects,
             difficult,
+            crowd,
             classes,
             size_range: size,
             problem_counts: report.counts(),
@@ -299,8 +308,16 @@ impl CheckReport {
         let _ = writeln!(s, "sets: {}", self.sets.join(", "));
         let _ = writeln!(
             s,
-            "images: {} ({} without objects)   objects: {} ({} difficult)",
-            self.images, self.images_without_objects, self.objects, self.difficult
+            "images: {} ({} without objects)   objects: {} ({} difficult{})",
+            self.images,
+            self.images_without_objects,
+            self.objects,
+            self.difficult,
+            if self.crowd > 0 {
+                format!(", {} crowd", self.crowd)
+            } else {
+                String::new()
+            }
         );
         let [w0, h0, w1, h1] = self.size_range;
         let _ = writeln!(

@@ -207,6 +207,10 @@ impl LoaderStats {
     }
 }
 
+/// The environment variable that sets a training run's libtorch intra-op threads
+/// ([`ThreadPlan::with_env_threads`]).
+pub const TORCH_THREADS_VAR: &str = "TCHCV_TORCH_THREADS";
+
 /// How many worker threads and libtorch intra-op threads share the cores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct ThreadPlan {
@@ -237,6 +241,24 @@ impl ThreadPlan {
                 workers: cores.div_ceil(8),
                 torch_threads: cores,
             }
+        }
+    }
+
+    /// This plan with libtorch's intra-op threads from `TCHCV_TORCH_THREADS` when it is set
+    /// (a whole number >= 1; anything else is bad input, named): how `tchcv bench train` gives
+    /// each split of the cores a try, and a way to leave cores to other work.
+    pub fn with_env_threads(self) -> Result<Self> {
+        let Some(value) = std::env::var_os(TORCH_THREADS_VAR) else {
+            return Ok(self);
+        };
+        match value.to_str().and_then(|v| v.trim().parse::<usize>().ok()) {
+            Some(threads) if threads >= 1 => Ok(Self {
+                torch_threads: threads,
+                ..self
+            }),
+            _ => crate::bail_input!(
+                "{TORCH_THREADS_VAR}={value:?}: expected a whole number of threads >= 1"
+            ),
         }
     }
 

@@ -81,6 +81,22 @@ impl Default for AugmentConfig {
 }
 
 impl AugmentConfig {
+    /// Turn off one step by its flag name: `photometric`, `zoom-out` (or `expand`), `crop`,
+    /// `flip`, or `all` (resize + normalise remain); another name is bad input.
+    pub fn turn_off(&mut self, step: &str) -> Result<()> {
+        match step {
+            "photometric" => self.photometric = false,
+            "zoom-out" | "zoom_out" | "expand" => self.zoom_out = false,
+            "crop" => self.crop = false,
+            "flip" => self.flip = false,
+            "all" => *self = Self::none(),
+            other => crate::bail_input!(
+                "--no-augment {other:?}: expected photometric, zoom-out, crop, flip or all"
+            ),
+        }
+        Ok(())
+    }
+
     /// Every step off: the training transform becomes resize + normalise.
     pub fn none() -> Self {
         Self {

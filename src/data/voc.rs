@@ -24,6 +24,7 @@ use anyhow::{Context, Result};
 use super::check::{DataReport, Problem, ProblemKind};
 use super::classes::ClassMap;
 use super::image::{self as img, RgbImage};
+use super::record::{build_record, ImageEntry};
 use crate::bail_input;
 
 /// One set: `2007:trainval` (VOCdevkit/VOC2007/ImageSets/Main/trainval.txt) or `trainval`
@@ -118,6 +119,11 @@ pub struct VocObject {
     pub bbox: [f32; 4],
     pub difficult: bool,
     pub truncated: bool,
+    /// A crowd region (COCO `iscrowd`; in VOC XML tchcv's `<iscrowd>1</iscrowd>`): never a
+    /// positive; its anchors are ignored in training, and detections on it in evaluation.
+    pub crowd: bool,
+    /// COCO's `area` (pixels², the segmentation's), when the data gave one; `None`: the box's.
+    pub area: Option<f64>,
 }
 
 impl VocObject {
@@ -157,6 +163,9 @@ pub struct ImageRecord {
     pub objects: Vec<VocObject>,
     /// The set it came from, e.g. `2007:trainval`.
     pub source: String,
+    /// The COCO image id, for COCO data (VOC data: `None`, and the image's COCO id is its
+    /// position + 1).
+    pub coco_id: Option<i64>,
 }
 
 /// A loaded image with its boxes, in 0-based continuous pixel coordinates of the upright image.
@@ -170,6 +179,8 @@ pub struct Sample {
     pub labels: Vec<i64>,
     /// `[K]` VOC difficult flags.
     pub difficult: Vec<bool>,
+    /// `[K]` crowd regions (always loaded, whatever `use_difficult`: they are ignore regions).
+    pub crowd: Vec<bool>,
     /// Conversions and fix-ups made while loading (notes and warnings).
     pub problems: Vec<Problem>,
 }
@@ -181,6 +192,9 @@ pub struct VocDataset {
     /// The sets read, e.g. `["2007:trainval", "2012:trainval"]`.
     pub sets: Vec<String>,
     pub classes: ClassMap,
+    /// `[classes.len()]` the COCO category id of each class: the data's for COCO data
+    /// (non-contiguous ids kept), `1..=K` for VOC data.
+    pub category_ids: Vec<i64>,
     pub records: Vec<ImageRecord>,
 }
 
@@ -190,6 +204,7 @@ struct RawObject {
     bbox: [f32; 4],
     difficult: bool,
     truncated: bool,
+    crowd: bool,
 }
 
 struct RawAnnotation {
@@ -270,6 +285,7 @@ fn parse_annotation(text: &str) -> std::result::Result<RawAnnotation, String> {
             bbox,
             difficult: parse_flag(obj, "difficult"),
             truncated: parse_flag(obj, "truncated"),
+            crowd: parse_flag(obj, "iscrowd"),
         });
     }
     Ok(RawAnnotation {
@@ -412,6 +428,42 @@ fn clip_voc_box(b: [f32; 4], (w, h): (u32, u32), clipped: &mut bool) -> Option<[
     (c[2] > c[0] && c[3] > c[1]).then_some(c)
 }
 
+/// `(folder, id, source)` of every image the sets list, in order, duplicates removed (and
+/// reported).
+fn list_images(
+    root: &Path,
+    sets: &[SetSpec],
+    report: &mut DataReport,
+) -> Result<Vec<(PathBuf, String, String)>> {
+    let mut listed = Vec::new();
+    let mut seen = HashSet::new();
+    for spec in sets {
+        let folder = set_folder(root, spec)?;
+        for id in read_set(&folder, spec)? {
+            let key = (folder.clone(), id.clone());
+            if seen.insert(key) {
+                listed.push((folder.clone(), id, spec.to_string()));
+            } else {
+                let file = folder.join("Annotations").join(format!("{id}.xml"));
+                report.push(Problem::new(
+                    ProblemKind::DuplicateId,
+                    &file,
+                    format!("id {id} listed again in {spec}"),
+                ));
+            }
+        }
+    }
+    if listed.is_empty() {
+        let names: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        bail_input!(
+            "{}: the sets {} list no images (empty ImageSets/Main files)",
+            root.display(),
+            names.join(",")
+        );
+    }
+    Ok(listed)
+}
+
 impl VocDataset {
     /// Read the sets `sets` under `root` (see the module docs). Problems are counted in the
     /// returned report; records with errors that make them unusable are left out.
@@ -424,33 +476,7 @@ impl VocDataset {
             bail_input!("--data {}: no such folder", root.display());
         }
         let mut report = DataReport::default();
-        // (folder, id, source) of every listed image, duplicates removed.
-        let mut listed = Vec::new();
-        let mut seen = HashSet::new();
-        for spec in sets {
-            let folder = set_folder(root, spec)?;
-            for id in read_set(&folder, spec)? {
-                let key = (folder.clone(), id.clone());
-                if seen.insert(key) {
-                    listed.push((folder.clone(), id, spec.to_string()));
-                } else {
-                    let file = folder.join("Annotations").join(format!("{id}.xml"));
-                    report.push(Problem::new(
-                        ProblemKind::DuplicateId,
-                        &file,
-                        format!("id {id} listed again in {spec}"),
-                    ));
-                }
-            }
-        }
-        if listed.is_empty() {
-            let names: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
-            bail_input!(
-                "{}: the sets {} list no images (empty ImageSets/Main files)",
-                root.display(),
-                names.join(",")
-            );
-        }
+        let listed = list_images(root, sets, &mut report)?;
         let parsed = parse_all(&listed);
         let classes = match &options.classes {
             Some(c) => c.clone(),
@@ -464,40 +490,10 @@ impl VocDataset {
         };
         let mut records = Vec::with_capacity(listed.len());
         for ((folder, id, source), raw) in listed.into_iter().zip(parsed) {
-            let annotation_path = folder.join("Annotations").join(format!("{id}.xml"));
-            let raw = match raw {
-                Ok(raw) => raw,
-                Err(problem) => {
-                    report.push(problem);
-                    continue;
-                }
-            };
-            let wanted = folder.join("JPEGImages").join(format!("{id}.jpg"));
-            let found = find_image(&folder, &id, raw.filename.as_deref());
-            let found = match (found, options.check_images) {
-                (None, ImageCheck::AnnotationsOnly) => Some(wanted.clone()),
-                (found, _) => found,
-            };
-            let Some(image_path) = found else {
-                report.push(Problem::new(
-                    ProblemKind::MissingImage,
-                    &wanted,
-                    format!(
-                        "no image for {} (tried <filename> and {id}.jpg/.jpeg/.png)",
-                        annotation_path.display()
-                    ),
-                ));
-                continue;
-            };
-            match build_record(
-                &classes,
-                id,
-                source,
-                image_path,
-                annotation_path,
-                raw,
-                options.check_images,
-            ) {
+            let built = raw.map_err(|p| vec![p]).and_then(|raw| {
+                voc_record(&classes, &folder, id, source, raw, options.check_images)
+            });
+            match built {
                 Ok((record, problems)) => {
                     report.extend(problems);
                     records.push(record);
@@ -508,6 +504,7 @@ impl VocDataset {
         let dataset = Self {
             root: root.to_path_buf(),
             sets: sets.iter().map(|s| s.to_string()).collect(),
+            category_ids: (1..=classes.len() as i64).collect(),
             classes,
             records,
         };
@@ -523,7 +520,8 @@ impl VocDataset {
     }
 
     /// Decode image `index` and put its boxes in the upright image's 0-based continuous
-    /// coordinates (difficult objects left out unless `use_difficult`).
+    /// coordinates (difficult objects left out unless `use_difficult`; crowd regions always
+    /// kept, flagged in [`Sample::crowd`]).
     pub fn load(&self, index: usize, use_difficult: bool) -> Result<Sample> {
         let record = self.records.get(index).ok_or_else(|| {
             anyhow::anyhow!(
@@ -567,93 +565,83 @@ fn parse_all(
     })
 }
 
-/// Map classes, clip and drop boxes, and check the image as `check` asks. `Err` holds the
-/// problems when the record is unusable.
-fn build_record(
+/// The record of VOC image `id` in `folder`: find its image, map classes, clip and drop boxes,
+/// and check the image as `check` asks. `Err` holds the problems when the record is unusable.
+fn voc_record(
     classes: &ClassMap,
+    folder: &Path,
     id: String,
     source: String,
-    image_path: PathBuf,
-    annotation_path: PathBuf,
     raw: RawAnnotation,
     check: ImageCheck,
 ) -> std::result::Result<(ImageRecord, Vec<Problem>), Vec<Problem>> {
-    let mut problems: Vec<Problem> = raw
+    let annotation_path = folder.join("Annotations").join(format!("{id}.xml"));
+    let wanted = folder.join("JPEGImages").join(format!("{id}.jpg"));
+    let found = match (find_image(folder, &id, raw.filename.as_deref()), check) {
+        (None, ImageCheck::AnnotationsOnly) => Some(wanted.clone()),
+        (found, _) => found,
+    };
+    let Some(image_path) = found else {
+        return Err(vec![Problem::new(
+            ProblemKind::MissingImage,
+            &wanted,
+            format!(
+                "no image for {} (tried <filename> and {id}.jpg/.jpeg/.png)",
+                annotation_path.display()
+            ),
+        )]);
+    };
+    let problems = raw
         .bad_objects
         .iter()
         .map(|d| Problem::new(ProblemKind::BadObject, &annotation_path, d.clone()))
         .collect();
-    // The real image, when it is read now (always when <size> is missing).
-    let read_image = match check {
-        ImageCheck::Exists => raw.size.is_none(),
-        ImageCheck::AnnotationsOnly => raw.size.is_none() && image_path.is_file(),
-        ImageCheck::Header | ImageCheck::Decode => true,
+    // Without a size or an image (AnnotationsOnly), the boxes' own extent: nothing is clipped.
+    let extent = raw.objects.iter().fold((1, 1), |(w, h), o| {
+        (
+            w.max(o.bbox[2].ceil().max(1.0) as u32),
+            h.max(o.bbox[3].ceil().max(1.0) as u32),
+        )
+    });
+    let entry = ImageEntry {
+        id,
+        source,
+        image_path,
+        annotation_path: annotation_path.clone(),
+        declared_size: raw.size,
+        coco_id: None,
+        size_field: "<size>",
     };
-    let probe = if read_image {
-        match img::probe(&image_path) {
-            Ok(p) => Some(p),
-            Err(e) => {
-                problems.push(super::check::problem_of(&e).cloned().unwrap_or_else(|| {
-                    Problem::new(ProblemKind::CorruptImage, &image_path, format!("{e:#}"))
-                }));
-                return Err(problems);
-            }
-        }
-    } else {
-        None
-    };
-    if raw.size.is_none() {
-        problems.push(Problem::new(
-            ProblemKind::MissingSize,
-            &annotation_path,
-            "no usable <size>; the image's size is used",
-        ));
-    }
-    // The frame the XML boxes live in: <size>, or the stored image when <size> is missing
-    // (neither, with AnnotationsOnly: the boxes' own extent, so nothing is clipped).
-    let extent = || {
-        raw.objects.iter().fold((1, 1), |(w, h), o| {
-            (
-                w.max(o.bbox[2].ceil().max(1.0) as u32),
-                h.max(o.bbox[3].ceil().max(1.0) as u32),
-            )
-        })
-    };
-    let frame = raw
-        .size
-        .or(probe.map(|p| p.stored_size))
-        .unwrap_or_else(extent);
-    if let (Some(p), Some(xml)) = (probe, raw.size) {
-        if xml != p.size() && xml != p.stored_size {
-            problems.push(Problem::new(
-                ProblemKind::SizeMismatch,
-                &annotation_path,
-                format!(
-                    "<size> {}x{} but the image is {}x{}; boxes are clipped to the image",
-                    xml.0,
-                    xml.1,
-                    p.size().0,
-                    p.size().1
-                ),
-            ));
-        }
-    }
-    let mut objects = Vec::with_capacity(raw.objects.len());
-    for (k, o) in raw.objects.iter().enumerate() {
+    build_record(entry, check, extent, problems, |frame, problems| {
+        place_voc_objects(classes, &raw.objects, &annotation_path, frame, problems)
+    })
+}
+
+/// The usable objects of an annotation in the frame `(w, h)`: known classes, boxes clipped to
+/// the frame, degenerate ones dropped; each fix-up reported.
+fn place_voc_objects(
+    classes: &ClassMap,
+    raw: &[RawObject],
+    annotation_path: &Path,
+    frame: (u32, u32),
+    problems: &mut Vec<Problem>,
+) -> Vec<VocObject> {
+    let mut objects = Vec::with_capacity(raw.len());
+    for (k, o) in raw.iter().enumerate() {
         let Some(class_id) = classes.id(&o.name) else {
             problems.push(Problem::new(
                 ProblemKind::UnknownClass,
-                &annotation_path,
+                annotation_path,
                 format!("object {k}: class {:?} is not in the class list", o.name),
             ));
             continue;
         };
         let mut clipped = false;
         let b = o.bbox;
-        match clip_voc_box(b, frame, &mut clipped) {
-            None => problems.push(Problem::new(
+        let Some(bbox) = clip_voc_box(b, frame, &mut clipped) else {
+            problems.push(Problem::new(
                 ProblemKind::DegenerateBox,
-                &annotation_path,
+                annotation_path,
                 format!(
                     "object {k} ({}): box ({}, {}, {}, {}) has no area{}; dropped",
                     o.name,
@@ -663,82 +651,29 @@ fn build_record(
                     b[3],
                     if clipped { " inside the image" } else { "" }
                 ),
-            )),
-            Some(bbox) => {
-                if clipped {
-                    problems.push(Problem::new(
-                        ProblemKind::BoxClipped,
-                        &annotation_path,
-                        format!(
-                            "object {k} ({}): box ({}, {}, {}, {}) reaches outside the {}x{} image; clipped",
-                            o.name, b[0], b[1], b[2], b[3], frame.0, frame.1
-                        ),
-                    ));
-                }
-                objects.push(VocObject {
-                    class_id,
-                    bbox,
-                    difficult: o.difficult,
-                    truncated: o.truncated,
-                });
-            }
-        }
-    }
-    if objects.is_empty() {
-        problems.push(Problem::new(
-            ProblemKind::NoObjects,
-            &annotation_path,
-            "no usable objects; kept as a background-only image",
-        ));
-    }
-    let (width, height) = probe.map_or(frame, |p| p.size());
-    let record = ImageRecord {
-        id,
-        image_path,
-        annotation_path,
-        width,
-        height,
-        xml_size: raw.size,
-        objects,
-        source,
-        probe,
-    };
-    if check == ImageCheck::Decode {
-        match load_record(&record, true) {
-            Ok(sample) => problems.extend(
-                sample
-                    .problems
-                    .into_iter()
-                    .filter(|p| p.kind != ProblemKind::SizeMismatch),
-            ),
-            Err(e) => {
-                problems.push(super::check::problem_of(&e).cloned().unwrap_or_else(|| {
-                    Problem::new(
-                        ProblemKind::CorruptImage,
-                        &record.image_path,
-                        format!("{e:#}"),
-                    )
-                }));
-                return Err(problems);
-            }
-        }
-    } else if let Some(p) = probe {
-        if p.orientation != 1 {
+            ));
+            continue;
+        };
+        if clipped {
             problems.push(Problem::new(
-                ProblemKind::ExifOrientation,
-                &record.image_path,
-                format!("EXIF orientation {} applied", p.orientation),
+                ProblemKind::BoxClipped,
+                annotation_path,
+                format!(
+                    "object {k} ({}): box ({}, {}, {}, {}) reaches outside the {}x{} image; clipped",
+                    o.name, b[0], b[1], b[2], b[3], frame.0, frame.1
+                ),
             ));
         }
-        if p.format != img::Format::Jpeg {
-            problems.push(Problem::new(
-                ProblemKind::NotJpeg,
-                &record.image_path,
-                format!("{:?} image", p.format),
-            ));
-        }
+        objects.push(VocObject {
+            class_id,
+            bbox,
+            difficult: o.difficult,
+            truncated: o.truncated,
+            crowd: o.crowd,
+            area: None,
+        });
     }
-    Ok((record, problems))
+    objects
 }
 
 impl ImageRecord {
@@ -774,8 +709,16 @@ pub fn load_record(record: &ImageRecord, use_difficult: bool) -> Result<Sample> 
                 ProblemKind::SizeMismatch,
                 &record.annotation_path,
                 format!(
-                    "<size> {}x{} but the image is {}x{}; boxes are clipped to the image",
-                    xml.0, xml.1, upright_size.0, upright_size.1
+                    "{} {}x{} but the image is {}x{}; boxes are clipped to the image",
+                    if record.coco_id.is_some() {
+                        "width/height"
+                    } else {
+                        "<size>"
+                    },
+                    xml.0,
+                    xml.1,
+                    upright_size.0,
+                    upright_size.1
                 ),
             ));
         }
@@ -786,12 +729,13 @@ pub fn load_record(record: &ImageRecord, use_difficult: bool) -> Result<Sample> 
         boxes: Vec::with_capacity(record.objects.len()),
         labels: Vec::with_capacity(record.objects.len()),
         difficult: Vec::with_capacity(record.objects.len()),
+        crowd: Vec::with_capacity(record.objects.len()),
         problems: Vec::new(),
     };
     for o in record
         .objects
         .iter()
-        .filter(|o| use_difficult || !o.difficult)
+        .filter(|o| use_difficult || !o.difficult || o.crowd)
     {
         let mut b = o.pixel_box();
         if !upright {
@@ -807,6 +751,7 @@ pub fn load_record(record: &ImageRecord, use_difficult: bool) -> Result<Sample> 
             sample.boxes.push(b);
             sample.labels.push(o.class_id as i64);
             sample.difficult.push(o.difficult);
+            sample.crowd.push(o.crowd);
         }
     }
     sample.problems = problems;

@@ -1,6 +1,6 @@
 //! The raw binding of `csrc/torch_ext.cpp`: libtorch calls that tch 0.24 does not bind. The safe
-//! API is [`super::autocast`], [`super::layout`], [`super::op_count`] and
-//! [`crate::memory::device_memory`].
+//! API is [`super::autocast`], [`super::layout`], [`super::op_count`], [`super::op_time`],
+//! [`super::fused`] and [`crate::memory::device_memory`].
 
 use std::ffi::{c_char, c_int, c_void};
 
@@ -39,6 +39,34 @@ extern "C" {
     pub fn tchcv_read_back_i64(tensor: *mut c_void, out: *mut i64, len: i64) -> *mut c_char;
     pub fn tchcv_op_count_start() -> *mut c_char;
     pub fn tchcv_op_count_stop(report: *mut *mut c_char) -> *mut c_char;
+    pub fn tchcv_op_time_start() -> *mut c_char;
+    pub fn tchcv_op_time_stop(report: *mut *mut c_char) -> *mut c_char;
+    pub fn tchcv_grad_set_none(tensor: *mut c_void) -> *mut c_char;
+    pub fn tchcv_fused_sgd(
+        params: *mut *mut c_void,
+        grads: *mut *mut c_void,
+        bufs: *mut *mut c_void,
+        n: i64,
+        weight_decay: f64,
+        momentum: f64,
+        lr: f64,
+        nesterov: c_int,
+        is_first_step: c_int,
+    ) -> *mut c_char;
+    pub fn tchcv_fused_adam(
+        params: *mut *mut c_void,
+        grads: *mut *mut c_void,
+        exp_avgs: *mut *mut c_void,
+        exp_avg_sqs: *mut *mut c_void,
+        n: i64,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        weight_decay: f64,
+        eps: f64,
+        decoupled: c_int,
+        step: i64,
+    ) -> *mut c_char;
 }
 
 /// `Ok` for a null message, else the message as an error (the malloc'd C string is freed).

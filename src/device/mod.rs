@@ -1,7 +1,8 @@
 //! Devices: parsing `--device`, waiting for a device, and the device-level settings of a
 //! training step: mixed precision ([`autocast`]), memory formats ([`layout`]) and cuDNN's
 //! autotuner ([`set_cudnn_benchmark`]); counting the
-//! operators a region dispatches ([`op_count`]).
+//! operators a region dispatches ([`op_count`]) and timing them ([`op_time`]); libtorch's fused
+//! optimizer kernels ([`fused`]).
 
 use anyhow::Result;
 use tch::{Device, Tensor};
@@ -10,8 +11,10 @@ use crate::bail_input;
 
 pub mod autocast;
 pub(crate) mod ext;
+pub mod fused;
 pub mod layout;
 pub mod op_count;
+pub mod op_time;
 
 pub use autocast::{autocast, AutocastDtype, AutocastGuard};
 pub use layout::{convert_variables, to_memory_format, MemoryFormat};

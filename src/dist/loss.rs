@@ -18,11 +18,14 @@
 //! share would have to be multiplied by W; summing avoids that scale.) The loader gives rank r
 //! every W-th image of the shuffled order from position r, so the ranks' batches k together
 //! hold the images of global batch k of W*B.
+//!
+//! The RPN loss divides by the sampled anchors instead ([`NormalizeBy::Sampled`]):
+//! [`global_normalizer_by`] then takes `D = max(1, sum_r num_sampled_r)`, the global sample.
 
 use anyhow::Result;
 
 use super::ProcessGroup;
-use crate::loss::{LossOutput, LossStats, LossSums, Normalization};
+use crate::loss::{LossOutput, LossStats, LossSums, Normalization, NormalizeBy};
 
 /// The global batch's counts and loss parts, and the normalisers
 /// [`LossSums::finish`] takes.
@@ -40,7 +43,8 @@ pub struct GlobalNormalizer {
     pub cls_sum: f64,
     /// Whether the classification part is normalised by the valid anchors.
     pub cls_mean: bool,
-    /// `D = max(min, num_pos)` of the global batch.
+    /// `D = max(min, num_pos)` of the global batch (`num_valid`, the sample, for
+    /// [`NormalizeBy::Sampled`]).
     pub normalizer: f64,
     /// The valid anchors of the global batch (at least 1), for a `mean` classification part.
     pub cls_mean_normalizer: f64,
@@ -53,6 +57,17 @@ pub fn global_normalizer(
     group: Option<&ProcessGroup>,
     sums: &LossSums,
     normalization: Normalization,
+) -> Result<GlobalNormalizer> {
+    global_normalizer_by(group, sums, normalization, NormalizeBy::Positives)
+}
+
+/// [`global_normalizer`] with `D` counting what `by` says: the global positives, or the global
+/// sampled anchors (`num_valid`) for the RPN loss.
+pub fn global_normalizer_by(
+    group: Option<&ProcessGroup>,
+    sums: &LossSums,
+    normalization: Normalization,
+    by: NormalizeBy,
 ) -> Result<GlobalNormalizer> {
     let _no_grad = tch::no_grad_guard();
     let mut values = [
@@ -67,14 +82,15 @@ pub fn global_normalizer(
     }
     let [num_pos, num_neg, num_valid, loc_sum, cls_sum] = values;
     let num_pos = num_pos.round() as i64;
+    let num_valid_count = num_valid.round() as i64;
     Ok(GlobalNormalizer {
         num_pos,
         num_neg: num_neg.round() as i64,
-        num_valid: num_valid.round() as i64,
+        num_valid: num_valid_count,
         loc_sum,
         cls_sum,
         cls_mean: sums.cls_mean,
-        normalizer: normalization.normalizer(num_pos)?,
+        normalizer: normalization.normalizer(by.of(num_pos, num_valid_count))?,
         cls_mean_normalizer: num_valid.max(1.0),
     })
 }

@@ -38,7 +38,7 @@ pub use config::{
     DEFAULT_BUCKET_BYTES, DEFAULT_TIMEOUT,
 };
 pub use group::{GradReduction, ProcessGroup};
-pub use loss::{global_normalizer, GlobalNormalizer};
+pub use loss::{global_normalizer, global_normalizer_by, GlobalNormalizer};
 
 /// The backends compiled into this build (empty without distributed support).
 pub fn backends() -> Vec<Backend> {

@@ -1,4 +1,4 @@
-//! Ground truth for the evaluation, from the VOC reader of [`crate::data`].
+//! Ground truth for the evaluation, from the readers of [`crate::data`] (VOC or COCO).
 //!
 //! Boxes stay in the annotation's own convention (VOC: 1-based inclusive pixels), which is what
 //! the devkit's `+1` rule expects; detections are mapped into it (see [`super::runner`]).
@@ -8,10 +8,13 @@ use std::path::Path;
 use anyhow::Result;
 
 use super::voc::GroundTruth;
-use crate::data::{ClassMap, ImageCheck, ReadOptions, SetSpec, Severity, VocDataset};
+use crate::data::{
+    open_dataset, ClassMap, DataSource, ImageCheck, ReadOptions, SetSpec, Severity, VocDataset,
+};
 
 /// One [`GroundTruth`] per image of `dataset`, in dataset order; difficult objects included
-/// (flagged), as the devkit needs them. `upright`: boxes in the frame of the upright decoded
+/// (flagged), as the devkit needs them; crowd regions (COCO data) flagged difficult too, so the
+/// VOC metric ignores detections on them. `upright`: boxes in the frame of the upright decoded
 /// image (EXIF orientation applied, the frame of tchcv's own detections; needs the image
 /// headers, see [`open_for_eval`]); else as annotated (the frame of devkit results files).
 pub fn ground_truth_of(dataset: &VocDataset, upright: bool) -> Vec<GroundTruth> {
@@ -26,22 +29,33 @@ pub fn ground_truth_of(dataset: &VocDataset, upright: bool) -> Vec<GroundTruth> 
                 r.objects.iter().map(|o| o.bbox).collect()
             },
             labels: r.objects.iter().map(|o| o.class_id).collect(),
-            difficult: r.objects.iter().map(|o| o.difficult).collect(),
+            difficult: r.objects.iter().map(|o| o.difficult || o.crowd).collect(),
         })
         .collect()
 }
 
-/// Open `sets` under `root` for evaluation: an error (naming the files) when the reader had to
-/// skip an image, since scores against partial ground truth would mislead. `classes`: the
-/// class list (a checkpoint's); `None`: discovered as the reader does. `images`: whether the
-/// images must be there (to run a detector; their headers are read for the EXIF orientation) or
-/// only the annotations (to score result files).
+/// Open `sets` under `root` (VOC or COCO, detected: see [`open_for_eval_from`]) for evaluation.
 pub fn open_for_eval(
     root: &Path,
     sets: &[String],
     classes: Option<ClassMap>,
     images: bool,
 ) -> Result<VocDataset> {
+    open_for_eval_from(&DataSource::new(root), sets, classes, images)
+}
+
+/// Open `sets` of `source` for evaluation: an error (naming the files) when the reader had to
+/// skip an image, since scores against partial ground truth would mislead. `classes`: the
+/// class list (a checkpoint's); `None`: discovered as the reader does. `images`: whether the
+/// images must be there (to run a detector; their headers are read for the EXIF orientation) or
+/// only the annotations (to score result files).
+pub fn open_for_eval_from(
+    source: &DataSource,
+    sets: &[String],
+    classes: Option<ClassMap>,
+    images: bool,
+) -> Result<VocDataset> {
+    let root = &source.root;
     let specs: Vec<SetSpec> = SetSpec::parse_list(&sets.join(","))?;
     let check_images = if images {
         ImageCheck::Header
@@ -52,7 +66,7 @@ pub fn open_for_eval(
         classes,
         check_images,
     };
-    let (dataset, report) = VocDataset::open(root, &specs, &options)?;
+    let (dataset, report) = open_dataset(source, &specs, &options)?;
     let errors: Vec<String> = report
         .problems
         .iter()

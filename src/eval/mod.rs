@@ -18,11 +18,12 @@ pub mod draw;
 mod font;
 pub mod ground_truth;
 pub mod plot;
+pub mod recall;
 pub mod runner;
 pub mod voc;
 
 pub use detections::{read_voc_results, write_voc_results, ImageDetections, LabeledBox};
-pub use ground_truth::{ground_truth_of, load_ground_truth, open_for_eval};
+pub use ground_truth::{ground_truth_of, load_ground_truth, open_for_eval, open_for_eval_from};
 pub use runner::{detect_batch, detect_dataset, detect_image, evaluate_detector, voc_detections};
 pub use voc::{
     evaluate, ClassAp, Detection, GroundTruth, Matching, Metric, VocEvalConfig, VocEvalResult,

@@ -609,7 +609,8 @@ pub fn plot_run(run: &Path, out: Option<&Path>) -> Result<RunPlots> {
         plots.loss = Some(path);
     }
     let eval_path = run.join("eval.json");
-    if eval_path.is_file() {
+    // (A region proposal network's eval.json is a proposal recall: no PR curves.)
+    if eval_path.is_file() && !super::recall::is_recall_file(&eval_path) {
         let result = VocEvalResult::read_json(&eval_path)?;
         let path = out.join("pr.png");
         plot_pr(&result, &path, &format!("{name}: {}", pr_title(&result)))?;

@@ -1,13 +1,15 @@
 //! Running a detector over a dataset: batched forward, decode, boxes back to each image's
-//! pixels, and the VOC evaluation of the result (torchcv `examples/ssd/eval.py`).
+//! pixels, and the VOC evaluation of the result (torchcv `examples/ssd/eval.py`); or a region
+//! proposal network's proposals and their recall ([`evaluate_proposals`]).
 
 use anyhow::Result;
 use tch::{Device, Tensor};
 
 use super::detections::ImageDetections;
 use super::ground_truth::ground_truth_of;
+use super::recall::{proposal_recall, ImageProposals, RecallResult};
 use super::voc::{evaluate, Detection, VocEvalConfig, VocEvalResult};
-use crate::bbox::{BoxCoder, DecodeConfig};
+use crate::bbox::{ops, BoxCoder, DecodeConfig, RpnCoder};
 use crate::data::image::RgbImage;
 use crate::data::transforms::{test_transform, Objects, PixelNorm};
 use crate::data::voc::pixel_to_voc_box;
@@ -136,14 +138,60 @@ pub fn detect_dataset(
             device,
         )?);
     }
+    refuse_skipped_images(loader)?;
+    Ok(images)
+}
+
+/// An evaluation must see every image: a skipped one would still count its ground truth, and
+/// the score would silently drop.
+fn refuse_skipped_images(loader: &Loader) -> Result<()> {
     if let Some(problem) = loader.stats().problems().first() {
-        // A skipped image would still count its ground truth: the mAP would silently drop.
         crate::bail_input!(
             "{} image(s) of the evaluation set could not be read, e.g. {problem}",
             loader.stats().skipped()
         );
     }
-    Ok(images)
+    Ok(())
+}
+
+/// Run a region proposal network (`loc_preds` deltas `[N, A, 4]`, `cls_preds` objectness
+/// `[N, A, 1]`) over every batch of `loader` (an evaluation loader: test transform, fixed
+/// order, difficult objects flagged), take its proposals with the spec's test settings
+/// ([`RpnCoder::propose`], `post_nms_top_n.test` per image, best first) and score them by
+/// proposal recall ([`proposal_recall`]) against the non-difficult objects, all in model-input
+/// pixels. An unreadable image is an error naming it.
+pub fn evaluate_proposals(
+    model: &dyn Detector,
+    rpn: &RpnCoder,
+    loader: &Loader,
+    device: Device,
+) -> Result<RecallResult> {
+    let _no_grad = tch::no_grad_guard();
+    let config = rpn.proposal_config(false);
+    let mut proposals: Vec<Vec<[f32; 4]>> = Vec::with_capacity(loader.dataset().len());
+    let mut objects: Vec<Vec<[f32; 4]>> = Vec::with_capacity(loader.dataset().len());
+    for batch in loader.epoch(0) {
+        let batch = batch?;
+        let (deltas, scores) = model.forward_t(&batch.images.to_device(device), false)?;
+        let objectness = scores.f_squeeze_dim(2)?;
+        for p in rpn.propose(&deltas, &objectness, &config)? {
+            proposals.push(ops::host_boxes(&p.boxes)?);
+        }
+        for (boxes, difficult) in batch.boxes.iter().zip(&batch.difficult) {
+            let kept = boxes.iter().zip(difficult).filter(|(_, &d)| !d);
+            objects.push(kept.map(|(b, _)| *b).collect());
+        }
+    }
+    refuse_skipped_images(loader)?;
+    let images: Vec<ImageProposals> = proposals
+        .iter()
+        .zip(&objects)
+        .map(|(p, o)| ImageProposals {
+            proposals: p,
+            objects: o,
+        })
+        .collect();
+    proposal_recall(&images)
 }
 
 /// The detections as devkit [`Detection`]s in VOC's 1-based box convention, the frame of the

@@ -5,11 +5,13 @@
 //! | `loss/ssd_loss.py` `SSDLoss` | [`SsdLoss`] (mining in [`mining`]) |
 //! | `loss/focal_loss.py` `FocalLoss` | [`FocalLoss`] (sigmoid, fvcore semantics) |
 //! | softmax focal loss (Faster R-CNN heads) | [`SoftmaxFocalLoss`] |
+//! | torchvision `RegionProposalNetwork.compute_loss` | [`RpnLoss`]; with the sampler, [`SampledRpnLoss`] |
 //!
 //! Every loss takes the same four tensors ([`LossInputs`]) and returns a [`LossOutput`]: the
 //! differentiable `total` plus the summed parts and counts that torchcv only printed. The
-//! normaliser is the batch-total number of positives, `D = max(normalizer_min, num_pos)`; a loss
-//! in `strict` mode returns an error where torchcv would have crashed (no positives).
+//! normaliser is the batch-total number of positives, `D = max(normalizer_min, num_pos)` (for
+//! the RPN loss the sampled anchors, [`NormalizeBy`]); a loss in `strict` mode returns an error
+//! where torchcv would have crashed (no positives).
 //!
 //! Losses are pure tensor code: they know nothing of files, datasets or networks.
 
@@ -23,7 +25,7 @@ mod ssd;
 pub use focal::{focal_sum, sigmoid_focal_loss, FocalLoss, FocalLossConfig};
 pub use inputs::LossInputs;
 pub use mining::NegativeMining;
-pub use rpn::{RpnLoss, RpnLossConfig, RpnLossInputs};
+pub use rpn::{RpnLoss, RpnLossConfig, RpnLossInputs, SampledRpnLoss, SampledRpnLossConfig};
 pub use softmax_focal::{
     class_weights_from_histogram, BackgroundWeight, ClassWeighting, ClsReduction, SoftmaxFocalLoss,
     SoftmaxFocalLossConfig,
@@ -42,23 +44,57 @@ pub trait DetectionLoss: std::fmt::Debug {
     /// The un-normalised parts of the loss (what a distributed run all-reduces).
     fn sums(&self, inputs: &LossInputs) -> Result<LossSums>;
 
-    /// Normalise the parts by this batch's own positives (or fail in strict mode).
+    /// Normalise the parts by this batch's own positives (or sampled anchors, per
+    /// [`Self::normalize_by`]; or fail in strict mode).
     fn forward(&self, inputs: &LossInputs) -> Result<LossOutput> {
         let sums = self.sums(inputs)?;
-        let normalizer = self.normalization().normalizer(sums.num_pos)?;
+        let count = self.normalize_by().count(&sums);
+        let normalizer = self.normalization().normalizer(count)?;
         let valid = sums.num_valid.max(1) as f64;
         Ok(sums.finish(normalizer, valid))
     }
 
-    /// How `num_pos` becomes the normaliser.
+    /// How the count ([`Self::normalize_by`]) becomes the normaliser.
     fn normalization(&self) -> Normalization;
+
+    /// What the normaliser counts: the positives (the SSD and focal losses), or the sampled
+    /// anchors (the RPN loss).
+    fn normalize_by(&self) -> NormalizeBy {
+        NormalizeBy::Positives
+    }
 
     /// Continue any random stream (random negative mining) as if `calls` calls had been made:
     /// a resumed run draws what an uninterrupted one would have.
     fn set_calls(&self, _calls: u64) {}
 }
 
-/// How the batch-total positive count becomes the loss normaliser.
+/// What a loss's normaliser counts in the batch (in a distributed run, the global batch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NormalizeBy {
+    /// `num_pos`: torchcv's `/ num_pos`.
+    #[default]
+    Positives,
+    /// `num_valid`, which the RPN loss sets to the sampled anchors: torchvision's
+    /// `/ sampled_inds.numel()`.
+    Sampled,
+}
+
+impl NormalizeBy {
+    /// The count of `sums` this normaliser divides by.
+    pub fn count(self, sums: &LossSums) -> i64 {
+        self.of(sums.num_pos, sums.num_valid)
+    }
+
+    /// The count among `num_pos` and `num_valid`.
+    pub fn of(self, num_pos: i64, num_valid: i64) -> i64 {
+        match self {
+            Self::Positives => num_pos,
+            Self::Sampled => num_valid,
+        }
+    }
+}
+
+/// How the batch-total positive (or sampled) count becomes the loss normaliser.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Normalization {
     /// `D = max(min, num_pos)`. torchcv divides by `num_pos` itself (min 1 keeps it when > 0).
@@ -271,6 +307,9 @@ pub enum LossKind {
     Focal,
     /// [`SoftmaxFocalLoss`]: softmax focal loss with histogram class weights.
     SoftmaxFocal,
+    /// [`SampledRpnLoss`]: Faster R-CNN's RPN loss on a 256-anchor sample per image
+    /// (objectness `[N, A, 1]`, labels 1 / 0 / -1).
+    Rpn,
 }
 
 impl std::str::FromStr for LossKind {
@@ -280,17 +319,19 @@ impl std::str::FromStr for LossKind {
             "ssd" => Ok(Self::Ssd),
             "focal" => Ok(Self::Focal),
             "softmax-focal" | "softmax_focal" => Ok(Self::SoftmaxFocal),
+            "rpn" => Ok(Self::Rpn),
             _ => Err(crate::bad_input(format!(
-                "loss {s:?}: expected ssd, focal or softmax-focal"
+                "loss {s:?}: expected ssd, focal, softmax-focal or rpn"
             ))),
         }
     }
 }
 
 impl LossKind {
-    /// Whether `cls_preds` carries a background column 0 (SSD, softmax focal) or not (focal).
+    /// Whether `cls_preds` carries a background column 0 (SSD, softmax focal) or not (focal,
+    /// the RPN's objectness).
     pub fn has_background_column(self) -> bool {
-        self != Self::Focal
+        !matches!(self, Self::Focal | Self::Rpn)
     }
 
     /// The JSON options with every missing key at its default (what [`Self::build`] uses), for
@@ -308,6 +349,7 @@ impl LossKind {
             Self::Ssd => fill::<SsdLossConfig>(self, options),
             Self::Focal => fill::<FocalLossConfig>(self, options),
             Self::SoftmaxFocal => fill::<SoftmaxFocalLossConfig>(self, options),
+            Self::Rpn => fill::<SampledRpnLossConfig>(self, options),
         }
     }
 
@@ -325,6 +367,7 @@ impl LossKind {
             Self::Ssd => Box::new(SsdLoss::new(parse(self, options)?)?),
             Self::Focal => Box::new(FocalLoss::new(parse(self, options)?)?),
             Self::SoftmaxFocal => Box::new(SoftmaxFocalLoss::new(parse(self, options)?)?),
+            Self::Rpn => Box::new(SampledRpnLoss::new(parse(self, options)?)?),
         })
     }
 }

@@ -22,14 +22,22 @@
 //! torchvision's `loss_rpn_box_reg` and `loss_objectness`: for this loss the normaliser is the
 //! sample, not the positives ([`RpnLoss::normalizer`]; a distributed run all-reduces
 //! `num_valid`, which counts the sampled anchors).
+//!
+//! [`SampledRpnLoss`] is what training uses (`LossKind::Rpn`): the sampler
+//! ([`crate::bbox::sampler`]) and [`RpnLoss`] behind the [`DetectionLoss`] interface, so the
+//! trainer feeds it like the other losses (`cls_preds [N, A, 1]` objectness, `cls_targets`
+//! the labels 1 / 0 / -1 before sampling, `loc_targets` the regression targets).
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Reduction, Tensor};
 
 use super::{check_option, in_compute_kind, indices_of, smooth_l1_over_positives};
-use super::{LossOutput, LossSums};
+use super::{DetectionLoss, LossInputs, LossOutput, LossSums, Normalization, NormalizeBy};
 use crate::bail_input;
+use crate::bbox::sampler::{sample_batch_of, SamplerConfig, SamplerKind};
 
 /// Options of [`RpnLoss`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -208,5 +216,159 @@ impl RpnLoss {
         let sums = self.sums(inputs)?;
         let d = Self::normalizer(sums.num_valid);
         Ok(sums.finish(d, d))
+    }
+}
+
+/// Options of [`SampledRpnLoss`] (`LossKind::Rpn`; JSON keys are the field names).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SampledRpnLossConfig {
+    /// `random` (torchvision's balanced sampler), `hard` (OHEM negatives) or `all`.
+    pub sampler: SamplerKind,
+    /// Anchors sampled per image (torchvision: 256).
+    pub batch_size_per_image: i64,
+    /// At most this share of an image's sample is positive (torchvision: 0.5).
+    pub positive_fraction: f64,
+    /// Seed of the draws: image `g` of call `c` (the training step) draws from
+    /// `Rng::keyed(seed, [c, g])`.
+    pub seed: u64,
+    /// Smooth-L1 transition point (torchvision's RPN: 1/9).
+    pub beta: f64,
+    /// Check that the sampled objectness and the positives' deltas and targets are finite.
+    pub check_finite: bool,
+    /// This process's rank in a data-parallel run of `world_size` processes: image `i` of its
+    /// batch is image `g = i * world_size + rank` of the global batch (the loader's sharding),
+    /// so the ranks together draw the sample one process with the global batch would.
+    pub rank: u64,
+    pub world_size: u64,
+}
+
+impl Default for SampledRpnLossConfig {
+    fn default() -> Self {
+        let sampler = SamplerConfig::default();
+        let loss = RpnLossConfig::default();
+        Self {
+            sampler: sampler.kind,
+            batch_size_per_image: sampler.batch_size_per_image,
+            positive_fraction: sampler.positive_fraction,
+            seed: sampler.seed,
+            beta: loss.beta,
+            check_finite: loss.check_finite,
+            rank: 0,
+            world_size: 1,
+        }
+    }
+}
+
+/// Faster R-CNN's RPN loss as training runs it: per image a sample of the labelled anchors
+/// ([`sample_batch_of`]), then [`RpnLoss`] on it, normalised by the sampled anchors
+/// ([`NormalizeBy::Sampled`]). Each call draws a new sample (call `c` is the step; a resumed
+/// run continues with [`DetectionLoss::set_calls`]).
+#[derive(Debug)]
+pub struct SampledRpnLoss {
+    sampler: SamplerConfig,
+    loss: RpnLoss,
+    rank: u64,
+    world_size: u64,
+    /// Calls made so far: the stream index of the sampler.
+    calls: AtomicU64,
+}
+
+impl SampledRpnLoss {
+    pub fn new(config: SampledRpnLossConfig) -> Result<Self> {
+        if config.world_size == 0 || config.rank >= config.world_size {
+            bail_input!(
+                "rank {} of world_size {}: out of range",
+                config.rank,
+                config.world_size
+            );
+        }
+        if config.batch_size_per_image < 0 || !(0.0..=1.0).contains(&config.positive_fraction) {
+            bail_input!(
+                "batch_size_per_image must be >= 0 and positive_fraction in [0, 1], got {} and {}",
+                config.batch_size_per_image,
+                config.positive_fraction
+            );
+        }
+        let loss = RpnLoss::new(RpnLossConfig {
+            beta: config.beta,
+            check_finite: config.check_finite,
+        })?;
+        Ok(Self {
+            sampler: SamplerConfig {
+                kind: config.sampler,
+                batch_size_per_image: config.batch_size_per_image,
+                positive_fraction: config.positive_fraction,
+                seed: config.seed,
+            },
+            loss,
+            rank: config.rank,
+            world_size: config.world_size,
+            calls: AtomicU64::new(0),
+        })
+    }
+
+    /// The sampler's settings.
+    pub fn sampler(&self) -> &SamplerConfig {
+        &self.sampler
+    }
+}
+
+/// cls_preds `[N, A, 1]` -> the objectness logits `[N, A]`, after checking that cls_targets
+/// is `[N, A]` int64.
+fn objectness_of(inputs: &LossInputs) -> Result<Tensor> {
+    let size = inputs.cls_preds.size();
+    let [n, a, 1] = size[..] else {
+        bail_input!(
+            "cls_preds: expected [N, A, 1] objectness logits (the RPN head's), got {size:?}"
+        );
+    };
+    let targets = inputs.cls_targets;
+    if targets.size() != [n, a] || targets.kind() != Kind::Int64 {
+        bail_input!(
+            "cls_targets: expected [{n}, {a}] int64 anchor labels (1 object, 0 background, -1 \
+             ignored), got {:?} {:?}",
+            targets.kind(),
+            targets.size()
+        );
+    }
+    Ok(inputs.cls_preds.f_squeeze_dim(2)?)
+}
+
+impl DetectionLoss for SampledRpnLoss {
+    /// loc_preds, loc_targets: `[N, A, 4]` deltas and regression targets; cls_preds:
+    /// `[N, A, 1]` objectness logits; cls_targets: `[N, A]` int64 labels before sampling
+    /// (1, 0, -1: `RpnCoder::label`). Returns [`RpnLoss::sums`] of this call's sample.
+    fn sums(&self, inputs: &LossInputs) -> Result<LossSums> {
+        let objectness = objectness_of(inputs)?;
+        let n = objectness.size()[0] as u64;
+        let images: Vec<u64> = (0..n).map(|i| i * self.world_size + self.rank).collect();
+        let call = self.calls.load(Ordering::Relaxed);
+        let hard = (self.sampler.kind == SamplerKind::Hard).then_some(&objectness);
+        let sampled = sample_batch_of(inputs.cls_targets, hard, &self.sampler, &[call], &images)?;
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.loss.sums(&RpnLossInputs {
+            objectness: &objectness,
+            deltas: inputs.loc_preds,
+            regression_targets: inputs.loc_targets,
+            sampled_labels: &sampled,
+        })
+    }
+
+    /// `D = max(1, sampled anchors)`, never strict.
+    fn normalization(&self) -> Normalization {
+        Normalization {
+            min: 1.0,
+            strict: false,
+        }
+    }
+
+    fn normalize_by(&self) -> NormalizeBy {
+        NormalizeBy::Sampled
+    }
+
+    /// Continue the sampler's streams from call `calls` (for an exact resume).
+    fn set_calls(&self, calls: u64) {
+        self.calls.store(calls, Ordering::Relaxed);
     }
 }

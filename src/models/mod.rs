@@ -7,19 +7,22 @@
 //! | (none: a CPU-sized SSD for the demo) | [`small::SmallSsd`] |
 //! | `models/retinanet/fpn.py` `Bottleneck`, `FPN` | [`resnet::ResNet`], [`retina::Fpn`] |
 //! | `models/retinanet/net.py` `RetinaNet` | [`retina::RetinaNet`] |
+//! | torchvision `rpn.py` `RPNHead`, `ops/feature_pyramid_network.py` (Faster R-CNN's RPN) | [`rpn::RpnSmall`], [`rpn::RpnResNetFpn`], [`retina::TorchvisionFpn`] |
 //!
 //! [`build`] reads the spec's `backbone`, `head` and `network` options, creates the variables
 //! under the given `nn::Path` with torchcv's `state_dict` names, and checks with a zero-input
 //! forward that every feature map has the size the spec's anchors expect. Every detector
 //! returns `loc_preds [N, A, 4]` and `cls_preds [N, A, C]`, flattened per map as
 //! `permute(0, 2, 3, 1).reshape(N, -1, 4)` and concatenated in the anchor order of
-//! [`crate::bbox`] (map, row, column, anchor in cell).
+//! [`crate::bbox`] (map, row, column, anchor in cell). A region proposal network (`head: "rpn"`)
+//! returns its deltas as `loc_preds` and its objectness logits as `cls_preds [N, A, 1]`.
 //!
 //! Models know nothing of data, losses or files other than weights.
 
 pub mod layers;
 pub mod resnet;
 pub mod retina;
+pub mod rpn;
 pub mod small;
 pub mod ssd;
 pub mod vgg;
@@ -40,7 +43,8 @@ pub trait Detector: Send + std::fmt::Debug {
     ///
     /// Returns `loc_preds [N, A, 4]` f32 and `cls_preds [N, A, C]` f32 logits, `A` the spec's
     /// `num_anchors()` and `C` the foreground classes plus a background column 0 when the spec's
-    /// loss has one. With `train`, batch norms use (and update) batch statistics.
+    /// loss has one ([`class_columns`]; an RPN: its deltas and `[N, A, 1]` objectness). With
+    /// `train`, batch norms use (and update) batch statistics.
     fn forward_t(&self, images: &Tensor, train: bool) -> Result<(Tensor, Tensor)>;
 }
 
@@ -140,7 +144,8 @@ pub fn flatten_maps(maps: &[MapOutput], columns: i64) -> Result<(Tensor, Tensor)
 /// names read like torchcv's `state_dict`: `extractor.conv5_1.weight`, `loc_layers.0.bias`).
 ///
 /// `num_classes` counts the foreground classes; a background column is added when
-/// `spec.has_background_column()`. Runs one zero image through the network (no gradient,
+/// `spec.has_background_column()`; an RPN (`head: "rpn"`) has one column, its objectness,
+/// whatever `num_classes`. Runs one zero image through the network (no gradient,
 /// batch statistics untouched) and fails when a feature map's size differs from the spec's
 /// `anchors.feature_maps`, naming the map.
 pub fn build<'a>(
@@ -179,22 +184,22 @@ pub fn build_spec_detector(
     if num_classes < 1 {
         crate::bail_input!("{origin}: num_classes must be at least 1, got {num_classes}");
     }
-    let columns = num_classes + i64::from(spec.has_background_column());
+    let columns = class_columns(spec, num_classes);
     let net: Box<dyn MultiBoxNet> = match (spec.head.as_str(), spec.backbone.as_str()) {
         ("ssd", "vgg16") => make(ssd::SsdVgg::new, path, spec, columns, origin)?,
         ("ssd", "small") => make(small::SmallSsd::new, path, spec, columns, origin)?,
         ("retina", b) if b.starts_with("resnet") => {
             make(retina::RetinaNet::new, path, spec, columns, origin)?
         }
-        ("rpn", _) => crate::bail_input!(
-            "{origin}: head \"rpn\" is not built yet: the region proposal network's head comes \
-             later (issue 16); its anchors, labels and sampling work already (tchcv anchors, \
-             tchcv sample)"
-        ),
+        ("rpn", "small") => make(rpn::RpnSmall::new, path, spec, columns, origin)?,
+        ("rpn", b) if b.starts_with("resnet") => {
+            make(rpn::RpnResNetFpn::new, path, spec, columns, origin)?
+        }
         (head, backbone) => crate::bail_input!(
             "{origin}: head {head:?} with backbone {backbone:?} is not a network tchcv builds \
              (known: \"ssd\" with \"vgg16\" or \"small\", \"retina\" with \"resnet18\", \
-             \"resnet34\", \"resnet50\", \"resnet101\" or \"resnet152\")"
+             \"resnet34\", \"resnet50\", \"resnet101\" or \"resnet152\", \"rpn\" with \
+             \"small\" or a ResNet)"
         ),
     };
     let [w, h] = spec.input_size;
@@ -206,6 +211,16 @@ pub fn build_spec_detector(
     };
     check_feature_maps(&detector, spec, origin)?;
     Ok(detector)
+}
+
+/// The score columns `C` of a spec's detector for `num_classes` foreground classes: 1 for an
+/// RPN (objectness), else the classes plus the background column when the loss has one.
+pub fn class_columns(spec: &ModelSpec, num_classes: i64) -> i64 {
+    if spec.head == "rpn" {
+        1
+    } else {
+        num_classes + i64::from(spec.has_background_column())
+    }
 }
 
 /// The signature of every network's constructor: `(path, spec, columns, options, origin)`.
@@ -279,8 +294,12 @@ fn network_options<T: DeserializeOwned + Default>(spec: &ModelSpec, origin: &str
 
 /// The VarStore name prefixes of the backbone the spec builds: what [`load_backbone`] fills
 /// (and `--init` loads). VGG16: conv1_1 to conv5_3 plus conv6/conv7 (fc6/fc7 reduced);
-/// ResNet: the stem and `layer1`-`layer4`; small: the whole extractor.
+/// ResNet: the stem and `layer1`-`layer4` (`fpn.*` in a RetinaNet, `backbone.body.*` in an
+/// RPN, torchvision's Faster R-CNN names); small: the whole extractor.
 pub fn backbone_prefixes(spec: &ModelSpec) -> Result<Vec<String>> {
+    if spec.head == "rpn" && spec.backbone.starts_with("resnet") {
+        return Ok(rpn::resnet_backbone_prefixes());
+    }
     let prefixes: &[&str] = match spec.backbone.as_str() {
         "vgg16" => &vgg::BACKBONE_PREFIXES,
         "small" => &small::BACKBONE_PREFIXES,
@@ -331,4 +350,29 @@ pub fn load_backbone(vs: &nn::VarStore, spec: &ModelSpec, file: &Path) -> Result
 /// probability `pi` of each class (RetinaNet's prior; pi = 0.01 gives -4.595).
 pub fn prior_bias(pi: f64) -> f64 {
     -((1.0 - pi) / pi).ln()
+}
+
+/// What [`load_init`] loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitWeights {
+    /// Every variable of the model (e.g. a converted torchvision Faster R-CNN's RPN).
+    Model(usize),
+    /// The backbone's variables ([`load_backbone`]).
+    Backbone(usize),
+}
+
+/// `--init`: a file holding every variable of the model (and nothing else) loads whole;
+/// otherwise it must be backbone weights ([`load_backbone`], whose errors list the names).
+pub fn load_init(vs: &nn::VarStore, spec: &ModelSpec, file: &Path) -> Result<InitWeights> {
+    let named = crate::io::read_tensors(file)?;
+    let variables = vs.variables();
+    let whole = variables.keys().all(|k| named.contains_key(k))
+        && named.keys().all(|k| variables.contains_key(k));
+    if whole {
+        let origin = format!("{} (the whole model)", file.display());
+        let count = variables.len();
+        crate::io::load_into_variables(variables, &named, false, &origin)?;
+        return Ok(InitWeights::Model(count));
+    }
+    Ok(InitWeights::Backbone(load_backbone(vs, spec, file)?))
 }

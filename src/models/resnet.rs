@@ -124,13 +124,18 @@ impl Block {
     }
 }
 
-/// A ResNet trunk returning C3, C4, C5.
+/// The names of a ResNet's stem and stages under its path (what backbone weights fill).
+pub const STEM_AND_STAGES: [&str; 6] =
+    ["conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4."];
+
+/// A ResNet trunk returning C3, C4, C5 (or C2 to C5).
 #[derive(Debug)]
 pub struct ResNet {
     conv1: Conv2d,
     bn1: BatchNorm2d,
     layers: Vec<Vec<Block>>,
-    out_channels: [i64; 3],
+    /// Channels of C2, C3, C4, C5.
+    stage_channels: [i64; 4],
 }
 
 impl ResNet {
@@ -149,7 +154,7 @@ impl ResNet {
         let bn1 = BatchNorm2d::new(path / "bn1", 64, o.frozen_bn)?;
         let mut c_in = 64;
         let mut layers = Vec::with_capacity(4);
-        let mut out_channels = [0; 3];
+        let mut stage_channels = [0; 4];
         for (s, &n) in blocks.iter().enumerate() {
             let planes = 64 << s;
             let stride = if s == 0 { 1 } else { 2 };
@@ -168,40 +173,47 @@ impl ResNet {
                 c_in = planes * kind.expansion();
             }
             layers.push(stage);
-            if s >= 1 {
-                out_channels[s - 1] = c_in;
-            }
+            stage_channels[s] = c_in;
         }
         Ok(Self {
             conv1,
             bn1,
             layers,
-            out_channels,
+            stage_channels,
         })
     }
 
     /// Channels of C3, C4, C5 (512, 1024, 2048 for bottlenecks; 128, 256, 512 for basic).
     pub fn out_channels(&self) -> [i64; 3] {
-        self.out_channels
+        let [_, c3, c4, c5] = self.stage_channels;
+        [c3, c4, c5]
+    }
+
+    /// Channels of C2, C3, C4, C5 (256 to 2048 for bottlenecks; 64 to 512 for basic).
+    pub fn stage_channels(&self) -> [i64; 4] {
+        self.stage_channels
     }
 
     /// x: `[N, 3, H, W]` -> C3 `[N, c3, H/8, W/8]`, C4 (H/16), C5 (H/32), sizes rounded up.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<[Tensor; 3]> {
+        let [_, c3, c4, c5] = self.forward_stages(x, train)?;
+        Ok([c3, c4, c5])
+    }
+
+    /// x: `[N, 3, H, W]` -> C2 `[N, c2, H/4, W/4]`, C3, C4, C5 (torchvision's `layer1` to
+    /// `layer4` outputs).
+    pub fn forward_stages(&self, x: &Tensor, train: bool) -> Result<[Tensor; 4]> {
         let c1 = relu(&self.bn1.forward_t(&self.conv1.forward(x)?, train)?)?;
         let mut h = max_pool(&c1, 3, 2, 1, false)?;
-        let mut taps = Vec::with_capacity(3);
-        for (s, stage) in self.layers.iter().enumerate() {
+        let mut taps = Vec::with_capacity(4);
+        for stage in &self.layers {
             for block in stage {
                 h = block.forward_t(&h, train)?;
             }
-            if s >= 1 {
-                taps.push(h.shallow_clone());
-            }
+            taps.push(h.shallow_clone());
         }
-        let [c3, c4, c5]: [Tensor; 3] = taps
-            .try_into()
-            .map_err(|_| anyhow::anyhow!("a ResNet has four stages"))?;
-        Ok([c3, c4, c5])
+        taps.try_into()
+            .map_err(|_| anyhow::anyhow!("a ResNet has four stages"))
     }
 
     /// A weight of the network (its device and kind).

@@ -158,15 +158,8 @@ impl Fpn {
         })
     }
 
-    /// `x` upsampled to `y`'s size, plus `y` (torchcv's `_upsample_add`).
     fn upsample_add(&self, x: &Tensor, y: &Tensor) -> Result<Tensor> {
-        let size = y.size();
-        let hw = [size[2], size[3]];
-        let up = match self.upsample {
-            Upsample::Nearest => x.f_upsample_nearest2d(hw, None, None)?,
-            Upsample::Bilinear => x.f_upsample_bilinear2d(hw, false, None, None)?,
-        };
-        Ok(up.f_add(y)?)
+        upsample_add(x, y, self.upsample)
     }
 
     /// C3, C4, C5 -> P3, P4, P5 (and P6, P7), each `[N, fpn_channels, h, w]`.
@@ -194,6 +187,97 @@ impl Fpn {
             levels.push(p5);
         }
         Ok(levels)
+    }
+}
+
+/// `x` upsampled to `y`'s size, plus `y` (torchcv's `_upsample_add`; torchvision's top-down
+/// step with `"nearest"`).
+fn upsample_add(x: &Tensor, y: &Tensor, mode: Upsample) -> Result<Tensor> {
+    let size = y.size();
+    let hw = [size[2], size[3]];
+    let up = match mode {
+        Upsample::Nearest => x.f_upsample_nearest2d(hw, None, None)?,
+        Upsample::Bilinear => x.f_upsample_bilinear2d(hw, false, None, None)?,
+    };
+    Ok(up.f_add(y)?)
+}
+
+/// torchvision's `FeaturePyramidNetwork` (`ops/feature_pyramid_network.py`), as Faster R-CNN's
+/// `resnet_fpn_backbone` builds it: per input level a 1x1 lateral (`inner_blocks.{i}.0`) and a
+/// 3x3 output conv on every level, P5 included (`layer_blocks.{i}.0`), nearest top-down
+/// upsampling to each lateral's size, and with `max_pool_level` torchvision's
+/// `LastLevelMaxPool`: one more level `max_pool2d(P_last, 1, stride 2)`. Convs start at
+/// `kaiming_uniform_(a=1)`, bias 0 (torchvision's). torchcv's [`Fpn`] differs: no 3x3 on P5,
+/// conv P6/P7.
+#[derive(Debug)]
+pub struct TorchvisionFpn {
+    inner_blocks: Vec<Conv2d>,
+    layer_blocks: Vec<Conv2d>,
+    max_pool_level: bool,
+}
+
+impl TorchvisionFpn {
+    /// in_channels: per input level (C2..C5: 256, 512, 1024, 2048 for ResNet-50); out: the FPN
+    /// width (256).
+    pub fn new(
+        path: &nn::Path,
+        in_channels: &[i64],
+        out: i64,
+        max_pool_level: bool,
+        init: InitStyle,
+    ) -> Result<Self> {
+        let conv1 =
+            ConvOpts::new(init.or_torch((WeightInit::KaimingUniformA1, BiasInit::Const(0.0))));
+        let mut inner_blocks = Vec::with_capacity(in_channels.len());
+        let mut layer_blocks = Vec::with_capacity(in_channels.len());
+        for (i, &c) in in_channels.iter().enumerate() {
+            inner_blocks.push(Conv2d::new(
+                path / "inner_blocks" / i / 0,
+                c,
+                out,
+                1,
+                conv1,
+            )?);
+            let conv3 = conv1.padding(1);
+            layer_blocks.push(Conv2d::new(
+                path / "layer_blocks" / i / 0,
+                out,
+                out,
+                3,
+                conv3,
+            )?);
+        }
+        Ok(Self {
+            inner_blocks,
+            layer_blocks,
+            max_pool_level,
+        })
+    }
+
+    /// The levels it gives: one per input, plus the max-pool level.
+    pub fn levels(&self) -> usize {
+        self.inner_blocks.len() + usize::from(self.max_pool_level)
+    }
+
+    /// C2..C5 (as many as it was built for) -> P2..P5 (and P6), each `[N, out, h, w]`.
+    pub fn forward(&self, features: &[Tensor]) -> Result<Vec<Tensor>> {
+        let n = self.inner_blocks.len();
+        if features.len() != n {
+            anyhow::bail!("the FPN takes {n} feature maps, got {}", features.len());
+        }
+        let mut last_inner = self.inner_blocks[n - 1].forward(&features[n - 1])?;
+        let mut results = vec![self.layer_blocks[n - 1].forward(&last_inner)?];
+        for i in (0..n - 1).rev() {
+            let lateral = self.inner_blocks[i].forward(&features[i])?;
+            last_inner = upsample_add(&last_inner, &lateral, Upsample::Nearest)?;
+            results.push(self.layer_blocks[i].forward(&last_inner)?);
+        }
+        results.reverse();
+        if self.max_pool_level {
+            let top = &results[n - 1];
+            results.push(super::layers::max_pool(top, 1, 2, 0, false)?);
+        }
+        Ok(results)
     }
 }
 
@@ -254,9 +338,9 @@ impl RetinaHead {
     }
 }
 
-/// The ResNet depth a spec asks for: `"resnet50"` -> 50, or `network.depth` (default 50) for
-/// `"resnet"`.
-fn depth(spec: &ModelSpec, o: &RetinaOptions, origin: &str) -> Result<i64> {
+/// The ResNet depth a spec asks for: `"resnet50"` -> 50, or `network.depth` (`option`,
+/// default 50) for `"resnet"`.
+pub(crate) fn resnet_depth(spec: &ModelSpec, option: Option<i64>, origin: &str) -> Result<i64> {
     let named = spec.backbone.strip_prefix("resnet").unwrap_or("");
     let from_name = if named.is_empty() {
         None
@@ -269,7 +353,7 @@ fn depth(spec: &ModelSpec, o: &RetinaOptions, origin: &str) -> Result<i64> {
             ),
         }
     };
-    let depth = match (from_name, o.depth) {
+    let depth = match (from_name, option) {
         (Some(a), Some(b)) if a != b => crate::bail_input!(
             "{origin}: network.depth {b} contradicts backbone {:?}",
             spec.backbone
@@ -327,7 +411,7 @@ impl RetinaNet {
                 o.prior_prob
             );
         }
-        let (kind, blocks) = resnet::layout(depth(spec, &o, origin)?)
+        let (kind, blocks) = resnet::layout(resnet_depth(spec, o.depth, origin)?)
             .ok_or_else(|| crate::bad_input(format!("{origin}: unknown ResNet depth")))?;
         let fpn_path = path / "fpn";
         let backbone = ResNet::new(

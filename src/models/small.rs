@@ -116,7 +116,13 @@ enum Block {
 }
 
 impl Block {
-    fn new(path: &nn::Path, c_in: i64, c_out: i64, stride: i64, o: &SmallOptions) -> Result<Self> {
+    fn new(
+        path: &nn::Path,
+        c_in: i64,
+        c_out: i64,
+        stride: i64,
+        o: &SmallBackboneOptions,
+    ) -> Result<Self> {
         let conv3 = ConvOpts::new(o.init.hidden()).stride(stride).padding(1);
         Ok(if o.depthwise {
             Block::Separable {
@@ -148,94 +154,126 @@ fn scaled(c: i64, width: f64) -> i64 {
     (((c as f64 * width) / 8.0).round() as i64 * 8).max(8)
 }
 
-/// The small SSD (see the module docs).
+/// The small backbone's layout (the SSD's and the RPN's `network` options but the head's).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SmallBackboneOptions {
+    pub init: InitStyle,
+    /// Channel multiplier (1.0: 16 to 128 channels).
+    pub width: f64,
+    /// Depthwise-separable blocks (default) instead of plain 3x3 convolutions.
+    pub depthwise: bool,
+    /// Batch norm after every convolution.
+    pub bn: bool,
+}
+
+impl Default for SmallBackboneOptions {
+    fn default() -> Self {
+        let o = SmallOptions::default();
+        o.backbone()
+    }
+}
+
+impl SmallOptions {
+    /// The backbone's part of the options.
+    pub fn backbone(&self) -> SmallBackboneOptions {
+        SmallBackboneOptions {
+            init: self.init,
+            width: self.width,
+            depthwise: self.depthwise,
+            bn: self.bn,
+        }
+    }
+}
+
+/// The small backbone (the module docs' stem, stages and extras), shared by the small SSD and
+/// the small RPN ([`super::rpn::RpnSmall`]). Variables under the given path (`extractor`).
 #[derive(Debug)]
-pub struct SmallSsd {
+pub struct SmallBackbone {
     stem: ConvBnRelu,
     /// Per stage, its blocks.
     stages: Vec<Vec<Block>>,
     /// `(reduce 1x1, expand 3x3 stride 2)` per extra map.
     extras: Vec<(ConvBnRelu, ConvBnRelu)>,
-    head: SsdHead,
+    /// Channels of each map.
+    out_channels: Vec<i64>,
     names: Vec<String>,
 }
 
-impl SmallSsd {
+impl SmallBackbone {
+    /// The map counts the backbone gives: the tapped stages, plus 0 to 3 extras.
+    pub fn map_counts() -> Vec<usize> {
+        let taps = STAGES.len() - TAPPED_FROM;
+        (taps..=taps + 3).collect()
+    }
+
+    /// A backbone of `n_maps` maps (one of [`Self::map_counts`]) under `extractor`.
     pub fn new(
-        path: &nn::Path,
-        spec: &ModelSpec,
-        columns: i64,
-        options: SmallOptions,
+        extractor: &nn::Path,
+        n_maps: usize,
+        o: &SmallBackboneOptions,
         origin: &str,
     ) -> Result<Self> {
-        if !(options.width.is_finite() && options.width > 0.0 && options.width <= 16.0) {
+        if !(o.width.is_finite() && o.width > 0.0 && o.width <= 16.0) {
             crate::bail_input!(
                 "{origin}: network.width: expected a number in (0, 16], got {}",
-                options.width
+                o.width
             );
         }
         let taps = STAGES.len() - TAPPED_FROM;
-        let allowed: Vec<usize> = (taps..=taps + 3).collect();
-        let n_maps = check_map_count(spec, &allowed, "the small SSD", origin)?;
-        let o = &options;
-        let extractor = path / "extractor";
         let stem_c = scaled(STEM, o.width);
         let stem_opts = ConvOpts::new(o.init.hidden()).stride(2).padding(1);
-        let stem = ConvBnRelu::new(&(&extractor / "stem"), 3, stem_c, 3, stem_opts, o.bn)?;
+        let stem = ConvBnRelu::new(&(extractor / "stem"), 3, stem_c, 3, stem_opts, o.bn)?;
         let mut c_in = stem_c;
         let mut index = 0;
         let mut stages = Vec::with_capacity(STAGES.len());
-        let mut in_channels = Vec::with_capacity(n_maps);
+        let mut out_channels = Vec::with_capacity(n_maps);
         for (s, &(c, blocks)) in STAGES.iter().enumerate() {
             let c_out = scaled(c, o.width);
             let mut stage = Vec::with_capacity(blocks);
             for b in 0..blocks {
                 let stride = if b == 0 { 2 } else { 1 };
-                let block_path = &extractor / "layers" / index;
+                let block_path = extractor / "layers" / index;
                 stage.push(Block::new(&block_path, c_in, c_out, stride, o)?);
                 c_in = c_out;
                 index += 1;
             }
             stages.push(stage);
             if s >= TAPPED_FROM {
-                in_channels.push(c_out);
+                out_channels.push(c_out);
             }
         }
-        let mut extras = Vec::with_capacity(n_maps - taps);
-        for j in 0..n_maps - taps {
-            let p = &extractor / "extras" / j;
+        let mut extras = Vec::with_capacity(n_maps.saturating_sub(taps));
+        for j in 0..n_maps.saturating_sub(taps) {
+            let p = extractor / "extras" / j;
             let mid = scaled(64, o.width);
             let hidden = ConvOpts::new(o.init.hidden());
             let reduce = ConvBnRelu::new(&(&p / "reduce"), c_in, mid, 1, hidden, o.bn)?;
             let expand_opts = hidden.stride(2).padding(1);
             let expand = ConvBnRelu::new(&(&p / "expand"), mid, c_in, 3, expand_opts, o.bn)?;
             extras.push((reduce, expand));
-            in_channels.push(c_in);
+            out_channels.push(c_in);
         }
-        let head = SsdHead::new(
-            path,
-            &in_channels,
-            &spec.anchors_per_cell(),
-            columns,
-            o.init,
-            class_prior(spec, o.prior_prob, origin)?,
-        )?;
         let mut names: Vec<String> = (TAPPED_FROM..STAGES.len())
             .map(|s| format!("stage {s} (stride {})", 4 << s))
             .collect();
-        names.extend((0..n_maps - taps).map(|j| format!("extra {j}")));
+        names.extend((0..extras.len()).map(|j| format!("extra {j}")));
         Ok(Self {
             stem,
             stages,
             extras,
-            head,
+            out_channels,
             names,
         })
     }
-}
 
-impl MultiBoxNet for SmallSsd {
-    fn heads_t(&self, images: &Tensor, train: bool) -> Result<Vec<MapOutput>> {
+    /// Channels of each map.
+    pub fn out_channels(&self) -> &[i64] {
+        &self.out_channels
+    }
+
+    /// images `[N, 3, H, W]` -> `(name, [N, c_i, h_i, w_i])` per map.
+    pub fn forward_t(&self, images: &Tensor, train: bool) -> Result<Vec<(String, Tensor)>> {
         let mut h = self.stem.forward_t(images, train)?;
         let mut maps = Vec::with_capacity(self.names.len());
         for (s, stage) in self.stages.iter().enumerate() {
@@ -250,11 +288,52 @@ impl MultiBoxNet for SmallSsd {
             h = expand.forward_t(&reduce.forward_t(&h, train)?, train)?;
             maps.push(h.shallow_clone());
         }
-        self.head
-            .forward(self.names.iter().cloned().zip(maps).collect())
+        Ok(self.names.iter().cloned().zip(maps).collect())
+    }
+
+    /// A weight of the backbone (its device and kind).
+    pub fn probe(&self) -> &Tensor {
+        &self.stem.conv.weight
+    }
+}
+
+/// The small SSD (see the module docs).
+#[derive(Debug)]
+pub struct SmallSsd {
+    backbone: SmallBackbone,
+    head: SsdHead,
+}
+
+impl SmallSsd {
+    pub fn new(
+        path: &nn::Path,
+        spec: &ModelSpec,
+        columns: i64,
+        options: SmallOptions,
+        origin: &str,
+    ) -> Result<Self> {
+        let allowed = SmallBackbone::map_counts();
+        let n_maps = check_map_count(spec, &allowed, "the small SSD", origin)?;
+        let backbone =
+            SmallBackbone::new(&(path / "extractor"), n_maps, &options.backbone(), origin)?;
+        let head = SsdHead::new(
+            path,
+            backbone.out_channels(),
+            &spec.anchors_per_cell(),
+            columns,
+            options.init,
+            class_prior(spec, options.prior_prob, origin)?,
+        )?;
+        Ok(Self { backbone, head })
+    }
+}
+
+impl MultiBoxNet for SmallSsd {
+    fn heads_t(&self, images: &Tensor, train: bool) -> Result<Vec<MapOutput>> {
+        self.head.forward(self.backbone.forward_t(images, train)?)
     }
 
     fn probe(&self) -> &Tensor {
-        &self.stem.conv.weight
+        self.backbone.probe()
     }
 }

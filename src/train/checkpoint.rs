@@ -63,16 +63,30 @@ pub struct EpochProgress {
     pub total: f64,
     pub images: usize,
     pub seconds: f64,
+    /// Of `seconds`, the time the loop waited for the loader's next batch.
+    #[serde(default)]
+    pub data_wait: f64,
 }
 
 impl EpochProgress {
-    pub fn add(&mut self, s: &crate::loss::LossStats, images: usize, seconds: f64) {
+    /// One step: its loss, images, wall seconds and seconds spent waiting for data.
+    pub fn add(&mut self, s: &crate::loss::LossStats, images: usize, seconds: f64, data_wait: f64) {
         self.steps += 1;
         self.loc_per_pos += s.loc_per_pos;
         self.cls_per_pos += s.cls_per_pos;
         self.total += s.total;
         self.images += images;
         self.seconds += seconds;
+        self.data_wait += data_wait;
+    }
+
+    /// The share of the steps' wall time spent waiting for data (0 without steps).
+    pub fn data_wait_share(&self) -> f64 {
+        if self.seconds > 0.0 {
+            self.data_wait / self.seconds
+        } else {
+            0.0
+        }
     }
 }
 

@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 
 use super::config::{ClassWeightsMode, TrainConfig};
 use crate::eval::plot::{read_metrics, Metrics};
+use crate::eval::recall::{is_recall_file, RecallResult};
 use crate::eval::VocEvalResult;
 use crate::loss::LossKind;
 use crate::spec::ModelSpec;
@@ -43,6 +44,8 @@ pub struct RunFolder {
     pub seconds: f64,
     pub images: f64,
     pub eval: Option<VocEvalResult>,
+    /// A region proposal network's evaluation (its `eval.json` is a proposal recall).
+    pub recall: Option<RecallResult>,
     pub metrics: Metrics,
 }
 
@@ -106,6 +109,10 @@ fn cure_label(loss: LossKind, o: &Value, weights: ClassWeightsMode) -> String {
             };
             format!("softmax focal, gamma {}, {weights}", num("gamma"))
         }
+        LossKind::Rpn => match o["sampler"].as_str() {
+            Some(sampler) => format!("RPN loss, {sampler} sample"),
+            None => "RPN loss".into(),
+        },
     }
 }
 
@@ -186,12 +193,7 @@ impl RunFolder {
             .to_vec();
         let metrics_path = dir.join("metrics.jsonl");
         let (iterations, seconds, images) = step_totals(&metrics_path, config.batch)?;
-        let eval_path = dir.join("eval.json");
-        let eval = if eval_path.is_file() {
-            Some(VocEvalResult::read_json(&eval_path)?)
-        } else {
-            None
-        };
+        let (eval, recall) = read_evaluation(&dir.join("eval.json"))?;
         Ok(Self {
             name: name.unwrap_or_else(|| default_name(dir)),
             dir: dir.to_path_buf(),
@@ -205,6 +207,7 @@ impl RunFolder {
             seconds,
             images,
             eval,
+            recall,
         })
     }
 
@@ -263,6 +266,21 @@ impl RunFolder {
     pub fn images_per_s(&self) -> f64 {
         self.images / self.seconds.max(1e-9)
     }
+}
+
+/// A run's `eval.json`: a detector's VOC result, or a region proposal network's recall (none
+/// before the first evaluation).
+fn read_evaluation(path: &Path) -> Result<(Option<VocEvalResult>, Option<RecallResult>)> {
+    if !path.is_file() {
+        return Ok((None, None));
+    }
+    if is_recall_file(path) {
+        let recall = serde_json::from_value(read_json(path)?).map_err(|e| {
+            crate::bad_input(format!("{}: not a recall result: {e}", path.display()))
+        })?;
+        return Ok((None, Some(recall)));
+    }
+    Ok((Some(VocEvalResult::read_json(path)?), None))
 }
 
 /// The spec a run trained: the checkpoint's copy in `last.json`, else the spec file's.
@@ -326,6 +344,9 @@ pub struct Group {
     pub images_per_s: Stat,
     pub map_voc07: Stat,
     pub map_area: Stat,
+    /// Region proposal networks: AR@1000 and recall at IoU 0.5 with 1000 proposals.
+    pub ar_1000: Stat,
+    pub recall_50: Stat,
     /// VOC07 AP per class, in [`Comparison::classes`] order.
     pub class_ap: Vec<Stat>,
 }
@@ -469,6 +490,8 @@ fn group(runs: &[RunFolder], classes: &[ClassCount]) -> Vec<Group> {
                 images_per_s: Stat::of(rs.iter().map(|r| r.images_per_s())),
                 map_voc07: Stat::of(evals().map(|e| e.map_voc07)),
                 map_area: Stat::of(evals().map(|e| e.map_area)),
+                ar_1000: Stat::of(rs.iter().filter_map(|r| Some(r.recall.as_ref()?.ar_1000))),
+                recall_50: Stat::of(rs.iter().filter_map(|r| Some(r.recall.as_ref()?.recall_50))),
                 class_ap: classes
                     .iter()
                     .map(|c| {

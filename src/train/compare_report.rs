@@ -127,12 +127,21 @@ impl Comparison {
             .iter()
             .map(|k| format!("{} ({})", k.name, k.objects))
             .collect();
+        let proposals = self.groups.iter().any(|g| g.ar_1000.n > 0);
+        let recall_heads = if proposals {
+            " AR@1000 | recall@0.5 (1000) |"
+        } else {
+            ""
+        };
         let _ = writeln!(
             text,
-            "\n| experiment | cure | seeds | iterations | train time | images/s | mAP VOC07 | mAP area | {} |",
+            "\n| experiment | cure | seeds | iterations | train time | images/s |{recall_heads} mAP VOC07 | mAP area | {} |",
             class_heads.join(" | ")
         );
-        let _ = writeln!(text, "|{}", "---|".repeat(8 + class_heads.len()));
+        let columns = 8 + class_heads.len() + if proposals { 2 } else { 0 };
+        let _ = writeln!(text, "|{}", "---|".repeat(columns));
+        let ar = marks(&self.groups, |g| g.ar_1000);
+        let r50 = marks(&self.groups, |g| g.recall_50);
         let map07 = marks(&self.groups, |g| g.map_voc07);
         let map_area = marks(&self.groups, |g| g.map_area);
         let per_class: Vec<Vec<Mark>> = (0..self.classes.len())
@@ -152,9 +161,18 @@ impl Comparison {
                 .enumerate()
                 .map(|(k, m)| cell(g.class_ap[k], 3, m[i]))
                 .collect();
+            let recall = if proposals {
+                format!(
+                    " {} | {} |",
+                    cell(g.ar_1000, 3, ar[i]),
+                    cell(g.recall_50, 3, r50[i])
+                )
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 text,
-                "| {} | {} | {seeds} | {:.0} | {} | {:.1} | {} | {} | {} |",
+                "| {} | {} | {seeds} | {:.0} | {} | {:.1} |{recall} {} | {} | {} |",
                 g.name,
                 g.cure.label,
                 g.iterations.mean,
@@ -209,6 +227,8 @@ impl Comparison {
                     "images_per_s": r.images_per_s(),
                     "map_voc07": r.eval.as_ref().map(|e| e.map_voc07),
                     "map_area": r.eval.as_ref().map(|e| e.map_area),
+                    "ar_1000": r.recall.as_ref().map(|e| e.ar_1000),
+                    "recall_50": r.recall.as_ref().map(|e| e.recall_50),
                     "ap_voc07": r.eval.as_ref().map(|e| e.classes.iter().map(|c| (c.class.clone(), json!(c.ap_voc07))).collect::<serde_json::Map<_, _>>()),
                     "ap_area": r.eval.as_ref().map(|e| e.classes.iter().map(|c| (c.class.clone(), json!(c.ap_area))).collect::<serde_json::Map<_, _>>()),
                 })

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::optim::OptimizerConfig;
 use super::schedule::{Decay, Schedule};
 use crate::bail_input;
-use crate::bbox::DecodeConfig;
+use crate::bbox::{DecodeConfig, SamplerKind};
 use crate::data::AugmentConfig;
 use crate::device::{AutocastDtype, MemoryFormat};
 use crate::loss::{LossKind, NegativeMining};
@@ -68,6 +68,8 @@ pub struct TrainConfig {
     pub loss_options: serde_json::Map<String, serde_json::Value>,
     pub neg_pos_ratio: Option<f64>,
     pub neg_mining: Option<NegativeMining>,
+    /// The RPN loss's sampler (`random`, `hard`, `all`); default: the spec's `rpn.sampler`.
+    pub rpn_sampler: Option<SamplerKind>,
     pub class_weights: ClassWeightsMode,
     /// Epochs to train (one of `epochs`, `iters`).
     pub epochs: Option<u64>,
@@ -137,6 +139,7 @@ impl Default for TrainConfig {
             loss_options: serde_json::Map::new(),
             neg_pos_ratio: None,
             neg_mining: None,
+            rpn_sampler: None,
             class_weights: ClassWeightsMode::None,
             epochs: None,
             iters: None,
@@ -261,6 +264,28 @@ impl TrainConfig {
         serde_json::Value::Object(options)
     }
 
+    /// The RPN loss's sampler options: the spec's `rpn` sample size and fraction, the sampler
+    /// (`rpn_sampler`, else the spec's) and the run's seed (the sampler keys each image by the
+    /// step and its place in the global batch, so every rank takes the same seed). Options
+    /// given in `loss_options` win.
+    fn rpn_options(&self, spec: &ModelSpec, options: &mut serde_json::Value) -> Result<()> {
+        let rpn = spec.rpn_or_default();
+        let sampler = match self.rpn_sampler {
+            Some(kind) => kind,
+            None => rpn.sampler.parse::<SamplerKind>()?,
+        };
+        if let Some(o) = options.as_object_mut() {
+            let mut put = |key: &str, value: serde_json::Value| {
+                o.entry(key).or_insert(value);
+            };
+            put("sampler", serde_json::to_value(sampler)?);
+            put("batch_size_per_image", rpn.batch_size_per_image.into());
+            put("positive_fraction", rpn.positive_fraction.into());
+            put("seed", self.seed.into());
+        }
+        Ok(())
+    }
+
     /// The loss this run trains with and its JSON options: `--loss`, else the spec's, with
     /// [`Self::loss_options`] and, for the softmax focal loss, the class weights
     /// `--class-weights` asks for (`dataset`: static weights from `class_histogram`, objects
@@ -276,6 +301,17 @@ impl TrainConfig {
             Some(kind) => kind,
             None => spec.loss.parse::<LossKind>()?,
         };
+        if (kind == LossKind::Rpn) != (spec.head == "rpn") {
+            bail_input!(
+                "--loss {kind:?} does not fit {}: the \"rpn\" loss trains the \"rpn\" head (head \
+                 {:?}), and only it",
+                self.model.display(),
+                spec.head
+            );
+        }
+        if self.rpn_sampler.is_some() && kind != LossKind::Rpn {
+            bail_input!("--rpn-sampler applies to the \"rpn\" loss (an RPN spec), not {kind:?}");
+        }
         if kind.has_background_column() != spec.has_background_column() {
             bail_input!(
                 "--loss {kind:?} does not fit {}: its head has {} background column (spec loss {:?})",
@@ -285,6 +321,9 @@ impl TrainConfig {
             );
         }
         let mut options = self.loss_options(kind, rank);
+        if kind == LossKind::Rpn {
+            self.rpn_options(spec, &mut options)?;
+        }
         if self.class_weights == ClassWeightsMode::None {
             return Ok((kind, options));
         }

@@ -17,13 +17,16 @@ use super::metrics::MetricsLog;
 use super::optim::{trainable_params, Optimizer, Param};
 use super::progress::Progress;
 use super::schedule::Schedule;
-use crate::bbox::BoxCoder;
+use crate::bbox::{BoxCoder, RpnCoder};
 use crate::data::{
-    ClassMap, Loader, LoaderConfig, ReadOptions, SetSpec, Shard, ThreadPlan, VocDataset,
+    ClassMap, Loader, LoaderConfig, ReadOptions, SetSpec, Shard, TargetEncoder, ThreadPlan,
+    VocDataset,
 };
-use crate::dist::{global_normalizer, Backend, DistConfig, GradReduction, ProcessGroup};
+use crate::dist::{global_normalizer_by, Backend, DistConfig, GradReduction, ProcessGroup};
+use crate::eval::recall::RecallResult;
+use crate::eval::runner::evaluate_proposals;
 use crate::eval::{evaluate_detector, VocEvalConfig, VocEvalResult};
-use crate::loss::{DetectionLoss, LossInputs, LossStats, LossSums};
+use crate::loss::{DetectionLoss, LossInputs, LossKind, LossStats, LossSums};
 use crate::models::{self, Detector};
 use crate::spec::ModelSpec;
 
@@ -65,9 +68,55 @@ pub struct TrainSummary {
     pub interrupted: bool,
     /// The last step's loss (global over ranks).
     pub last: Option<LossStats>,
-    /// The last evaluation, when there was one.
+    /// The last evaluation, when there was one (a detector's VOC mAP).
     pub eval: Option<VocEvalResult>,
+    /// The last evaluation of a region proposal network (proposal recall).
+    pub recall: Option<RecallResult>,
     pub nonfinite_skips: u64,
+}
+
+/// One evaluation of a run: a detector's VOC mAP, or a region proposal network's recall.
+#[derive(Debug, Clone)]
+enum RunEval {
+    Voc(VocEvalResult),
+    Recall(RecallResult),
+}
+
+impl RunEval {
+    /// What `best` maximises: the VOC07 mAP, or AR@1000.
+    fn score(&self) -> f64 {
+        match self {
+            RunEval::Voc(r) => r.map_voc07,
+            RunEval::Recall(r) => r.ar_1000,
+        }
+    }
+}
+
+/// What the run's targets and evaluation are: a detector's (the box coder's targets, VOC mAP) or
+/// a region proposal network's (the RPN coder's class-agnostic labels, proposal recall).
+#[derive(Clone)]
+enum Targets {
+    Detection(Arc<BoxCoder>),
+    Proposals(Arc<RpnCoder>),
+}
+
+impl Targets {
+    /// The spec's: `head: "rpn"` trains proposals.
+    fn for_spec(spec: &ModelSpec) -> Result<Self> {
+        Ok(if spec.head == "rpn" {
+            Targets::Proposals(Arc::new(RpnCoder::from_spec(spec)?))
+        } else {
+            Targets::Detection(Arc::new(BoxCoder::from_spec(spec)?))
+        })
+    }
+
+    /// The loader's target encoder.
+    fn encoder(&self) -> Arc<dyn TargetEncoder> {
+        match self {
+            Targets::Detection(coder) => coder.clone(),
+            Targets::Proposals(rpn) => rpn.clone(),
+        }
+    }
 }
 
 /// The checkpoint files of a run folder.
@@ -97,7 +146,7 @@ struct Run {
     options: TrainOptions,
     device: Device,
     group: Option<ProcessGroup>,
-    coder: Arc<BoxCoder>,
+    targets: Targets,
     loader: Loader,
     test_loader: Option<Loader>,
     vs: nn::VarStore,
@@ -158,11 +207,13 @@ enum EpochEnd {
     Interrupted,
 }
 
-/// One step's images (over all ranks) and wall time since the previous step.
+/// One step's images (over all ranks), wall time since the previous step, and of that time
+/// the seconds the loop waited for the loader's next batch.
 #[derive(Debug, Clone, Copy)]
 struct StepTiming {
     images: usize,
     seconds: f64,
+    data_wait: f64,
 }
 
 /// Where this process trains: its process group (distributed launch), device and thread split.
@@ -200,7 +251,8 @@ impl Placement {
         let (rank, world) = group
             .as_ref()
             .map_or((0, 1), |g| (g.rank(), g.world_size()));
-        let plan = ThreadPlan::for_device(device, cores_for_this_process(&group));
+        let plan =
+            ThreadPlan::for_device(device, cores_for_this_process(&group)).with_env_threads()?;
         plan.apply();
         if device.is_cuda() {
             crate::device::set_cudnn_benchmark(config.cudnn_benchmark);
@@ -240,13 +292,13 @@ impl Run {
         let spec = load_spec(&config, resumed.as_ref())?;
         // Scores have a background column exactly when the spec's head does.
         config.decode.background_column = spec.has_background_column();
-        let coder = Arc::new(BoxCoder::from_spec(&spec)?);
-        let data = TrainData::open(&config, &spec, &coder, resumed.as_ref(), &place)?;
+        let targets = Targets::for_spec(&spec)?;
+        let data = TrainData::open(&config, &spec, &targets.encoder(), resumed.as_ref(), &place)?;
 
         tch::manual_seed(config.seed as i64);
         let vs = nn::VarStore::new(place.device);
         let model = build_model(&vs, &config, &spec, &data.classes, resumed.is_none(), main)?;
-        let loss = build_loss(&config, &spec, place.rank, &data.class_histogram)?;
+        let loss = build_loss(&config, &spec, &place, &data.class_histogram)?;
         let mut optimizer = Optimizer::new(config.optimizer_config(), trainable_params(&vs));
         let iters_per_epoch = data.loader.batches_per_epoch() as u64;
         let total_iters = total_iterations(&config, &data.loader)?;
@@ -291,7 +343,7 @@ impl Run {
             options,
             device: place.device,
             group: place.group,
-            coder,
+            targets,
             loader: data.loader,
             test_loader: data.test_loader,
             vs,
@@ -329,6 +381,11 @@ impl Run {
             self.finish_run(&mut eval)?;
         }
         self.progress.finish();
+        let (eval, recall) = match eval {
+            Some(RunEval::Voc(r)) => (Some(r), None),
+            Some(RunEval::Recall(r)) => (None, Some(r)),
+            None => (None, None),
+        };
         Ok(TrainSummary {
             out: self.config.out.clone(),
             iterations: self.state.iteration,
@@ -336,6 +393,7 @@ impl Run {
             interrupted,
             last,
             eval,
+            recall,
             nonfinite_skips: self.state.nonfinite_skips,
         })
     }
@@ -349,10 +407,12 @@ impl Run {
         let mut tick = Instant::now();
         let mut exhausted = false;
         while self.state.iteration < self.total_iters {
+            let wait_start = Instant::now();
             let Some(batch) = batches.next() else {
                 exhausted = true;
                 break;
             };
+            let data_wait = wait_start.elapsed().as_secs_f64();
             let batch = batch?;
             let iter = self.state.iteration;
             let lr = self.schedule.lr(iter);
@@ -363,7 +423,11 @@ impl Run {
             let images = batch.len() * self.group.as_ref().map_or(1, |g| g.world_size());
             let seconds = tick.elapsed().as_secs_f64();
             tick = Instant::now();
-            let timing = StepTiming { images, seconds };
+            let timing = StepTiming {
+                images,
+                seconds,
+                data_wait,
+            };
             self.record_step(iter, epoch, stats, lr, timing, last)?;
             if self.stop_requested()? {
                 self.save(false)?;
@@ -422,7 +486,7 @@ impl Run {
         self.state.nonfinite_in_row = 0;
         self.state
             .epoch_progress
-            .add(&s, timing.images, timing.seconds);
+            .add(&s, timing.images, timing.seconds, timing.data_wait);
         self.log_step(iter, epoch, &s, lr, timing)?;
         *last = Some(s);
         Ok(())
@@ -446,7 +510,7 @@ impl Run {
 
     /// After a whole epoch: its summary, an evaluation when one is due (not after the last
     /// epoch: the run's end evaluates), the best score, a checkpoint.
-    fn end_epoch(&mut self, epoch: u64, eval: &mut Option<VocEvalResult>) -> Result<()> {
+    fn end_epoch(&mut self, epoch: u64, eval: &mut Option<RunEval>) -> Result<()> {
         let progress = std::mem::take(&mut self.state.epoch_progress);
         self.state.epoch += 1;
         self.state.next_batch = 0;
@@ -463,7 +527,7 @@ impl Run {
 
     /// The end of a run that was not stopped: the final evaluation (with a test set), the last
     /// checkpoint, the plots.
-    fn finish_run(&mut self, eval: &mut Option<VocEvalResult>) -> Result<()> {
+    fn finish_run(&mut self, eval: &mut Option<RunEval>) -> Result<()> {
         if self.config.test_sets.is_some() {
             *eval = self.evaluate()?.or(eval.take());
             let improved = self.update_best(eval, &EpochProgress::default(), true);
@@ -511,7 +575,12 @@ impl Run {
                 self.loss.sums(&inputs)
             })?
         };
-        let global = global_normalizer(self.group.as_ref(), &sums, self.loss.normalization())?;
+        let global = global_normalizer_by(
+            self.group.as_ref(),
+            &sums,
+            self.loss.normalization(),
+            self.loss.normalize_by(),
+        )?;
         let stats = global.stats();
         if !(stats.total.is_finite() && stats.loc_sum.is_finite() && stats.cls_sum.is_finite()) {
             return Ok(None);
@@ -541,12 +610,18 @@ impl Run {
     ) -> Result<()> {
         let images_per_s = timing.images as f64 / timing.seconds.max(1e-9);
         if let Some(m) = &mut self.metrics {
-            m.write(&json!({
+            let mut record = json!({
                 "kind": "step", "iter": iter, "epoch": epoch,
                 "loc_per_pos": s.loc_per_pos, "cls_per_pos": s.cls_per_pos, "total": s.total,
                 "num_pos": s.num_pos, "num_neg": s.num_neg, "lr": lr, "images_per_s": images_per_s,
                 "images": timing.images, "seconds": timing.seconds,
-            }))?;
+                "data_wait_seconds": timing.data_wait,
+            });
+            // On CUDA, the caching allocator's peak so far (torch.cuda.max_memory_allocated).
+            if let Some(memory) = crate::memory::device_memory(self.device)? {
+                record["peak_cuda_allocated_mib"] = json!(memory.peak_allocated_mib());
+            }
+            m.write(&record)?;
         }
         self.progress.step(iter, epoch, s, lr, images_per_s);
         Ok(())
@@ -569,12 +644,13 @@ impl Run {
         }
         let n = sum.steps as f64;
         let line = format!(
-            "epoch {epoch} done: {} iterations | loc_loss {:.4} | cls_loss {:.4} | total {:.4} (means per positive) | {:.1} img/s | unreadable images skipped so far {} | non-finite steps {}",
+            "epoch {epoch} done: {} iterations | loc_loss {:.4} | cls_loss {:.4} | total {:.4} (means per positive) | {:.1} img/s, {:.0}% of it waiting for data | unreadable images skipped so far {} | non-finite steps {}",
             sum.steps,
             sum.loc_per_pos / n,
             sum.cls_per_pos / n,
             sum.total / n,
             sum.images as f64 / sum.seconds.max(1e-9),
+            100.0 * sum.data_wait_share(),
             self.loader.stats().skipped(),
             self.state.nonfinite_skips,
         );
@@ -584,54 +660,91 @@ impl Run {
                 "kind": "epoch", "epoch": epoch, "iter": self.state.iteration,
                 "loc_per_pos": sum.loc_per_pos / n, "cls_per_pos": sum.cls_per_pos / n, "total": sum.total / n,
                 "images_per_s": sum.images as f64 / sum.seconds.max(1e-9),
+                "data_wait_share": sum.data_wait_share(),
                 "skipped_images": self.loader.stats().skipped(),
             }));
         }
     }
 
-    /// Evaluate on the test set (rank 0; the others wait). Writes `eval.json` and an eval
-    /// line in metrics.jsonl.
-    fn evaluate(&mut self) -> Result<Option<VocEvalResult>> {
-        let result = match &self.test_loader {
-            Some(loader) if self.main() => {
+    /// Evaluate on the test set (rank 0; the others wait): a detector's VOC mAP, or an RPN's
+    /// proposal recall. Writes `eval.json` and a line in metrics.jsonl (`kind` `eval` or
+    /// `recall`).
+    fn evaluate(&mut self) -> Result<Option<RunEval>> {
+        let result = match (&self.test_loader, &self.targets) {
+            (Some(loader), Targets::Detection(coder)) if self.main() => {
                 let voc = VocEvalConfig::default();
                 let (result, _) = evaluate_detector(
                     self.model.as_ref(),
-                    &self.coder,
+                    coder,
                     loader,
                     &self.config.decode,
                     &voc,
                     self.device,
                 )?;
-                result.write_json(&self.config.out.join("eval.json"))?;
-                self.progress.line(&format!(
-                    "eval at iteration {}: mAP VOC07 {:.4} | area {:.4} ({} images)",
-                    self.state.iteration, result.map_voc07, result.map_area, result.n_images
-                ));
-                if let Some(m) = &mut self.metrics {
-                    m.write(&json!({
-                        "kind": "eval", "iter": self.state.iteration, "epochs_done": self.state.epoch,
-                        "map_voc07": result.map_voc07, "map_area": result.map_area,
-                    }))?;
-                }
-                Some(result)
+                Some(RunEval::Voc(result))
+            }
+            (Some(loader), Targets::Proposals(rpn)) if self.main() => {
+                let result = evaluate_proposals(self.model.as_ref(), rpn, loader, self.device)?;
+                Some(RunEval::Recall(result))
             }
             _ => None,
         };
+        if let Some(result) = &result {
+            self.record_eval(result)?;
+        }
         self.wait_for_main()?;
         Ok(result)
     }
 
-    /// Record a new best: the eval's VOC07 mAP when `evaluated`, else (no test set) the epoch's
-    /// mean loss (negated, so higher is better). Returns whether it improved.
+    /// `eval.json`, the log line and the metrics.jsonl record of an evaluation.
+    fn record_eval(&mut self, result: &RunEval) -> Result<()> {
+        let (iter, epochs_done) = (self.state.iteration, self.state.epoch);
+        let path = self.config.out.join("eval.json");
+        let (line, record) = match result {
+            RunEval::Voc(r) => {
+                r.write_json(&path)?;
+                (
+                    format!(
+                        "mAP VOC07 {:.4} | area {:.4} ({} images)",
+                        r.map_voc07, r.map_area, r.n_images
+                    ),
+                    json!({
+                        "kind": "eval", "iter": iter, "epochs_done": epochs_done,
+                        "map_voc07": r.map_voc07, "map_area": r.map_area,
+                    }),
+                )
+            }
+            RunEval::Recall(r) => {
+                r.write_json(&path)?;
+                (
+                    r.line(),
+                    json!({
+                        "kind": "recall", "iter": iter, "epochs_done": epochs_done,
+                        "ar_100": r.ar_100, "ar_300": r.ar_300, "ar_1000": r.ar_1000,
+                        "recall_50": r.recall_50, "recall_70": r.recall_70,
+                    }),
+                )
+            }
+        };
+        self.progress
+            .line(&format!("eval at iteration {iter}: {line}"));
+        if let Some(m) = &mut self.metrics {
+            m.write(&record)?;
+        }
+        Ok(())
+    }
+
+    /// Record a new best: the eval's VOC07 mAP (an RPN's AR@1000) when `evaluated`, else (no
+    /// test set) the epoch's mean loss (negated, so higher is better). Returns whether it
+    /// improved.
     fn update_best(
         &mut self,
-        eval: &Option<VocEvalResult>,
+        eval: &Option<RunEval>,
         sum: &EpochProgress,
         evaluated: bool,
     ) -> bool {
         let score = if evaluated {
-            eval.as_ref().map(|e| e.map_voc07).filter(|m| m.is_finite())
+            eval.as_ref().map(RunEval::score).filter(|m| m.is_finite())
         } else if self.test_loader.is_none() && sum.steps > 0 {
             Some(-sum.total / sum.steps as f64)
         } else {
@@ -711,7 +824,7 @@ impl TrainData {
     fn open(
         config: &TrainConfig,
         spec: &ModelSpec,
-        coder: &Arc<BoxCoder>,
+        encoder: &Arc<dyn TargetEncoder>,
         resumed: Option<&checkpoint::Checkpoint>,
         place: &Placement,
     ) -> Result<Self> {
@@ -722,7 +835,7 @@ impl TrainData {
         let loader_config = loader_config(config, place, input_size);
         let workers = loader_config.workers;
         let class_histogram = object_histogram(&dataset, classes.len(), config.use_difficult);
-        let loader = Loader::new(Arc::new(dataset), coder.clone(), loader_config)?;
+        let loader = Loader::new(Arc::new(dataset), encoder.clone(), loader_config)?;
         let test_loader = match (&config.test_sets, place.main()) {
             (Some(sets), true) => {
                 let test = crate::eval::open_for_eval(
@@ -733,7 +846,7 @@ impl TrainData {
                 )?;
                 Some(Loader::new(
                     Arc::new(test),
-                    coder.clone(),
+                    encoder.clone(),
                     LoaderConfig::eval(input_size, config.batch, workers),
                 )?)
             }
@@ -812,22 +925,32 @@ fn build_model(
     let model = models::build(vs.root(), spec, classes.len() as i64)
         .with_context(|| format!("building {}", config.model.display()))?;
     if let (Some(init), true) = (&config.init, fresh_start) {
-        let n = models::load_backbone(vs, spec, init)?;
+        let (n, what) = match models::load_init(vs, spec, init)? {
+            models::InitWeights::Model(n) => (n, "model"),
+            models::InitWeights::Backbone(n) => (n, "backbone"),
+        };
         if main {
-            eprintln!("init: {n} backbone tensors from {}", init.display());
+            eprintln!("init: {n} {what} tensors from {}", init.display());
         }
     }
     Ok(model)
 }
 
-/// The loss [`TrainConfig::loss_setup`] describes.
+/// The loss [`TrainConfig::loss_setup`] describes; the RPN loss also learns this process's
+/// place in a data-parallel run (its sampler keys images by their place in the global batch).
 fn build_loss(
     config: &TrainConfig,
     spec: &ModelSpec,
-    rank: usize,
+    place: &Placement,
     class_histogram: &[f64],
 ) -> Result<Box<dyn DetectionLoss + Send + Sync>> {
-    let (kind, options) = config.loss_setup(spec, rank, class_histogram)?;
+    let (kind, mut options) = config.loss_setup(spec, place.rank, class_histogram)?;
+    if kind == LossKind::Rpn {
+        if let Some(o) = options.as_object_mut() {
+            o.insert("rank".into(), json!(place.rank));
+            o.insert("world_size".into(), json!(place.world));
+        }
+    }
     kind.build(options)
 }
 
@@ -882,7 +1005,13 @@ fn restore(
     loss: &(dyn DetectionLoss + Send + Sync),
 ) -> Result<RunState> {
     let world = fresh.world_size;
-    let saved: TrainConfig = serde_json::from_value(ckpt.state.config.clone()).unwrap_or_default();
+    let file = last_checkpoint(&config.out);
+    let saved: TrainConfig = serde_json::from_value(ckpt.state.config.clone()).map_err(|e| {
+        crate::bad_input(format!(
+            "--resume: {}: the run's saved configuration does not read: {e}",
+            file.display()
+        ))
+    })?;
     let mid_epoch = ckpt.state.next_batch > 0;
     if mid_epoch && (saved.batch != config.batch || ckpt.state.world_size != world) {
         crate::bail_input!(
@@ -909,7 +1038,7 @@ fn restore(
     )?;
     optimizer
         .load_state(ckpt.optim)
-        .context("restoring the optimizer state")?;
+        .with_context(|| format!("{}: restoring the optimizer state", file.display()))?;
     let state = RunState {
         config: fresh.config,
         world_size: world,

@@ -10,6 +10,11 @@ names tchcv gives its variables), configured from a model spec (`models/*.json`)
 - The small SSD of `models/ssd_small.json` (conv-BN-ReLU blocks, optional depthwise).
 - RetinaNet: ResNet (BasicBlock/Bottleneck) + torchcv FPN (P3-P7) + shared heads, with the
   `network` options tchcv documents (upsample, p6_from, head_norm, prior_prob, ...).
+- Region proposal networks (`"head": "rpn"`): torchvision's own `RPNHead` (one shared by the
+  levels when their channels and anchors per cell agree, else one per map) and its
+  `concat_box_prediction_layers`, on the small extractor above or on torchvision's own
+  `resnet_fpn_backbone` (ResNet + FPN P2-P5 + `LastLevelMaxPool`, Faster R-CNN's); the outputs
+  are `(deltas [N, A, 4], objectness [N, A, 1])`, saved as `loc_preds`, `cls_preds`.
 
     python tests/reference/ssd_net.py gen --spec models/ssd300.json --num-classes 20 \
         --seed S --batch 1 [--train] [--device cpu|cuda] --out DIR
@@ -355,11 +360,81 @@ class RetinaNet(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
+# Region proposal networks (torchvision's RPNHead and resnet_fpn_backbone)
+
+class Rpn(nn.Module):
+    """`rpn.head`: torchvision RPNHead(s) on a feature extractor's maps; forward ->
+    (deltas [N, A, 4], objectness [N, A, 1]) flattened by torchvision's
+    concat_box_prediction_layers."""
+
+    def __init__(self, in_channels, num_anchors):
+        super().__init__()
+        from torchvision.models.detection.rpn import RPNHead
+        self.shared = len(set(in_channels)) == 1 and len(set(num_anchors)) == 1
+        self.rpn = nn.Module()
+        if self.shared:
+            self.rpn.head = RPNHead(in_channels[0], num_anchors[0])
+        else:
+            self.rpn.head = nn.ModuleList(RPNHead(c, k) for c, k in zip(in_channels, num_anchors))
+
+    def maps(self, x):
+        raise NotImplementedError
+
+    def forward(self, x):
+        from torchvision.models.detection.rpn import concat_box_prediction_layers
+        maps = self.maps(x)
+        if self.shared:
+            objectness, deltas = self.rpn.head(maps)
+        else:
+            outs = [head([m]) for head, m in zip(self.rpn.head, maps)]
+            objectness, deltas = [o[0][0] for o in outs], [o[1][0] for o in outs]
+        box_cls, box_regression = concat_box_prediction_layers(objectness, deltas)
+        n = x.shape[0]
+        return box_regression.reshape(n, -1, 4), box_cls.reshape(n, -1, 1)
+
+
+class SmallRpn(Rpn):
+    def __init__(self, n_maps, num_anchors, width, depthwise, bn):
+        extractor = SmallExtractor(n_maps, width, depthwise, bn)
+        super().__init__(extractor.out_channels, num_anchors)
+        self.extractor = extractor
+
+    def maps(self, x):
+        return self.extractor(x)
+
+
+class ResNetFpnRpn(Rpn):
+    """torchvision's Faster R-CNN backbone (`backbone.body`, `backbone.fpn`); n_maps 5 keeps the
+    LastLevelMaxPool level P6, 4 drops it."""
+
+    def __init__(self, depth, n_maps, num_anchors, channels, frozen_bn):
+        from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+        from torchvision.ops.misc import FrozenBatchNorm2d
+        super().__init__([channels] * n_maps, num_anchors)
+        self.n_maps = n_maps
+        norm = FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d
+        self.backbone = resnet_fpn_backbone(backbone_name=f'resnet{depth}', weights=None,
+                                            norm_layer=norm, trainable_layers=5)
+        if channels != 256:
+            raise ReferenceError('the reference builds torchvision\'s 256-channel FPN only')
+
+    def maps(self, x):
+        return list(self.backbone(x).values())[:self.n_maps]
+
+
+# ---------------------------------------------------------------------------------------------
 # From a spec
 
 def anchors_per_cell(anchors):
     if anchors['style'] == 'ssd':
         return [2 + 2 * len(r) for r in anchors['aspect_ratios']]
+    if anchors['style'] == 'torchvision':
+        n = len(anchors['feature_maps'])
+        sizes = [s if isinstance(s, list) else [s] for s in anchors['sizes']]
+        ratios = anchors['aspect_ratios']
+        if not isinstance(ratios[0], list):
+            ratios = [ratios] * n
+        return [len(s) * len(r) for s, r in zip(sizes, ratios)]
     k = len(anchors['aspect_ratios']) * len(anchors['scales'])
     return [k] * len(anchors['feature_maps'])
 
@@ -381,6 +456,13 @@ def build(spec, num_classes):
         extractor = SmallExtractor(n_maps, net.get('width', 1.0), net.get('depthwise', True),
                                    net.get('bn', True))
         return SSD(extractor, extractor.out_channels, k, columns)
+    if head == 'rpn' and backbone == 'small':
+        return SmallRpn(n_maps, k, net.get('width', 1.0), net.get('depthwise', True),
+                        net.get('bn', True))
+    if head == 'rpn' and backbone.startswith('resnet'):
+        depth = int(backbone[len('resnet'):] or net.get('depth', 50))
+        return ResNetFpnRpn(depth, n_maps, k, net.get('fpn_channels', 256),
+                            net.get('frozen_bn', False))
     if head == 'retina':
         depth = int(backbone[len('resnet'):] or net.get('depth', 50))
         return RetinaNet(depth, n_maps, k[0], columns, net.get('fpn_channels', 256),

@@ -21,17 +21,7 @@ use crate::bail_input;
 use crate::eval::detections::ImageDetections;
 use crate::eval::voc::{Detection, GroundTruth};
 
-/// The COCO box `[x, y, w, h]` of a VOC box (1-based, inclusive pixels).
-pub fn voc_box_to_coco(b: [f32; 4]) -> [f64; 4] {
-    let [x1, y1, x2, y2] = b.map(f64::from);
-    [x1 - 1.0, y1 - 1.0, x2 - x1 + 1.0, y2 - y1 + 1.0]
-}
-
-/// The VOC box (1-based, inclusive pixels) of a COCO box: the inverse of [`voc_box_to_coco`].
-pub fn coco_box_to_voc(b: [f64; 4]) -> [f32; 4] {
-    let [x, y, w, h] = b;
-    [x + 1.0, y + 1.0, x + w, y + h].map(|v| v as f32)
-}
+pub use super::format::{coco_box_to_voc, voc_box_to_coco};
 
 /// The COCO box of a box in 0-based pixel coordinates `[x1, y1, x2, y2]` (a detector's frame).
 pub fn pixel_box_to_coco(b: [f32; 4]) -> [f64; 4] {

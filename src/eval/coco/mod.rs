@@ -55,7 +55,8 @@
 //!   silently drops unknown categories.
 
 mod accumulate;
-pub mod format;
+pub mod dataset;
+pub use crate::data::coco::format;
 pub mod from_voc;
 mod matching;
 pub mod summary;
@@ -63,6 +64,7 @@ pub mod summary;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
+pub use dataset::{evaluate_coco_detector, CocoView};
 pub use format::{
     check_detections, read_coco_results, write_coco_results, CocoAnnotation, CocoCategory,
     CocoDetection, CocoGroundTruth, CocoImage, CocoIndex,

@@ -21,6 +21,19 @@ use serde_json::Value;
 
 use crate::bail_input;
 
+/// The COCO box `[x, y, w, h]` of a VOC box (1-based, inclusive pixels): it covers the
+/// continuous `[x1 - 1, x2] x [y1 - 1, y2]` (computed in f64).
+pub fn voc_box_to_coco(b: [f32; 4]) -> [f64; 4] {
+    let [x1, y1, x2, y2] = b.map(f64::from);
+    [x1 - 1.0, y1 - 1.0, x2 - x1 + 1.0, y2 - y1 + 1.0]
+}
+
+/// The VOC box (1-based, inclusive pixels) of a COCO box: the inverse of [`voc_box_to_coco`].
+pub fn coco_box_to_voc(b: [f64; 4]) -> [f32; 4] {
+    let [x, y, w, h] = b;
+    [x + 1.0, y + 1.0, x + w, y + h].map(|v| v as f32)
+}
+
 /// One image of the ground truth.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CocoImage {
@@ -58,7 +71,7 @@ pub struct CocoAnnotation {
     #[serde(default, with = "flag")]
     pub iscrowd: bool,
     /// An ignored object (VOC `difficult`): not counted in recall; a detection matched to it
-    /// is ignored. pycocotools drops this field (see the module docs of [`super`]).
+    /// is ignored. pycocotools drops this field (see the module docs of [`crate::eval::coco`]).
     #[serde(default, with = "flag", skip_serializing_if = "std::ops::Not::not")]
     pub ignore: bool,
 }
@@ -192,6 +205,15 @@ impl CocoGroundTruth {
     /// Read a COCO instances file (e.g. `annotations/instances_val2017.json`) and check it
     /// ([`CocoGroundTruth::index`]). Errors name the file and the annotation id.
     pub fn read_json(path: &Path) -> Result<Self> {
+        let gt = Self::parse_json(path)?;
+        gt.index(&path.display().to_string())?;
+        Ok(gt)
+    }
+
+    /// Read a COCO instances file without checking references, duplicate ids or box sides:
+    /// only its structure (every id an integer, every box four finite numbers, flags 0/1).
+    /// What [`crate::data::coco`] reads before it reports each problem by annotation id.
+    pub fn parse_json(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| crate::bad_input(format!("{}: {e}", path.display())))?;
         let raw: RawInstances = serde_json::from_str(&text).map_err(|e| {
@@ -200,9 +222,7 @@ impl CocoGroundTruth {
                 path.display()
             ))
         })?;
-        let gt = raw.resolve(&path.display().to_string())?;
-        gt.index(&path.display().to_string())?;
-        Ok(gt)
+        raw.resolve(&path.display().to_string())
     }
 
     /// Write as a COCO instances file (`area` written for every annotation, as pycocotools
