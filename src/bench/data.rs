@@ -6,7 +6,7 @@
 //! greedy bipartite matching then IoU >= 0.5, variances 0.1/0.2); the reference runs torchcv's
 //! `SSDBoxCoder.encode` for the same layout.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -84,22 +84,46 @@ pub fn reference_images(dataset: &VocDataset, use_difficult: bool) -> Vec<serde_
         .collect()
 }
 
+/// The benchmark's images: `--data`, or synthetic 500x375 images written to `scratch`.
+fn benchmark_root(b: &DataBench, scratch: &Path) -> Result<PathBuf> {
+    if let Some(d) = &b.data {
+        return Ok(d.clone());
+    }
+    let config = SynthConfig {
+        train: b.images,
+        test: 0,
+        size: (500, 375),
+        ..SynthConfig::default()
+    };
+    write_dataset(scratch, &config).context("writing the synthetic benchmark images")?;
+    Ok(scratch.to_path_buf())
+}
+
+/// Time the PyTorch pipeline (`bench/reference.py data`) on the same images: ms per image.
+fn time_reference(b: &DataBench, dataset: &VocDataset, size: u32, scratch: &Path) -> Result<f64> {
+    let list = scratch.join("images.json");
+    let items = reference_images(dataset, false);
+    crate::io::write_bytes_atomic(&list, serde_json::to_string(&items)?.as_bytes())?;
+    let args: Vec<String> = vec![
+        "--list".into(),
+        list.display().to_string(),
+        "--size".into(),
+        size.to_string(),
+        "--workers".into(),
+        b.workers.to_string(),
+        "--batch".into(),
+        b.batch.to_string(),
+        "--repeat".into(),
+        b.repeat.to_string(),
+    ];
+    let report = run_reference("data", &args)?;
+    Ok(report["ms_per_image"].as_f64().unwrap_or(f64::NAN))
+}
+
 /// Time tchcv (and the PyTorch pipeline on the same images).
 pub fn run(b: &DataBench, _device: Device) -> Result<Comparison> {
     let scratch = std::env::temp_dir().join(format!("tchcv-bench-data-{}", std::process::id()));
-    let root = match &b.data {
-        Some(d) => d.clone(),
-        None => {
-            let config = SynthConfig {
-                train: b.images,
-                test: 0,
-                size: (500, 375),
-                ..SynthConfig::default()
-            };
-            write_dataset(&scratch, &config).context("writing the synthetic benchmark images")?;
-            scratch.clone()
-        }
-    };
+    let root = benchmark_root(b, &scratch)?;
     let (mut dataset, _) = VocDataset::open(
         &root,
         &SetSpec::parse_list(&b.sets)?,
@@ -132,25 +156,10 @@ pub fn run(b: &DataBench, _device: Device) -> Result<Comparison> {
     let pytorch_ms = if b.no_reference {
         None
     } else {
-        let list = scratch.join("images.json");
-        let items = reference_images(&dataset, false);
-        crate::io::write_bytes_atomic(&list, serde_json::to_string(&items)?.as_bytes())?;
-        let args: Vec<String> = vec![
-            "--list".into(),
-            list.display().to_string(),
-            "--size".into(),
-            size.to_string(),
-            "--workers".into(),
-            b.workers.to_string(),
-            "--batch".into(),
-            b.batch.to_string(),
-            "--repeat".into(),
-            b.repeat.to_string(),
-        ];
-        let report = run_reference("data", &args);
-        Some(report?["ms_per_image"].as_f64().unwrap_or(f64::NAN))
+        Some(time_reference(b, &dataset, size, &scratch))
     };
     let _ = std::fs::remove_dir_all(&scratch);
+    let pytorch_ms = pytorch_ms.transpose()?;
     let mut row = Comparison::new(
         "data decode+augment+encode",
         &format!("{n} imgs -> {size}x{size}, {} workers", b.workers),

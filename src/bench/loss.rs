@@ -58,17 +58,16 @@ fn random_case(b: &LossBench, device: Device) -> [Tensor; 4] {
     [loc_preds, loc_targets, cls_preds, cls_targets]
 }
 
+/// The reference's timing of the same loss: its median in ms, its loss and its operator counts.
+struct ReferenceTiming {
+    median_ms: f64,
+    total: f64,
+    ops: OpCounts,
+}
+
 /// Time tchcv (and the reference on the same tensors) on `device`.
 pub fn run(b: &LossBench, device: Device) -> Result<Comparison> {
-    let min_c = if b.loss.has_background_column() { 2 } else { 1 };
-    if b.n < 1 || b.a < 1 || b.c < min_c {
-        crate::bail_input!(
-            "bench loss: --n and --a must be >= 1 and --c >= {min_c} (classes, background column included), got {} {} {}",
-            b.n,
-            b.a,
-            b.c
-        );
-    }
+    check_sizes(b)?;
     let [loc_preds, loc_targets, cls_preds, cls_targets] = random_case(b, device);
     // The default options, as a library user gets them, unless told otherwise.
     let options = if b.no_check_finite {
@@ -93,93 +92,123 @@ pub fn run(b: &LossBench, device: Device) -> Result<Comparison> {
     };
     let tchcv_ms = median_ms(3, b.repeat, step)?;
     let (_, tchcv_ops) = count_ops(step)?;
-    let device_name = crate::device::device_name(device);
     let total = loss.forward(&inputs)?.stats().total;
     let pytorch = if b.no_reference {
         None
     } else {
-        let dir = std::env::temp_dir().join(format!("tchcv-bench-loss-{}", std::process::id()));
-        let case = dir.join("case.safetensors");
-        crate::io::write_safetensors(
-            &case,
-            &[
-                ("loc_preds", &loc_preds.detach()),
-                ("loc_targets", &loc_targets),
-                ("cls_preds", &cls_preds.detach()),
-                ("cls_targets", &cls_targets),
-            ],
-        )?;
-        let kind = serde_json::to_value(b.loss)?;
-        let args: Vec<String> = vec![
-            "--case".into(),
-            case.display().to_string(),
-            "--loss".into(),
-            kind.as_str().unwrap_or("ssd").into(),
-            "--device".into(),
-            if device.is_cuda() {
-                "cuda".into()
-            } else {
-                "cpu".into()
-            },
-            "--repeat".into(),
-            b.repeat.to_string(),
-            "--threads".into(),
-            tch::get_num_threads().to_string(),
-        ];
-        let report = run_reference("loss", &args);
-        let _ = std::fs::remove_dir_all(&dir);
-        let report = report?;
-        // The same work: both sides must compute the same loss on these tensors.
-        let theirs = report["total"].as_f64().unwrap_or(f64::NAN);
-        let agree = (theirs - total).abs() <= 1e-4 * total.abs().max(1.0);
-        if !agree {
-            anyhow::bail!("bench loss: tchcv computed {total}, the PyTorch reference {theirs}: not the same loss");
-        }
-        let ops = OpCounts::from_json(&report["op_calls"])?;
-        Some((
-            report["median_ms"].as_f64().unwrap_or(f64::NAN),
-            theirs,
-            ops,
-        ))
+        Some(time_reference(b, device, &inputs, total)?)
     };
+    comparison_row(b, device, tchcv_ms, total, &tchcv_ops, pytorch.as_ref())
+}
+
+/// `--n`, `--a`, `--c` in range (the background column counts in `--c` where the loss has one).
+fn check_sizes(b: &LossBench) -> Result<()> {
+    let min_c = if b.loss.has_background_column() { 2 } else { 1 };
+    if b.n < 1 || b.a < 1 || b.c < min_c {
+        crate::bail_input!(
+            "bench loss: --n and --a must be >= 1 and --c >= {min_c} (classes, background column included), got {} {} {}",
+            b.n,
+            b.a,
+            b.c
+        );
+    }
+    Ok(())
+}
+
+/// Run `bench/reference.py loss` on the same tensors (written to a temporary safetensors file)
+/// and check that it computed the same loss as tchcv's `total` (1e-4 relative).
+fn time_reference(
+    b: &LossBench,
+    device: Device,
+    inputs: &LossInputs,
+    total: f64,
+) -> Result<ReferenceTiming> {
+    let dir = std::env::temp_dir().join(format!("tchcv-bench-loss-{}", std::process::id()));
+    let case = dir.join("case.safetensors");
+    crate::io::write_safetensors(
+        &case,
+        &[
+            ("loc_preds", &inputs.loc_preds.detach()),
+            ("loc_targets", inputs.loc_targets),
+            ("cls_preds", &inputs.cls_preds.detach()),
+            ("cls_targets", inputs.cls_targets),
+        ],
+    )?;
+    let kind = serde_json::to_value(b.loss)?;
+    let device_arg = if device.is_cuda() { "cuda" } else { "cpu" };
+    let args: Vec<String> = vec![
+        "--case".into(),
+        case.display().to_string(),
+        "--loss".into(),
+        kind.as_str().unwrap_or("ssd").into(),
+        "--device".into(),
+        device_arg.into(),
+        "--repeat".into(),
+        b.repeat.to_string(),
+        "--threads".into(),
+        tch::get_num_threads().to_string(),
+    ];
+    let report = run_reference("loss", &args);
+    let _ = std::fs::remove_dir_all(&dir);
+    let report = report?;
+    // The same work: both sides must compute the same loss on these tensors.
+    let theirs = report["total"].as_f64().unwrap_or(f64::NAN);
+    let agree = (theirs - total).abs() <= 1e-4 * total.abs().max(1.0);
+    if !agree {
+        anyhow::bail!(
+            "bench loss: tchcv computed {total}, the PyTorch reference {theirs}: not the same loss"
+        );
+    }
+    Ok(ReferenceTiming {
+        median_ms: report["median_ms"].as_f64().unwrap_or(f64::NAN),
+        total: theirs,
+        ops: OpCounts::from_json(&report["op_calls"])?,
+    })
+}
+
+/// The printed row: both timings, the options timed, and both sides' operator counts.
+fn comparison_row(
+    b: &LossBench,
+    device: Device,
+    tchcv_ms: f64,
+    total: f64,
+    tchcv_ops: &OpCounts,
+    pytorch: Option<&ReferenceTiming>,
+) -> Result<Comparison> {
     let size = format!("N={} A={} C={} pos={}", b.n, b.a, b.c, b.pos_fraction);
+    let (suffix, options) = if b.no_check_finite {
+        (" [unchecked]", "check_finite off")
+    } else {
+        ("", "default options")
+    };
     let work = format!(
-        "{} loss fwd+bwd{}",
-        serde_json::to_value(b.loss)?.as_str().unwrap_or("?"),
-        if b.no_check_finite {
-            " [unchecked]"
-        } else {
-            ""
-        }
+        "{} loss fwd+bwd{suffix}",
+        serde_json::to_value(b.loss)?.as_str().unwrap_or("?")
     );
+    let device_name = crate::device::device_name(device);
     let mut row = Comparison::new(
         &work,
         &size,
         &device_name,
         tchcv_ms,
-        pytorch.as_ref().map(|p| p.0),
+        pytorch.map(|p| p.median_ms),
     );
     let ops_line = |side: &str, ops: &OpCounts| {
         format!("{side} {} ({} host syncs)", ops.ops(), ops.host_syncs())
     };
-    let options = if b.no_check_finite {
-        "check_finite off"
-    } else {
-        "default options"
-    };
     let mut detail = format!(
         "tchcv with {options}; operators per fwd+bwd: {}",
-        ops_line("tchcv", &tchcv_ops)
+        ops_line("tchcv", tchcv_ops)
     );
-    if let Some(p) = &pytorch {
-        detail += &format!(", {}", ops_line("pytorch", &p.2));
+    if let Some(p) = pytorch {
+        detail += &format!(", {}", ops_line("pytorch", &p.ops));
     }
     row.detail = Some(detail);
     row.extra = serde_json::json!({
         "tchcv_total": total,
-        "pytorch_total": pytorch.as_ref().map(|p| p.1),
+        "pytorch_total": pytorch.map(|p| p.total),
         "tchcv_ops": tchcv_ops.summary(),
-        "pytorch_ops": pytorch.as_ref().map(|p| p.2.summary()),
+        "pytorch_ops": pytorch.map(|p| p.ops.summary()),
     });
     Ok(row)
 }

@@ -275,30 +275,12 @@ fn run_child(mut cmd: Command, side: Side) -> Result<ChildRun> {
         text
     });
     let stdout = child.stdout.take().context("child stdout")?;
-    let (mut lines, mut startup) = (Vec::new(), None);
-    for line in BufReader::new(stdout).lines() {
-        let line = line.with_context(|| format!("reading the output of {what}"))?;
-        if startup.is_none() && line.starts_with("train: ") {
-            startup = Some(start.elapsed().as_secs_f64());
-        }
-        if !line.starts_with('{') {
-            eprintln!("[{}] {line}", side.name());
-        }
-        lines.push(line);
-    }
+    let (lines, startup) = read_lines(stdout, start, side, &what)?;
     let (success, status, max_rss_kib) = wait_with_rusage(child.id())?;
     let wall_s = start.elapsed().as_secs_f64();
     let stderr = err_reader.join().unwrap_or_default();
     if !success {
-        let python = crate::bench::reference_python();
-        if let Some(hint) = crate::bench::missing_module_hint(&python, &stderr) {
-            bail!("bench train ({}): {hint}", side.name());
-        }
-        bail!(
-            "{what} ({}) failed ({status}): {}",
-            side.name(),
-            tail(&stderr, 3000)
-        );
+        return Err(child_failure(&what, side, &status, &stderr));
     }
     let Some(startup_s) = startup else {
         bail!(
@@ -312,6 +294,41 @@ fn run_child(mut cmd: Command, side: Side) -> Result<ChildRun> {
         wall_s,
         max_rss_mib: max_rss_kib.map(|k| k / 1024.0),
     })
+}
+
+/// The child's stdout lines (echoed to stderr, prefixed by the side, except its JSON lines),
+/// and the seconds from `start` to its first line starting with `train: `.
+fn read_lines(
+    stdout: impl Read,
+    start: Instant,
+    side: Side,
+    what: &str,
+) -> Result<(Vec<String>, Option<f64>)> {
+    let (mut lines, mut startup) = (Vec::new(), None);
+    for line in BufReader::new(stdout).lines() {
+        let line = line.with_context(|| format!("reading the output of {what}"))?;
+        if startup.is_none() && line.starts_with("train: ") {
+            startup = Some(start.elapsed().as_secs_f64());
+        }
+        if !line.starts_with('{') {
+            eprintln!("[{}] {line}", side.name());
+        }
+        lines.push(line);
+    }
+    Ok((lines, startup))
+}
+
+/// The error for a child that failed: a missing Python module's hint, or the tail of its stderr.
+fn child_failure(what: &str, side: Side, status: &str, stderr: &str) -> anyhow::Error {
+    let python = crate::bench::reference_python();
+    if let Some(hint) = crate::bench::missing_module_hint(&python, stderr) {
+        return anyhow::anyhow!("bench train ({}): {hint}", side.name());
+    }
+    anyhow::anyhow!(
+        "{what} ({}) failed ({status}): {}",
+        side.name(),
+        tail(stderr, 3000)
+    )
 }
 
 /// The last `n` bytes of `text` (at a character boundary).
