@@ -8,7 +8,7 @@ use anyhow::Result;
 use plotters::prelude::*;
 
 use super::plot::{
-    font, legend_line, moving_average, plot_color, plot_err, quantile, render_png,
+    font, legend_line, moving_average, plot_color, plot_err, pr_axes, quantile, render_png,
     smoothing_half_window, Area, Metrics,
 };
 use super::voc::ClassAp;
@@ -236,25 +236,8 @@ pub fn plot_pr_of_class(class: &str, runs: &[(String, ClassAp)], path: &Path) ->
         bail_input!("{}: no evaluated runs to plot", path.display());
     }
     render_png(path, (1000, 760), |root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption(
-                format!("Precision-recall of the rarest class, {class}"),
-                font(24.0),
-            )
-            .margin(16)
-            .x_label_area_size(50)
-            .y_label_area_size(70)
-            .build_cartesian_2d(0.0..1.0, 0.0..1.02)
-            .map_err(plot_err)?;
-        chart
-            .configure_mesh()
-            .x_desc("recall")
-            .y_desc("precision")
-            .label_style(font(15.0))
-            .axis_desc_style(font(18.0))
-            .light_line_style(RGBColor(244, 244, 244))
-            .draw()
-            .map_err(plot_err)?;
+        let caption = format!("Precision-recall of the rarest class, {class}");
+        let mut chart = pr_axes(root, Some(caption))?;
         for (i, (name, ap)) in runs.iter().enumerate() {
             let curve = &ap.curve;
             let color = plot_color(i);

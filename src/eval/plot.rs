@@ -473,6 +473,37 @@ fn draw_map_panel(area: &Area, metrics: &Metrics) -> Result<()> {
     draw_legend(&mut chart, SeriesLabelPosition::LowerRight)
 }
 
+/// Precision (0 to 1.02) over recall (0 to 1) axes with their mesh on `area`, with `caption`.
+pub(super) fn pr_axes<'a, 'b>(
+    area: &'a Area<'b>,
+    caption: Option<String>,
+) -> Result<PrChart<'a, 'b>> {
+    let mut builder = ChartBuilder::on(area);
+    if let Some(caption) = caption {
+        builder.caption(caption, font(24.0));
+    }
+    let mut chart = builder
+        .margin(16)
+        .x_label_area_size(50)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..1.0, 0.0..1.02)
+        .map_err(plot_err)?;
+    chart
+        .configure_mesh()
+        .x_desc("recall")
+        .y_desc("precision")
+        .label_style(font(15.0))
+        .axis_desc_style(font(18.0))
+        .light_line_style(RGBColor(244, 244, 244))
+        .draw()
+        .map_err(plot_err)?;
+    Ok(chart)
+}
+
+/// A chart of [`pr_axes`].
+pub(super) type PrChart<'a, 'b> =
+    ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
 /// The class colour of the drawn boxes, darkened where it would be too light on white.
 pub(super) fn plot_color(class: usize) -> RGBColor {
     let c = class_color(class).map(f64::from);
@@ -491,21 +522,7 @@ pub fn plot_pr(result: &VocEvalResult, path: &Path, title: &str) -> Result<()> {
     render_png(path, (1180, height), |root| {
         let root = root.titled(title, font(24.0)).map_err(plot_err)?;
         let (left, right) = root.split_horizontally(820);
-        let mut chart = ChartBuilder::on(&left)
-            .margin(16)
-            .x_label_area_size(50)
-            .y_label_area_size(70)
-            .build_cartesian_2d(0.0..1.0, 0.0..1.02)
-            .map_err(plot_err)?;
-        chart
-            .configure_mesh()
-            .x_desc("recall")
-            .y_desc("precision")
-            .label_style(font(15.0))
-            .axis_desc_style(font(18.0))
-            .light_line_style(RGBColor(244, 244, 244))
-            .draw()
-            .map_err(plot_err)?;
+        let mut chart = pr_axes(&left, None)?;
         for (i, class) in result.classes.iter().enumerate() {
             let curve = &class.curve;
             if curve.recall.is_empty() {
