@@ -10,6 +10,8 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 use tchcv::data::synth::{write_dataset, SynthConfig};
+
+use common::success as ok;
 use tchcv::data::{ReadOptions, SetSpec, VocDataset};
 
 fn synth(name: &str, seed: u64) -> PathBuf {
@@ -30,17 +32,6 @@ fn tchcv(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("run tchcv")
-}
-
-fn ok(out: &Output, what: &str) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{what}: exit {:?}\nstdout:\n{stdout}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
 }
 
 fn s(p: &Path) -> &str {

@@ -275,6 +275,7 @@ fn crop_keeps_the_image_when_no_box_centre_would_survive() {
             boxes: vec![[0.0, 0.0, 2.0, 2.0]],
             labels: vec![3],
             difficult: vec![false],
+            crowd: vec![false],
         };
         let canvas = min_iou_crop(
             Canvas::new(image.clone()),

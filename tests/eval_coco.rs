@@ -579,21 +579,8 @@ fn tiny_trained_run() -> (std::path::PathBuf, std::path::PathBuf) {
     };
     write_dataset(&data, &config).unwrap();
     let run = common::scratch("eval_coco_ckpt_run");
-    let train = [
-        "train",
-        "--sets",
-        "trainval",
-        "--model",
-        "models/ssd_small.json",
-        "--device",
-        "cpu",
-        "--workers",
-        "1",
-        "--batch",
-        "8",
-        "--iters",
-        "2",
-    ];
+    let mut train = vec!["train", "--sets", "trainval"];
+    train.extend(common::TINY_TRAINING);
     tchcv_ok(&train, &[("--data", &data), ("--out", &run)]);
     (data, run)
 }

@@ -11,6 +11,8 @@ use std::process::{Command, Output};
 use serde_json::Value;
 use tchcv::data::synth::{write_dataset, SynthConfig};
 
+use common::success as ok;
+
 /// A small synthetic VOC folder (48 train, 16 test images of 128x128), made once per name.
 fn synth(name: &str) -> PathBuf {
     let dir = common::scratch(name);
@@ -30,17 +32,6 @@ fn tchcv(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("run tchcv")
-}
-
-fn ok(out: &Output, what: &str) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{what}: exit {:?}\nstdout:\n{stdout}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
 }
 
 /// Common flags: the small SSD, CPU, 1 worker, batch 8, no eval.

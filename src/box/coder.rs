@@ -78,6 +78,8 @@ impl EncodeStats {
 struct GroundTruth {
     boxes: Vec<[f32; 4]>,
     labels: Vec<i64>,
+    /// Crowd regions among `boxes`: the anchors they are matched to are ignored (-1).
+    crowd: Vec<bool>,
     /// The input index of each kept box.
     input_index: Vec<usize>,
     /// Input indices of dropped (degenerate) boxes.
@@ -85,18 +87,21 @@ struct GroundTruth {
 }
 
 impl GroundTruth {
-    /// Check one image's boxes and labels; drop degenerate boxes.
-    fn new(boxes: &[[f32; 4]], labels: &[i64]) -> Result<Self> {
-        if boxes.len() != labels.len() {
+    /// Check one image's boxes, labels and crowd flags (`crowd` empty: none is a crowd
+    /// region); drop degenerate boxes.
+    fn new(boxes: &[[f32; 4]], labels: &[i64], crowd: &[bool]) -> Result<Self> {
+        if boxes.len() != labels.len() || !(crowd.is_empty() || crowd.len() == boxes.len()) {
             bail_input!(
-                "ground truth: {} boxes but {} labels",
+                "ground truth: {} boxes but {} labels and {} crowd flags",
                 boxes.len(),
-                labels.len()
+                labels.len(),
+                crowd.len()
             );
         }
         let mut gt = GroundTruth {
             boxes: Vec::with_capacity(boxes.len()),
             labels: Vec::with_capacity(boxes.len()),
+            crowd: Vec::with_capacity(boxes.len()),
             input_index: Vec::with_capacity(boxes.len()),
             dropped: Vec::new(),
         };
@@ -114,6 +119,7 @@ impl GroundTruth {
             } else {
                 gt.boxes.push(*b);
                 gt.labels.push(label);
+                gt.crowd.push(crowd.get(i).copied().unwrap_or(false));
                 gt.input_index.push(i);
             }
         }
@@ -189,6 +195,21 @@ impl BoxCoder {
         loc_out: &mut [f32],
         cls_out: &mut [i64],
     ) -> Result<EncodeStats> {
+        self.encode_into_with_crowd(boxes, labels, &[], loc_out, cls_out)
+    }
+
+    /// [`Self::encode_into`] with crowd regions: `crowd` `[G]` (or empty: none) flags the boxes
+    /// that are crowd regions (COCO `iscrowd`). They take part in the matching like any box, but
+    /// the anchors matched to one are ignored (`cls -1`, loc targets 0, counted in
+    /// `num_ignored`), never positives; a crowd box owns no anchor in `num_pos_per_box`.
+    pub fn encode_into_with_crowd(
+        &self,
+        boxes: &[[f32; 4]],
+        labels: &[i64],
+        crowd: &[bool],
+        loc_out: &mut [f32],
+        cls_out: &mut [i64],
+    ) -> Result<EncodeStats> {
         let a_count = self.anchors.len();
         if loc_out.len() != a_count * 4 || cls_out.len() != a_count {
             bail_input!(
@@ -198,7 +219,7 @@ impl BoxCoder {
                 a_count * 4
             );
         }
-        let gt = GroundTruth::new(boxes, labels)?;
+        let gt = GroundTruth::new(boxes, labels, crowd)?;
         let mut stats = EncodeStats {
             num_pos_per_box: vec![0; boxes.len()],
             dropped: gt.dropped.clone(),
@@ -214,7 +235,7 @@ impl BoxCoder {
         let gt_cxcywh: Vec<[f32; 4]> = gt.boxes.iter().map(ops::to_cxcywh).collect();
         let [v_xy, v_wh] = self.variance_pair();
         for (a, &m) in matched.iter().enumerate() {
-            if m == IGNORED {
+            if m == IGNORED || (m >= 0 && gt.crowd[m as usize]) {
                 cls_out[a] = -1;
                 stats.num_ignored += 1;
                 continue;
@@ -237,10 +258,21 @@ impl BoxCoder {
 
     /// Encode one image: boxes `[G]` xyxy in model-input pixels, labels `[G]` 0-based.
     pub fn encode(&self, boxes: &[[f32; 4]], labels: &[i64]) -> Result<Encoded> {
+        self.encode_with_crowd(boxes, labels, &[])
+    }
+
+    /// [`Self::encode`] with `crowd` `[G]` flags (empty: none): anchors matched to a crowd
+    /// region are ignored (-1), see [`Self::encode_into_with_crowd`].
+    pub fn encode_with_crowd(
+        &self,
+        boxes: &[[f32; 4]],
+        labels: &[i64],
+        crowd: &[bool],
+    ) -> Result<Encoded> {
         let a = self.anchors.len();
         let mut loc = vec![0f32; a * 4];
         let mut cls = vec![0i64; a];
-        let stats = self.encode_into(boxes, labels, &mut loc, &mut cls)?;
+        let stats = self.encode_into_with_crowd(boxes, labels, crowd, &mut loc, &mut cls)?;
         Ok(Encoded {
             loc_targets: Tensor::from_slice(&loc).view([a as i64, 4]),
             cls_targets: Tensor::from_slice(&cls),

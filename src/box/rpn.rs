@@ -198,6 +198,21 @@ impl RpnCoder {
     /// Label one image's anchors (torchvision `assign_targets_to_anchors` + `encode`).
     /// boxes: `[G]` xyxy in model-input pixels (class-agnostic).
     pub fn label(&self, boxes: &[[f32; 4]]) -> Result<AnchorTargets> {
+        self.label_with_crowd(boxes, &[])
+    }
+
+    /// [`Self::label`] with `crowd` `[G]` flags (empty: none): a crowd region is matched like
+    /// any box, but the anchors it would make positive are ignored (-1, no regression target,
+    /// `matched_gt` -1), never positives.
+    pub fn label_with_crowd(&self, boxes: &[[f32; 4]], crowd: &[bool]) -> Result<AnchorTargets> {
+        if !(crowd.is_empty() || crowd.len() == boxes.len()) {
+            crate::bail_input!(
+                "ground truth: {} boxes but {} crowd flags",
+                boxes.len(),
+                crowd.len()
+            );
+        }
+        let is_crowd = |input: usize| crowd.get(input).copied().unwrap_or(false);
         let a = self.coder.num_anchors() as usize;
         let Usable {
             boxes: gt,
@@ -222,6 +237,7 @@ impl RpnCoder {
             match m {
                 IGNORED => out.labels[i] = IGNORE,
                 BACKGROUND => {}
+                g if is_crowd(input_index[g as usize]) => out.labels[i] = IGNORE,
                 g => {
                     let g = g as usize;
                     out.labels[i] = POSITIVE;

@@ -1,5 +1,5 @@
 //! `tchcv eval`: score devkit results files, a COCO results file (or a checkpoint's
-//! detections) against VOC ground truth with the VOC or the COCO metric, or a COCO results file
+//! detections) against VOC or COCO data with the VOC or the COCO metric, or a COCO results file
 //! against a COCO instances file.
 
 use std::path::{Path, PathBuf};
@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use tchcv::bbox::DecodeConfig;
-use tchcv::data::{Loader, LoaderConfig};
-use tchcv::eval::coco::{self, CocoDetection, CocoGroundTruth, CocoParams};
+use tchcv::data::{DataFormat, DataSource, Loader, LoaderConfig};
+use tchcv::eval::coco::{self, CocoDetection, CocoGroundTruth, CocoParams, CocoView};
 use tchcv::eval::{self, Detection, ImageDetections, Matching, Metric, VocEvalConfig};
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -50,17 +50,28 @@ interpolated precision, at most 1/10/100 detections per image and class, areas \
 all/small/medium/large, crowd regions); prints its twelve lines (-1: no ground truth) and AP \
 per class. On VOC data, difficult objects are COCO's ignored objects, VOC boxes x1..x2 \
 (inclusive, 1-based) are COCO [x1 - 1, y1 - 1, x2 - x1 + 1, y2 - y1 + 1], and a COCO results \
-file's image ids are the images' positions in --sets (1-based).";
+file's image ids are the images' positions in --sets (1-based), its category ids the classes' \
+(1-based). On COCO data (--data an instances file or a COCO folder), the data's own image and \
+category ids, crowd regions and areas are used; the VOC metrics there treat crowd regions as \
+difficult.";
 
 #[derive(clap::Args)]
 pub struct Args {
     /// VOC root: ROOT/VOC<YEAR>/{Annotations,ImageSets} for YEAR:NAME sets, or
-    /// ROOT/{Annotations,ImageSets} for plain NAME sets.
+    /// ROOT/{Annotations,ImageSets} for plain NAME sets; or COCO data: an instances file, or a
+    /// folder with annotations/instances_<set>.json next to <set>/.
     #[arg(long, required_unless_present = "coco_gt")]
     data: Option<PathBuf>,
-    /// Image sets, comma separated: 2007:test, or test.
+    /// Image sets, comma separated: 2007:test, or test; COCO: val2017 (the instances file's
+    /// name).
     #[arg(long, value_delimiter = ',', required_unless_present = "coco_gt")]
     sets: Vec<String>,
+    /// The data's format (default: detected).
+    #[arg(long, value_enum, conflicts_with = "coco_gt")]
+    format: Option<DataFormat>,
+    /// COCO data: the folder the images' file_name are relative to.
+    #[arg(long, conflicts_with = "coco_gt")]
+    images: Option<PathBuf>,
     /// A COCO instances file (images, annotations, categories) as the ground truth, instead of
     /// --data and --sets; with --detections RESULTS.json. Implies --metric coco.
     #[arg(long, conflicts_with_all = ["data", "sets", "checkpoint", "prefix"], requires = "detections")]
@@ -132,6 +143,8 @@ struct Scoring {
     detections: PathBuf,
     classes: Vec<String>,
     ground_truth: Vec<eval::GroundTruth>,
+    /// The same ground truth as COCO's metric sees it (crowd regions, areas, the data's ids).
+    coco: CocoView,
 }
 
 /// A checkpoint's detections on the sets, and what they are scored against.
@@ -140,15 +153,25 @@ struct Detected {
     classes: Vec<String>,
     /// Upright: the frame of the model's detections.
     ground_truth: Vec<eval::GroundTruth>,
+    coco: CocoView,
     device: String,
+}
+
+/// `--data` with `--format` and `--images`.
+fn data_source(args: &Args) -> DataSource {
+    DataSource {
+        root: args.data.clone().unwrap_or_else(|| PathBuf::from(".")),
+        format: args.format,
+        images: args.images.clone(),
+    }
 }
 
 /// Run the checkpoint's model over the sets.
 fn run_checkpoint(args: &Args, checkpoint: &Path) -> Result<Detected> {
     let device = tchcv::device::parse_device(&args.device)?;
     let trained = tchcv::train::checkpoint::load_detector(checkpoint, device)?;
-    let data = args.data.as_deref().unwrap_or(Path::new("."));
-    let dataset = eval::open_for_eval(data, &args.sets, Some(trained.classes.clone()), true)?;
+    let classes = Some(trained.classes.clone());
+    let dataset = eval::open_for_eval_from(&data_source(args), &args.sets, classes, true)?;
     let [w, h] = trained.spec.input_size;
     let workers =
         tchcv::data::ThreadPlan::for_device(device, tchcv::data::ThreadPlan::available_cores())
@@ -176,6 +199,7 @@ fn run_checkpoint(args: &Args, checkpoint: &Path) -> Result<Detected> {
         images,
         classes: trained.classes.names().to_vec(),
         ground_truth: eval::ground_truth_of(loader.dataset(), true),
+        coco: CocoView::of(loader.dataset(), true),
         device: tchcv::device::device_name(device),
     })
 }
@@ -188,6 +212,7 @@ fn write_checkpoint_detections(args: &Args, checkpoint: &Path, coco: bool) -> Re
         images,
         classes,
         ground_truth,
+        coco: view,
         device,
     } = run_checkpoint(args, checkpoint)?;
     let out = args.out.clone().unwrap_or_else(|| {
@@ -201,10 +226,9 @@ fn write_checkpoint_detections(args: &Args, checkpoint: &Path, coco: bool) -> Re
     let mut detections = out.clone();
     if coco {
         detections = out.join("coco_results.json");
-        let results = coco::coco_detections_from_images(&ground_truth, &images)?;
+        let results = view.detections_from_images(&images)?;
         coco::write_coco_results(&detections, &results)?;
-        coco::coco_from_voc(&classes, &ground_truth)?
-            .write_json(&out.join("coco_instances.json"))?;
+        view.gt.write_json(&out.join("coco_instances.json"))?;
     }
     eprintln!(
         "{} images on {device}: devkit results in {}{}",
@@ -220,6 +244,7 @@ fn write_checkpoint_detections(args: &Args, checkpoint: &Path, coco: bool) -> Re
         detections,
         classes,
         ground_truth,
+        coco: view,
     })
 }
 
@@ -255,12 +280,12 @@ fn read_voc_detections(args: &Args, scoring: &Scoring) -> Result<Vec<Detection>>
     let Scoring {
         detections,
         classes,
-        ground_truth,
+        coco: view,
+        ..
     } = scoring;
     if detections.is_file() {
-        let gt = coco::coco_from_voc(classes, ground_truth)?;
-        let results = coco::read_coco_results(detections, &gt)?;
-        return coco::voc_detections_from_coco(ground_truth, classes.len(), &results);
+        let results = coco::read_coco_results(detections, &view.gt)?;
+        return view.voc_detections(&results);
     }
     let prefix = match &args.prefix {
         Some(prefix) => prefix.clone(),
@@ -322,16 +347,16 @@ fn score_coco(args: &Args, gt: &CocoGroundTruth, detections: &[CocoDetection]) -
     Ok(())
 }
 
-/// COCO's metric on VOC ground truth (difficult objects ignored).
-fn score_coco_on_voc(args: &Args, scoring: &Scoring) -> Result<()> {
-    let gt = coco::coco_from_voc(&scoring.classes, &scoring.ground_truth)?;
+/// COCO's metric on the data's ground truth (VOC: difficult objects ignored).
+fn score_coco_on_data(args: &Args, scoring: &Scoring) -> Result<()> {
+    let gt = &scoring.coco.gt;
     let detections = if scoring.detections.is_file() {
-        coco::read_coco_results(&scoring.detections, &gt)?
+        coco::read_coco_results(&scoring.detections, gt)?
     } else {
         let voc = read_voc_detections(args, scoring)?;
-        coco::coco_detections_from_voc(&scoring.ground_truth, &voc)?
+        scoring.coco.detections_from_voc(&voc)?
     };
-    score_coco(args, &gt, &detections)
+    score_coco(args, gt, &detections)
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
@@ -339,7 +364,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     if let Some(checkpoint) = &args.checkpoint {
         if super::eval_proposals::is_rpn_checkpoint(checkpoint)? {
             return super::eval_proposals::run(&super::eval_proposals::ProposalEval {
-                data: args.data.as_deref(),
+                data: data_source(&args),
                 sets: &args.sets,
                 checkpoint,
                 batch: args.batch,
@@ -366,18 +391,19 @@ pub fn run(args: Args) -> Result<ExitCode> {
         (Some(checkpoint), _, _) => {
             write_checkpoint_detections(&args, checkpoint, metric == MetricArg::Coco)?
         }
-        (None, Some(detections), Some(data)) => {
-            let (classes, ground_truth) = eval::load_ground_truth(data, &args.sets)?;
+        (None, Some(detections), Some(_)) => {
+            let dataset = eval::open_for_eval_from(&data_source(&args), &args.sets, None, false)?;
             Scoring {
                 detections: detections.clone(),
-                classes,
-                ground_truth,
+                classes: dataset.classes.names().to_vec(),
+                ground_truth: eval::ground_truth_of(&dataset, false),
+                coco: CocoView::of(&dataset, false),
             }
         }
         _ => tchcv::bail_input!("give --data and --sets with --detections or --checkpoint"),
     };
     match metric {
-        MetricArg::Coco => score_coco_on_voc(&args, &scoring)?,
+        MetricArg::Coco => score_coco_on_data(&args, &scoring)?,
         voc => score_voc(&args, &scoring, voc)?,
     }
     Ok(ExitCode::SUCCESS)

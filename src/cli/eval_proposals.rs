@@ -12,7 +12,8 @@ use tchcv::eval;
 
 /// What `tchcv eval` passes on for an RPN checkpoint.
 pub struct ProposalEval<'a> {
-    pub data: Option<&'a Path>,
+    /// `--data` with `--format` and `--images`.
+    pub data: tchcv::data::DataSource,
     pub sets: &'a [String],
     pub checkpoint: &'a Path,
     /// Images per forward pass.
@@ -34,8 +35,8 @@ pub fn run(e: &ProposalEval) -> Result<ExitCode> {
     let device = tchcv::device::parse_device(e.device)?;
     let trained = tchcv::train::checkpoint::load_detector(e.checkpoint, device)?;
     let rpn = RpnCoder::from_spec(&trained.spec)?;
-    let data = e.data.unwrap_or(Path::new("."));
-    let dataset = eval::open_for_eval(data, e.sets, Some(trained.classes.clone()), true)?;
+    let classes = Some(trained.classes.clone());
+    let dataset = eval::open_for_eval_from(&e.data, e.sets, classes, true)?;
     let [w, h] = trained.spec.input_size;
     let workers = ThreadPlan::for_device(device, ThreadPlan::available_cores()).workers;
     let loader = Loader::new(
@@ -45,7 +46,7 @@ pub fn run(e: &ProposalEval) -> Result<ExitCode> {
     )?;
     let result = eval::runner::evaluate_proposals(trained.model.as_ref(), &rpn, &loader, device)?;
     println!(
-        "proposal recall of {} ({}) on {}: {} images, {} objects (difficult ones left out), {:.0} \
+        "proposal recall of {} ({}) on {}: {} images, {} objects (difficult ones and crowd regions left out), {:.0} \
          proposals per image",
         e.checkpoint.display(),
         trained.spec.name,

@@ -1,4 +1,4 @@
-//! `tchcv train`: train a detector on VOC-format data.
+//! `tchcv train`: train a detector on VOC or COCO data.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,7 +11,7 @@ use tchcv::device::AutocastDtype;
 use tchcv::loss::{LossKind, NegativeMining};
 use tchcv::train::{train, ClassWeightsMode, OptimizerKind, TrainConfig, TrainOptions};
 
-/// Train a detector (SSD or RetinaNet from a model spec) on VOC-format data.
+/// Train a detector (SSD or RetinaNet from a model spec) on VOC or COCO data.
 ///
 /// Every iteration logs the loc and cls loss per positive (as torchcv prints them), num_pos,
 /// num_neg, lr and images/s, also as JSON lines in OUT/metrics.jsonl. Checkpoints
@@ -21,15 +21,30 @@ use tchcv::train::{train, ClassWeightsMode, OptimizerKind, TrainConfig, TrainOpt
 /// --master) each process trains on its shard and gradients are all-reduced with c10d.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Data root: a VOCdevkit folder or a single VOC-format folder.
+    /// Data root: a VOCdevkit folder or a single VOC-format folder; or COCO: an instances file
+    /// (images in --images) or a folder with annotations/instances_<set>.json next to <set>/.
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Training sets, e.g. trainval or 2007:trainval,2012:trainval (default: trainval).
+    /// The data's format (default: detected: COCO for a JSON file or an annotations/ folder of
+    /// instances files, else VOC).
+    #[arg(long, value_enum)]
+    format: Option<tchcv::data::DataFormat>,
+    /// COCO: the folder the images' file_name are relative to (default: <root>/<set>/ for the
+    /// standard layout, else the instances file's folder).
+    #[arg(long)]
+    images: Option<PathBuf>,
+    /// Training sets, e.g. trainval or 2007:trainval,2012:trainval; COCO: train2017 (default:
+    /// VOC's trainval; COCO's only instances file).
     #[arg(long)]
     sets: Option<String>,
-    /// Sets to evaluate the mAP on (every --eval-every epochs, and at the end).
+    /// Sets to evaluate on (every --eval-every epochs, and at the end).
     #[arg(long)]
     test_sets: Option<String>,
+    /// The metric of those evaluations, which picks best.safetensors: voc (VOC07 mAP@0.5,
+    /// default) or coco (COCO AP@[.5:.95], written to OUT/eval_coco.json; the VOC mAP of the
+    /// same detections stays in OUT/eval.json).
+    #[arg(long, value_enum)]
+    metric: Option<tchcv::train::EvalMetric>,
     /// Class list (one name per line, or classes.json); default: discovered from the data.
     #[arg(long)]
     classes: Option<PathBuf>,
@@ -198,8 +213,11 @@ impl Args {
         }
         opt!(
             data,
+            format,
+            images,
             sets,
             test_sets,
+            metric,
             classes,
             model,
             init,
@@ -376,6 +394,9 @@ fn report(summary: &tchcv::train::TrainSummary) {
             summary.eval.as_ref().map_or(String::new(), |e| format!(
                 " | mAP VOC07 {:.4} area {:.4}",
                 e.map_voc07, e.map_area
+            )) + &summary.coco.as_ref().map_or(String::new(), |c| format!(
+                " | COCO AP {:.4}",
+                c.stat("AP").unwrap_or(-1.0)
             ))
         );
     }

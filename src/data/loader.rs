@@ -38,6 +38,21 @@ pub trait TargetEncoder: Send + Sync {
     /// boxes: `[K, 4]` xyxy in model-input pixels; labels: `[K]` 0-based class ids.
     /// Returns `(loc_targets [A, 4] f32, cls_targets [A] i64)`.
     fn encode(&self, boxes: &[[f32; 4]], labels: &[i64]) -> Result<(Tensor, Tensor)>;
+
+    /// [`Self::encode`] with `crowd` `[K]` flags: a crowd region (COCO `iscrowd`) is never a
+    /// positive; the box coders ignore the anchors matched to one (cls -1). This default leaves
+    /// crowd regions out of the encoding (their anchors become background).
+    fn encode_with_crowd(
+        &self,
+        boxes: &[[f32; 4]],
+        labels: &[i64],
+        crowd: &[bool],
+    ) -> Result<(Tensor, Tensor)> {
+        let keep = |i: &usize| !crowd.get(*i).copied().unwrap_or(false);
+        let kept_boxes: Vec<[f32; 4]> = (0..boxes.len()).filter(keep).map(|i| boxes[i]).collect();
+        let kept_labels: Vec<i64> = (0..labels.len()).filter(keep).map(|i| labels[i]).collect();
+        self.encode(&kept_boxes, &kept_labels)
+    }
 }
 
 /// This process's share of an epoch in a distributed run.
@@ -139,6 +154,8 @@ pub struct Batch {
     pub labels: Vec<Vec<i64>>,
     /// Per image, `[K_i]` difficult flags.
     pub difficult: Vec<Vec<bool>>,
+    /// Per image, `[K_i]` crowd regions (COCO `iscrowd`; their anchors are ignored, -1).
+    pub crowd: Vec<Vec<bool>>,
     /// Image ids.
     pub ids: Vec<String>,
     /// Dataset indices (`dataset.records[i]` has the original annotation).
@@ -465,6 +482,7 @@ impl Job {
             boxes: sample.boxes,
             labels: sample.labels,
             difficult: sample.difficult,
+            crowd: sample.crowd,
         };
         let [w, h] = self.config.input_size;
         let out = match &self.config.augment {
@@ -483,7 +501,7 @@ impl Job {
         };
         let (loc, cls) = self
             .encoder
-            .encode(&out.objects.boxes, &out.objects.labels)
+            .encode_with_crowd(&out.objects.boxes, &out.objects.labels, &out.objects.crowd)
             .with_context(|| {
                 format!(
                     "encoding the targets of image {}",
@@ -549,6 +567,7 @@ impl Job {
                 .iter()
                 .map(|it| it.objects.difficult.clone())
                 .collect(),
+            crowd: items.iter().map(|it| it.objects.crowd.clone()).collect(),
             boxes: items.into_iter().map(|it| it.objects.boxes).collect(),
             index: 0,
         })

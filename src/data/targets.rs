@@ -18,6 +18,18 @@ impl TargetEncoder for BoxCoder {
         let encoded = BoxCoder::encode(self, boxes, labels)?;
         Ok((encoded.loc_targets, encoded.cls_targets))
     }
+
+    /// As [`TargetEncoder::encode`], the anchors matched to a crowd region (`crowd` `[K]`)
+    /// ignored: cls -1 ([`BoxCoder::encode_with_crowd`]).
+    fn encode_with_crowd(
+        &self,
+        boxes: &[[f32; 4]],
+        labels: &[i64],
+        crowd: &[bool],
+    ) -> Result<(Tensor, Tensor)> {
+        let encoded = BoxCoder::encode_with_crowd(self, boxes, labels, crowd)?;
+        Ok((encoded.loc_targets, encoded.cls_targets))
+    }
 }
 
 /// The RPN's coder as the loader's target encoder: class-agnostic (every object is "object").
@@ -31,6 +43,18 @@ impl TargetEncoder for crate::bbox::RpnCoder {
     /// object, 0 background, -1 ignored (`RpnCoder::label`); degenerate boxes are dropped.
     fn encode(&self, boxes: &[[f32; 4]], _labels: &[i64]) -> Result<(Tensor, Tensor)> {
         let targets = self.label(boxes)?;
+        Ok((targets.regression_targets_tensor(), targets.labels_tensor()))
+    }
+
+    /// As [`TargetEncoder::encode`], the anchors a crowd region (`crowd` `[K]`) would make
+    /// positive ignored: -1 ([`crate::bbox::RpnCoder::label_with_crowd`]).
+    fn encode_with_crowd(
+        &self,
+        boxes: &[[f32; 4]],
+        _labels: &[i64],
+        crowd: &[bool],
+    ) -> Result<(Tensor, Tensor)> {
+        let targets = self.label_with_crowd(boxes, crowd)?;
         Ok((targets.regression_targets_tensor(), targets.labels_tensor()))
     }
 }

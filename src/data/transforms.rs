@@ -134,6 +134,8 @@ pub struct Objects {
     pub labels: Vec<i64>,
     /// `[K]` difficult flags.
     pub difficult: Vec<bool>,
+    /// `[K]` crowd regions (COCO `iscrowd`): never positives (empty: none).
+    pub crowd: Vec<bool>,
 }
 
 impl Objects {
@@ -152,6 +154,8 @@ impl Objects {
         self.labels.retain(|_| *k.next().unwrap_or(&false));
         let mut k = keep.iter();
         self.difficult.retain(|_| *k.next().unwrap_or(&false));
+        let mut k = keep.iter();
+        self.crowd.retain(|_| *k.next().unwrap_or(&false));
     }
 }
 

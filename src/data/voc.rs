@@ -117,6 +117,8 @@ pub struct VocObject {
     pub class_id: usize,
     /// `[xmin, ymin, xmax, ymax]` as in the XML (1-based inclusive pixels), clipped to the image.
     pub bbox: [f32; 4],
+    /// VOC `<difficult>`, COCO `"ignore": 1`; never set on a crowd region (which is ignored
+    /// anyway).
     pub difficult: bool,
     pub truncated: bool,
     /// A crowd region (COCO `iscrowd`; in VOC XML tchcv's `<iscrowd>1</iscrowd>`): never a
@@ -667,7 +669,9 @@ fn place_voc_objects(
         objects.push(VocObject {
             class_id,
             bbox,
-            difficult: o.difficult,
+            // A crowd region is ignored anyway; tchcv's VOC files mark it difficult too (for
+            // other VOC tools), which is not kept.
+            difficult: o.difficult && !o.crowd,
             truncated: o.truncated,
             crowd: o.crowd,
             area: None,

@@ -158,7 +158,7 @@ fn refuse_skipped_images(loader: &Loader) -> Result<()> {
 /// `[N, A, 1]`) over every batch of `loader` (an evaluation loader: test transform, fixed
 /// order, difficult objects flagged), take its proposals with the spec's test settings
 /// ([`RpnCoder::propose`], `post_nms_top_n.test` per image, best first) and score them by
-/// proposal recall ([`proposal_recall`]) against the non-difficult objects, all in model-input
+/// proposal recall ([`proposal_recall`]) against the objects neither difficult nor crowd, all in model-input
 /// pixels. An unreadable image is an error naming it.
 pub fn evaluate_proposals(
     model: &dyn Detector,
@@ -177,9 +177,11 @@ pub fn evaluate_proposals(
         for p in rpn.propose(&deltas, &objectness, &config)? {
             proposals.push(ops::host_boxes(&p.boxes)?);
         }
-        for (boxes, difficult) in batch.boxes.iter().zip(&batch.difficult) {
-            let kept = boxes.iter().zip(difficult).filter(|(_, &d)| !d);
-            objects.push(kept.map(|(b, _)| *b).collect());
+        for (i, boxes) in batch.boxes.iter().enumerate() {
+            let skip = |k: usize, flags: &[Vec<bool>]| flags[i].get(k).copied().unwrap_or(false);
+            let kept =
+                (0..boxes.len()).filter(|&k| !skip(k, &batch.difficult) && !skip(k, &batch.crowd));
+            objects.push(kept.map(|k| boxes[k]).collect());
         }
     }
     refuse_skipped_images(loader)?;

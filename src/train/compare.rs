@@ -158,6 +158,16 @@ fn step_totals(path: &Path, batch: usize) -> Result<(u64, f64, f64)> {
     Ok((iterations, seconds, images))
 }
 
+/// `sets` as written in the table: empty is the data format's default (VOC `trainval`, COCO
+/// the only instances file).
+fn training_sets(sets: &str) -> &str {
+    if sets.trim().is_empty() {
+        "(the format's default)"
+    } else {
+        sets
+    }
+}
+
 /// Objects per class from `data.json`, in `classes` order.
 fn read_objects(dir: &Path, classes: &[String]) -> Result<Option<Vec<u64>>> {
     let path = dir.join("data.json");
@@ -230,7 +240,7 @@ impl RunFolder {
         }
         vec![
             ("data", json!(data)),
-            ("training sets", json!(self.config.sets)),
+            ("training sets", json!(training_sets(&self.config.sets))),
             ("test sets", json!(self.config.test_sets)),
             ("classes", json!(self.classes)),
             ("network", network),

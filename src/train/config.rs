@@ -10,7 +10,7 @@ use super::optim::OptimizerConfig;
 use super::schedule::{Decay, Schedule};
 use crate::bail_input;
 use crate::bbox::{DecodeConfig, SamplerKind};
-use crate::data::AugmentConfig;
+use crate::data::{AugmentConfig, DataFormat, DataSource, SetSpec};
 use crate::device::{AutocastDtype, MemoryFormat};
 use crate::loss::{LossKind, NegativeMining};
 use crate::spec::ModelSpec;
@@ -27,6 +27,17 @@ pub enum ClassWeightsMode {
     Dataset,
     /// From each batch's target histogram.
     Batch,
+}
+
+/// The metric of training-time evaluations (`--metric`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum EvalMetric {
+    /// VOC07 mAP at IoU 0.5 (the devkit's).
+    #[default]
+    Voc,
+    /// COCO AP@[.5:.95] (pycocotools' `COCOeval`, crowd regions as COCO treats them).
+    Coco,
 }
 
 /// The optimizer by name (`--optimizer`).
@@ -47,12 +58,22 @@ pub enum OptimizerKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
-    /// The data root: a VOCdevkit folder or one VOC-format folder.
+    /// The data root: a VOCdevkit folder or one VOC-format folder; or COCO: an instances file,
+    /// or a folder holding `annotations/instances_<set>.json` (see [`crate::data::open`]).
     pub data: PathBuf,
-    /// Training sets, e.g. `trainval` or `2007:trainval,2012:trainval`.
+    /// The data's format; `None`: detected ([`crate::data::detect_format`]).
+    pub format: Option<DataFormat>,
+    /// COCO: the folder the images' `file_name`s are relative to; `None`: where the layout
+    /// keeps them.
+    pub images: Option<PathBuf>,
+    /// Training sets, e.g. `trainval` or `2007:trainval,2012:trainval` (COCO: `train2017`);
+    /// empty: the format's default (VOC `trainval`; COCO: the only instances file).
     pub sets: String,
     /// Sets to evaluate on (mAP); `None`: no evaluation.
     pub test_sets: Option<String>,
+    /// The metric of the evaluations during training, which also picks `best`: `voc` (VOC07
+    /// mAP@0.5) or `coco` (COCO AP@[.5:.95]; the VOC mAP is reported beside it).
+    pub metric: EvalMetric,
     /// A class list file (one name per line, or a `classes.json`); default: discovered.
     pub classes: Option<PathBuf>,
     /// Train on objects marked difficult too.
@@ -129,8 +150,11 @@ impl Default for TrainConfig {
     fn default() -> Self {
         Self {
             data: PathBuf::new(),
-            sets: "trainval".into(),
+            format: None,
+            images: None,
+            sets: String::new(),
             test_sets: None,
+            metric: EvalMetric::Voc,
             classes: None,
             use_difficult: false,
             model: PathBuf::from("models/ssd300.json"),
@@ -203,6 +227,24 @@ impl TrainConfig {
         }
         self.decay()?;
         Ok(())
+    }
+
+    /// Where the data is: `data` with `format` and `images`.
+    pub fn data_source(&self) -> DataSource {
+        DataSource {
+            root: self.data.clone(),
+            format: self.format,
+            images: self.images.clone(),
+        }
+    }
+
+    /// The training sets parsed (none when `sets` is empty: the format's default).
+    pub fn set_specs(&self) -> Result<Vec<SetSpec>> {
+        if self.sets.trim().is_empty() {
+            Ok(Vec::new())
+        } else {
+            SetSpec::parse_list(&self.sets)
+        }
     }
 
     /// The layout of weights and images.

@@ -12,7 +12,7 @@ pub mod schedule;
 pub mod seeds;
 mod trainer;
 
-pub use config::{ClassWeightsMode, OptimizerKind, TrainConfig};
+pub use config::{ClassWeightsMode, EvalMetric, OptimizerKind, TrainConfig};
 pub use trainer::{
     best_checkpoint, last_checkpoint, saved_config, train, TrainOptions, TrainSummary,
 };

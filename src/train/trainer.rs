@@ -12,17 +12,18 @@ use serde_json::json;
 use tch::{nn, Device, Kind, Tensor};
 
 use super::checkpoint::{self, EpochProgress, RunState};
-use super::config::TrainConfig;
+use super::config::{EvalMetric, TrainConfig};
 use super::metrics::MetricsLog;
 use super::optim::{trainable_params, Optimizer, Param};
 use super::progress::Progress;
 use super::schedule::Schedule;
 use crate::bbox::{BoxCoder, RpnCoder};
 use crate::data::{
-    ClassMap, Loader, LoaderConfig, ReadOptions, SetSpec, Shard, TargetEncoder, ThreadPlan,
+    open_dataset, ClassMap, Loader, LoaderConfig, ReadOptions, Shard, TargetEncoder, ThreadPlan,
     VocDataset,
 };
 use crate::dist::{global_normalizer_by, Backend, DistConfig, GradReduction, ProcessGroup};
+use crate::eval::coco::{evaluate_detector_voc_coco, CocoEvalResult};
 use crate::eval::recall::RecallResult;
 use crate::eval::runner::evaluate_proposals;
 use crate::eval::{evaluate_detector, VocEvalConfig, VocEvalResult};
@@ -70,23 +71,28 @@ pub struct TrainSummary {
     pub last: Option<LossStats>,
     /// The last evaluation, when there was one (a detector's VOC mAP).
     pub eval: Option<VocEvalResult>,
+    /// The last COCO evaluation (`--metric coco`), beside `eval` from the same detections.
+    pub coco: Option<CocoEvalResult>,
     /// The last evaluation of a region proposal network (proposal recall).
     pub recall: Option<RecallResult>,
     pub nonfinite_skips: u64,
 }
 
-/// One evaluation of a run: a detector's VOC mAP, or a region proposal network's recall.
+/// One evaluation of a run: a detector's VOC mAP (and with `--metric coco` its COCO AP, from
+/// the same detections), or a region proposal network's recall.
 #[derive(Debug, Clone)]
 enum RunEval {
     Voc(VocEvalResult),
+    Coco(VocEvalResult, Box<CocoEvalResult>),
     Recall(RecallResult),
 }
 
 impl RunEval {
-    /// What `best` maximises: the VOC07 mAP, or AR@1000.
+    /// What `best` maximises: the VOC07 mAP, COCO's AP@[.5:.95], or AR@1000.
     fn score(&self) -> f64 {
         match self {
             RunEval::Voc(r) => r.map_voc07,
+            RunEval::Coco(_, c) => c.stat("AP").unwrap_or(f64::NAN),
             RunEval::Recall(r) => r.ar_1000,
         }
     }
@@ -381,10 +387,11 @@ impl Run {
             self.finish_run(&mut eval)?;
         }
         self.progress.finish();
-        let (eval, recall) = match eval {
-            Some(RunEval::Voc(r)) => (Some(r), None),
-            Some(RunEval::Recall(r)) => (None, Some(r)),
-            None => (None, None),
+        let (eval, coco, recall) = match eval {
+            Some(RunEval::Voc(r)) => (Some(r), None, None),
+            Some(RunEval::Coco(r, c)) => (Some(r), Some(*c), None),
+            Some(RunEval::Recall(r)) => (None, None, Some(r)),
+            None => (None, None, None),
         };
         Ok(TrainSummary {
             out: self.config.out.clone(),
@@ -393,6 +400,7 @@ impl Run {
             interrupted,
             last,
             eval,
+            coco,
             recall,
             nonfinite_skips: self.state.nonfinite_skips,
         })
@@ -666,11 +674,23 @@ impl Run {
         }
     }
 
-    /// Evaluate on the test set (rank 0; the others wait): a detector's VOC mAP, or an RPN's
-    /// proposal recall. Writes `eval.json` and a line in metrics.jsonl (`kind` `eval` or
-    /// `recall`).
+    /// Evaluate on the test set (rank 0; the others wait): a detector's VOC mAP (with
+    /// `--metric coco` also COCO's AP), or an RPN's proposal recall. Writes `eval.json` (and
+    /// `eval_coco.json`) and a line in metrics.jsonl (`kind` `eval` or `recall`).
     fn evaluate(&mut self) -> Result<Option<RunEval>> {
+        let coco = self.config.metric == EvalMetric::Coco;
         let result = match (&self.test_loader, &self.targets) {
+            (Some(loader), Targets::Detection(coder)) if self.main() && coco => {
+                let (voc, coco) = evaluate_detector_voc_coco(
+                    self.model.as_ref(),
+                    coder,
+                    loader,
+                    &self.config.decode,
+                    &VocEvalConfig::default(),
+                    self.device,
+                )?;
+                Some(RunEval::Coco(voc, Box::new(coco)))
+            }
             (Some(loader), Targets::Detection(coder)) if self.main() => {
                 let voc = VocEvalConfig::default();
                 let (result, _) = evaluate_detector(
@@ -713,6 +733,11 @@ impl Run {
                         "map_voc07": r.map_voc07, "map_area": r.map_area,
                     }),
                 )
+            }
+            RunEval::Coco(r, c) => {
+                r.write_json(&path)?;
+                c.write_json(&self.config.out.join("eval_coco.json"))?;
+                coco_eval_line(r, c, iter, epochs_done)
             }
             RunEval::Recall(r) => {
                 r.write_json(&path)?;
@@ -838,8 +863,8 @@ impl TrainData {
         let loader = Loader::new(Arc::new(dataset), encoder.clone(), loader_config)?;
         let test_loader = match (&config.test_sets, place.main()) {
             (Some(sets), true) => {
-                let test = crate::eval::open_for_eval(
-                    &config.data,
+                let test = crate::eval::open_for_eval_from(
+                    &config.data_source(),
                     &sets.split(',').map(str::to_string).collect::<Vec<_>>(),
                     Some(classes.clone()),
                     true,
@@ -873,17 +898,16 @@ fn open_training_set(
         (None, Some(path)) => Some(ClassMap::load(path)?),
         (None, None) => None,
     };
-    let specs = SetSpec::parse_list(&config.sets)?;
     let read = ReadOptions {
         classes,
         ..ReadOptions::default()
     };
-    let (dataset, report) = VocDataset::open(&config.data, &specs, &read)?;
+    let (dataset, report) = open_dataset(&config.data_source(), &config.set_specs()?, &read)?;
     if dataset.is_empty() {
         crate::bail_input!(
             "--data {} --sets {}: no usable images ({})",
             config.data.display(),
-            config.sets,
+            dataset.sets.join(","),
             report.summary_line()
         );
     }
@@ -1088,12 +1112,36 @@ fn prepare_run_folder(
             last_checkpoint(out),
             best_checkpoint(out),
             out.join("eval.json"),
+            out.join("eval_coco.json"),
         ] {
             let _ = std::fs::remove_file(checkpoint::state_json_path(&stale));
             let _ = std::fs::remove_file(&stale);
         }
     }
     MetricsLog::open(&out.join("metrics.jsonl"), options.resume)
+}
+
+/// The log line and the metrics.jsonl record of a `--metric coco` evaluation: COCO's AP,
+/// AP50 and AP75, and the VOC mAP of the same detections.
+fn coco_eval_line(
+    voc: &VocEvalResult,
+    coco: &CocoEvalResult,
+    iter: u64,
+    epochs_done: u64,
+) -> (String, serde_json::Value) {
+    let stat = |name: &str| coco.stat(name).unwrap_or(-1.0);
+    let (ap, ap50, ap75) = (stat("AP"), stat("AP50"), stat("AP75"));
+    (
+        format!(
+            "COCO AP {ap:.4} | AP50 {ap50:.4} | AP75 {ap75:.4} | mAP VOC07 {:.4} ({} images)",
+            voc.map_voc07, voc.n_images
+        ),
+        json!({
+            "kind": "eval", "iter": iter, "epochs_done": epochs_done,
+            "map_voc07": voc.map_voc07, "map_area": voc.map_area,
+            "coco_ap": ap, "coco_ap50": ap50, "coco_ap75": ap75,
+        }),
+    )
 }
 
 /// The line a run starts with: model, data, schedule and the thread split.
@@ -1139,11 +1187,12 @@ fn same_model(a: &serde_json::Value, b: &serde_json::Value) -> bool {
     without_description(a) == without_description(b)
 }
 
-/// Objects per class in the training set (background count 0 first), for static class weights.
+/// Objects per class in the training set (background count 0 first; crowd regions, which are
+/// never positives, not counted), for static class weights.
 fn object_histogram(dataset: &VocDataset, classes: usize, use_difficult: bool) -> Vec<f64> {
     let mut counts = vec![0.0; classes + 1];
     for object in dataset.records.iter().flat_map(|r| &r.objects) {
-        if use_difficult || !object.difficult {
+        if !object.crowd && (use_difficult || !object.difficult) {
             counts[object.class_id + 1] += 1.0;
         }
     }

@@ -215,3 +215,39 @@ pub fn metrics(run: &Path, kind: &str) -> Vec<serde_json::Value> {
         .filter(|v| v["kind"] == kind)
         .collect()
 }
+
+/// Run the `tchcv` binary from the repository root with `args`, then each `(flag, path)`.
+pub fn run_tchcv<P: AsRef<Path>>(args: &[&str], paths: &[(&str, P)]) -> std::process::Output {
+    let mut cmd = Command::new(tchcv_bin());
+    cmd.current_dir(repo()).args(args);
+    for (flag, path) in paths {
+        cmd.arg(flag).arg(path.as_ref());
+    }
+    cmd.output().expect("run tchcv")
+}
+
+/// The stdout of a command that must have succeeded (else a panic with its output).
+pub fn success(out: &std::process::Output, what: &str) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what}: exit {:?}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// `tchcv train` flags for a 2-iteration run of the small SSD on the CPU (batch 8, 1 worker).
+pub const TINY_TRAINING: [&str; 10] = [
+    "--model",
+    "models/ssd_small.json",
+    "--device",
+    "cpu",
+    "--workers",
+    "1",
+    "--batch",
+    "8",
+    "--iters",
+    "2",
+];

@@ -13,8 +13,10 @@
 //! repeat ids, as exports that number each split from 0 do). Boxes become VOC's 1-based inclusive convention
 //! ([`format::coco_box_to_voc`]: `[x + 1, y + 1, x + w, y + h]`, so the pixel box is exactly
 //! `[x, y, x + w, y + h]`); `iscrowd` is [`VocObject::crowd`], `ignore` is
-//! [`VocObject::difficult`] (the flag `tchcv convert` writes for VOC's difficult), `area` is
-//! kept.
+//! [`VocObject::difficult`] (the flag `tchcv convert` writes for VOC's difficult; not kept on
+//! crowd regions, which are ignored anyway), `area` is kept. Crowd regions are never positives:
+//! the anchors matched to one are ignored in training (label -1, see
+//! [`crate::bbox::BoxCoder::encode_with_crowd`]), and COCO's metric treats them as COCO does.
 //!
 //! Problems, reported by annotation id in the instances file: unknown category or image id
 //! (error, annotation skipped), a box without area (warning, dropped) or reaching outside the
@@ -135,7 +137,7 @@ fn place_objects(
         objects.push(VocObject {
             class_id,
             bbox: coco_box_to_voc([c[0], c[1], c[2] - c[0], c[3] - c[1]]),
-            difficult: a.ignore,
+            difficult: a.ignore && !a.iscrowd,
             truncated: false,
             crowd: a.iscrowd,
             area: a.area,

@@ -17,8 +17,8 @@ use crate::bbox::{BoxCoder, DecodeConfig};
 use crate::data::coco::{instances_of, InstancesOptions};
 use crate::data::{Loader, VocDataset};
 use crate::eval::detections::ImageDetections;
-use crate::eval::runner::detect_dataset;
-use crate::eval::voc::Detection;
+use crate::eval::runner::evaluate_detector;
+use crate::eval::voc::{Detection, VocEvalConfig, VocEvalResult};
 use crate::models::Detector;
 
 /// A dataset's COCO ground truth and the maps between its record ids / class indices and the
@@ -137,18 +137,21 @@ impl CocoView {
     }
 }
 
-/// [`detect_dataset`], then COCO's metric against the loader's dataset (crowd regions and
-/// ignored objects as COCO's evaluation treats them). Returns the result and the detections.
-pub fn evaluate_coco_detector(
+/// [`crate::eval::detect_dataset`] once, then both metrics against the loader's dataset: the
+/// VOC evaluation (`voc`; crowd regions flagged difficult) and COCO's (crowd regions and ignored
+/// objects as COCO's evaluation treats them, the data's own image and category ids). Returns
+/// `(voc, coco)`.
+pub fn evaluate_detector_voc_coco(
     model: &dyn Detector,
     coder: &BoxCoder,
     loader: &Loader,
     decode: &DecodeConfig,
+    voc: &VocEvalConfig,
     device: Device,
-) -> Result<(CocoEvalResult, Vec<ImageDetections>)> {
-    let images = detect_dataset(model, coder, loader, decode, device)?;
+) -> Result<(VocEvalResult, CocoEvalResult)> {
+    let (voc_result, images) = evaluate_detector(model, coder, loader, decode, voc, device)?;
     let view = CocoView::of(loader.dataset(), true);
     let detections = view.detections_from_images(&images)?;
-    let result = evaluate(&view.gt, &detections, &CocoParams::default())?.result();
-    Ok((result, images))
+    let coco = evaluate(&view.gt, &detections, &CocoParams::default())?.result();
+    Ok((voc_result, coco))
 }

@@ -64,7 +64,7 @@ pub mod summary;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-pub use dataset::{evaluate_coco_detector, CocoView};
+pub use dataset::{evaluate_detector_voc_coco, CocoView};
 pub use format::{
     check_detections, read_coco_results, write_coco_results, CocoAnnotation, CocoCategory,
     CocoDetection, CocoGroundTruth, CocoImage, CocoIndex,
