@@ -11,7 +11,8 @@ detector, end to end, written for this project.
   torchcv's SSDBoxCoder (tests/reference/box_coder.py `encode`, the spec's anchors);
 - the loss: torchcv's SSDLoss (bench/loss_reference.py: double-sort hard negative mining 3:1,
   Smooth-L1 on positives, divided by the batch's positives);
-- the optimizer: torch.optim.SGD / Adam / AdamW (foreach, set_to_none, their defaults), the
+- the optimizer: torch.optim.SGD / Adam / AdamW with their defaults (zero_grad set_to_none; on
+  the CPU torch 2.11 picks the for-loop implementation, on CUDA foreach: what a user gets), the
   learning rate set every iteration from tchcv's schedule (linear warm-up from
   `warmup_factor * lr`, then constant, cosine or steps: src/train/schedule.rs);
 - one log line per `--log-every` iterations (loc and cls loss per positive, as torchcv printed);

@@ -4,7 +4,9 @@
 //! broken instances files (a counted problem, or exit 2 naming the file and the annotation id);
 //! crowd regions give ignored anchors (-1), never positives; `tchcv train --metric coco` and
 //! `tchcv eval --metric coco` run on the COCO copy; the shared VOC datasets convert and check
-//! alike. Converted data lives under `target/test-scratch` only.
+//! alike; boxes under one pixel are dropped (counted) and negative areas dropped (counted), so
+//! evaluation and conversion work; sets that repeat image ids keep every record apart; a
+//! category id with none above it for a new class exits 2 naming the file. Converted data lives under `target/test-scratch` only.
 
 mod common;
 
@@ -388,9 +390,26 @@ fn spec(path: &str) -> ModelSpec {
 
 #[test]
 fn crowd_regions_give_ignored_anchors_not_positives() {
+    // Detectron's rule, recomputed here: crowd regions are not matched (the object's targets
+    // are those of the object alone, even where the crowd overlaps it), and a background
+    // anchor with at least 0.7 of its area inside a crowd region is ignored (-1).
+    let inside = |a: &[f32; 4], c: &[f32; 4]| {
+        let w = (a[2].min(c[2]) - a[0].max(c[0])).max(0.0);
+        let h = (a[3].min(c[3]) - a[1].max(c[1])).max(0.0);
+        let area = (a[2] - a[0]) * (a[3] - a[1]);
+        area > 0.0 && w * h / area >= 0.7
+    };
+    let expected = |alone: &[i64], anchors: &[[f32; 4]], crowd: &[f32; 4]| -> Vec<i64> {
+        alone
+            .iter()
+            .zip(anchors)
+            .map(|(&l, a)| if l == 0 && inside(a, crowd) { -1 } else { l })
+            .collect()
+    };
     let coder = BoxCoder::from_spec(&spec("models/ssd_small.json")).unwrap();
+    let anchors = &coder.host_anchors().xyxy;
     let object = [10.0, 12.0, 50.0, 60.0];
-    let crowd = [90.0, 80.0, 150.0, 140.0];
+    let crowd = [30.0, 40.0, 150.0, 140.0];
     let plain = coder.encode(&[object, crowd], &[0, 3]).unwrap();
     let flagged = coder
         .encode_with_crowd(&[object, crowd], &[0, 3], &[false, true])
@@ -402,47 +421,37 @@ fn crowd_regions_give_ignored_anchors_not_positives() {
         host(&flagged.cls_targets),
         host(&alone.cls_targets),
     );
-    let crowd_anchors: Vec<usize> = (0..plain_cls.len())
-        .filter(|&a| plain_cls[a] == 4)
-        .collect();
     assert!(
-        !crowd_anchors.is_empty(),
-        "the crowd box should own anchors"
+        plain_cls.contains(&4),
+        "unflagged, the crowd box owns anchors"
     );
-    for a in 0..flagged_cls.len() {
-        if crowd_anchors.contains(&a) {
-            assert_eq!(
-                flagged_cls[a], -1,
-                "anchor {a}: matched to the crowd region"
-            );
-        } else {
-            assert_eq!(
-                flagged_cls[a], alone_cls[a],
-                "anchor {a}: the object's targets changed"
-            );
-        }
-    }
-    assert!(!flagged_cls.contains(&4), "a crowd region made a positive");
-    assert_eq!(flagged.num_pos_per_box[1], 0);
-    let zero = flagged.loc_targets.index_select(
-        0,
-        &tch::Tensor::from_slice(&crowd_anchors.iter().map(|&a| a as i64).collect::<Vec<_>>()),
+    let want = expected(&alone_cls, anchors, &crowd);
+    assert!(want.contains(&-1) && want.contains(&1) && want.contains(&0));
+    assert_eq!(flagged_cls, want, "SSD labels with a crowd region");
+    assert_eq!(flagged.num_pos_per_box, vec![alone.num_pos_per_box[0], 0]);
+    assert_eq!(
+        Vec::<f32>::try_from(flagged.loc_targets.view([-1])).unwrap(),
+        Vec::<f32>::try_from(alone.loc_targets.view([-1])).unwrap(),
+        "the object's box targets, and none for the crowd"
     );
-    assert_eq!(zero.abs().sum(tch::Kind::Float).double_value(&[]), 0.0);
-    // Through the loader's target encoder, and for the RPN's labels.
+    // Through the loader's target encoder: a crowd region alone gives no positive.
     let encoder: &dyn TargetEncoder = &coder;
     let (_, cls) = encoder.encode_with_crowd(&[crowd], &[3], &[true]).unwrap();
-    let cls = host(&cls);
-    assert!(cls.iter().all(|&c| c <= 0) && cls.contains(&-1));
+    let no_object = vec![0i64; anchors.len()];
+    assert_eq!(host(&cls), expected(&no_object, anchors, &crowd));
+    // The RPN's labels.
     let rpn = RpnCoder::from_spec(&spec("models/rpn_small.json")).unwrap();
-    let big = [20.0, 20.0, 140.0, 140.0];
-    let labels = rpn.label(&[big]).unwrap().labels;
-    let ignored = rpn.label_with_crowd(&[big], &[true]).unwrap();
-    assert!(labels.contains(&1));
-    assert!(!ignored.labels.contains(&1));
-    for (a, (&l, &i)) in labels.iter().zip(&ignored.labels).enumerate() {
-        assert_eq!(i, if l == 1 { -1 } else { l }, "RPN anchor {a}");
-    }
+    let rpn_anchors = &rpn.host_anchors().xyxy;
+    let alone = rpn.label(&[object]).unwrap();
+    let flagged = rpn
+        .label_with_crowd(&[object, crowd], &[false, true])
+        .unwrap();
+    assert!(rpn.label(&[crowd]).unwrap().labels.contains(&1));
+    let want = expected(&alone.labels, rpn_anchors, &crowd);
+    assert!(want.contains(&-1) && want.contains(&1));
+    assert_eq!(flagged.labels, want, "RPN labels with a crowd region");
+    assert_eq!(flagged.matched_gt, alone.matched_gt);
+    assert_eq!(flagged.regression_targets, alone.regression_targets);
 }
 
 #[test]
@@ -619,4 +628,296 @@ fn shared_datasets_convert_and_check_identically() {
             "{name}: {counts:?}"
         );
     }
+}
+
+// ---- boxes under one pixel, negative areas, repeated image ids, category ids ----
+
+/// `tchcv check-data` of `file` (images in `images`; `extra` arguments): its exit code and the
+/// JSON report.
+fn check_data_json(file: &Path, images: &Path, extra: &[(&str, &Path)]) -> (Option<i32>, Value) {
+    let json_out = file.with_file_name("report.json");
+    let mut paths = vec![
+        ("--data", file),
+        ("--images", images),
+        ("--json", &json_out),
+    ];
+    paths.extend_from_slice(extra);
+    let out = tchcv(&["check-data"], &paths);
+    (out.status.code(), instances(&json_out))
+}
+
+/// The details of the problems of kind `kind` in a check-data report (each with its file).
+fn details(report: &Value, kind: &str) -> Vec<String> {
+    let problems = report["problems"].as_array().unwrap();
+    problems
+        .iter()
+        .filter(|p| p["kind"] == json!(kind))
+        .map(|p| format!("{} {}", p["file"], p["detail"]))
+        .collect()
+}
+
+/// A COCO results file in `dir` holding each annotation box of `gt` as a detection (score 1,
+/// the data's own ids).
+fn perfect_results(dir: &Path, gt: &Value) -> PathBuf {
+    let results: Vec<Value> = gt["annotations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            json!({"image_id": a["image_id"], "category_id": a["category_id"],
+                   "bbox": a["bbox"], "score": 1.0})
+        })
+        .collect();
+    let path = dir.join("results.json");
+    std::fs::write(&path, Value::from(results).to_string()).unwrap();
+    path
+}
+
+/// `tchcv eval --metric coco` of the results file `results` on `data` (set `sets`): COCO AP.
+fn coco_ap(data: &Path, images: Option<&Path>, sets: &str, results: &Path) -> f64 {
+    let json_out = results.with_file_name("coco_eval.json");
+    let mut paths = vec![
+        ("--data", data),
+        ("--detections", results),
+        ("--json", &json_out),
+    ];
+    if let Some(images) = images {
+        paths.push(("--images", images));
+    }
+    let args = ["eval", "--sets", sets, "--metric", "coco"];
+    ok(&tchcv(&args, &paths), "tchcv eval --metric coco");
+    instances(&json_out)["stats"][0]["value"].as_f64().unwrap()
+}
+
+#[test]
+fn boxes_under_one_pixel_are_dropped_and_eval_and_convert_work() {
+    let gt = json!({
+        "images": [image(1, "img0.jpg"), image(2, "img1.jpg")],
+        "annotations": [
+            ann(30, 1, 3, [10.0, 10.0, 20.0, 20.0]),
+            ann(31, 1, 3, [5.0, 5.0, 0.5, 10.0]),
+            ann(32, 2, 7, [20.0, 20.0, 10.0, 0.25]),
+            ann(33, 2, 7, [30.5, 30.25, 20.0, 20.5]),
+            ann(34, 2, 3, [95.5, 10.0, 10.0, 10.0]),
+        ],
+        "categories": categories(),
+    });
+    let (file, images) = broken_case("data_coco_sub_pixel", &gt);
+    let (code, report) = check_data_json(&file, &images, &[]);
+    assert_eq!(code, Some(0), "warnings only: {report}");
+    let dropped = details(&report, "degenerate-box");
+    assert_eq!(dropped.len(), 3, "{dropped:?}");
+    for id in [31, 32, 34] {
+        let needle = format!("annotation id {id}");
+        assert!(
+            dropped
+                .iter()
+                .any(|d| d.contains(&needle) && d.contains("instances.json")),
+            "no {needle} in {dropped:?}"
+        );
+    }
+    assert_eq!(report["objects"], json!(2), "{report}");
+    // Every box kept is a valid VOC box, and the kept ones are exactly as given.
+    let source = DataSource {
+        root: file.clone(),
+        format: None,
+        images: Some(images.clone()),
+    };
+    let (ds, _) = open_dataset(&source, &[], &ReadOptions::default()).unwrap();
+    let boxes: Vec<[f32; 4]> = ds
+        .records
+        .iter()
+        .flat_map(|r| r.objects.iter().map(|o| o.bbox))
+        .collect();
+    assert_eq!(
+        boxes,
+        vec![[11.0, 11.0, 30.0, 30.0], [31.5, 31.25, 50.5, 50.75]]
+    );
+    // The evaluation (both metrics) runs on it; perfect detections score 1.
+    let mut kept = gt.clone();
+    kept["annotations"] = json!([gt["annotations"][0], gt["annotations"][3]]);
+    let results = perfect_results(file.parent().unwrap(), &kept);
+    let paths = [
+        ("--data", file.as_path()),
+        ("--images", &images),
+        ("--detections", &results),
+    ];
+    let stdout = ok(
+        &tchcv(&["eval", "--sets", "instances"], &paths),
+        "tchcv eval",
+    );
+    assert!(stdout.contains("mAP"), "{stdout}");
+    let ap = coco_ap(&file, Some(&images), "instances", &results);
+    assert!(ap > 0.99, "COCO AP {ap}");
+    // Converted to VOC: no inverted box; the VOC copy reads without a problem but the image
+    // without objects.
+    let out = common::scratch("data_coco_sub_pixel_voc");
+    let args = ["convert", "--to", "voc"];
+    let paths = [
+        ("--data", file.as_path()),
+        ("--images", &images),
+        ("--out", &out),
+    ];
+    ok(&tchcv(&args, &paths), "tchcv convert --to voc");
+    let back = open(&out, "instances");
+    let back_boxes: Vec<[f32; 4]> = back
+        .records
+        .iter()
+        .flat_map(|r| r.objects.iter().map(|o| o.bbox))
+        .collect();
+    assert_eq!(back_boxes, boxes);
+    let json_out = out.join("report.json");
+    let args = ["check-data", "--sets", "instances"];
+    let run = tchcv(&args, &[("--data", &out), ("--json", &json_out)]);
+    assert_eq!(run.status.code(), Some(0));
+    let counts = &instances(&json_out)["problem_counts"];
+    assert!(counts.get("degenerate-box").is_none(), "{counts}");
+}
+
+#[test]
+fn a_negative_area_is_a_counted_problem_and_dropped() {
+    let mut gt = json!({
+        "images": [image(1, "img0.jpg")],
+        "annotations": [
+            ann(41, 1, 3, [10.0, 10.0, 20.0, 20.0]),
+            ann(42, 1, 7, [40.0, 40.0, 30.0, 30.0]),
+        ],
+        "categories": categories(),
+    });
+    gt["annotations"][0]["area"] = json!(-5.0);
+    gt["annotations"][1]["area"] = json!(700.0);
+    let (file, images) = broken_case("data_coco_negative_area", &gt);
+    let (code, report) = check_data_json(&file, &images, &[]);
+    assert_eq!(code, Some(0), "a warning: {report}");
+    let bad = details(&report, "bad-area");
+    assert_eq!(bad.len(), 1, "{report}");
+    assert!(
+        bad[0].contains("instances.json") && bad[0].contains("annotation id 41"),
+        "{bad:?}"
+    );
+    let source = DataSource {
+        root: file.clone(),
+        format: None,
+        images: Some(images.clone()),
+    };
+    let (ds, _) = open_dataset(&source, &[], &ReadOptions::default()).unwrap();
+    let areas: Vec<Option<f64>> = ds.records[0].objects.iter().map(|o| o.area).collect();
+    assert_eq!(areas, vec![None, Some(700.0)]);
+    // The COCO metric scores it (the box's area stands in for the dropped one).
+    let results = perfect_results(file.parent().unwrap(), &gt);
+    let ap = coco_ap(&file, Some(&images), "instances", &results);
+    assert!(ap > 0.99, "COCO AP {ap}");
+}
+
+/// A standard COCO layout in scratch folder `name` with sets `a` and `b`, both numbering their
+/// two images from 1 (different image files); returns the root and each set's instances.
+fn two_sets_from_one(name: &str) -> (PathBuf, Value, Value) {
+    let (_, pool) = broken_case(&format!("{name}_pool"), &json!({}));
+    let root = common::scratch(name);
+    std::fs::create_dir_all(root.join("annotations")).unwrap();
+    let a = json!({
+        "images": [image(1, "a0.jpg"), image(2, "a1.jpg")],
+        "annotations": [
+            ann(1, 1, 3, [10.0, 10.0, 30.0, 30.0]),
+            ann(2, 2, 7, [40.0, 40.0, 30.0, 30.0]),
+        ],
+        "categories": categories(),
+    });
+    let b = json!({
+        "images": [image(1, "b0.jpg"), image(2, "b1.jpg")],
+        "annotations": [
+            ann(1, 1, 7, [50.0, 10.0, 30.0, 30.0]),
+            ann(2, 2, 3, [5.0, 50.0, 20.0, 20.0]),
+        ],
+        "categories": categories(),
+    });
+    for (set, gt, offset) in [("a", &a, 0), ("b", &b, 2)] {
+        let dir = root.join(set);
+        std::fs::create_dir_all(&dir).unwrap();
+        for k in 0..2 {
+            let from = pool.join(format!("img{}.jpg", k + offset));
+            std::fs::copy(from, dir.join(format!("{set}{k}.jpg"))).unwrap();
+        }
+        let path = root.join(format!("annotations/instances_{set}.json"));
+        std::fs::write(path, gt.to_string()).unwrap();
+    }
+    (root, a, b)
+}
+
+#[test]
+fn sets_that_repeat_image_ids_keep_every_record_apart() {
+    use tchcv::eval::coco::{self as metric, CocoParams, CocoView};
+    use tchcv::eval::voc::{Detection, VocEvalConfig};
+    let (root, a, _) = two_sets_from_one("data_coco_repeated_ids");
+    let both = open(&root, "a,b");
+    let ids: Vec<&str> = both.records.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["a/1", "a/2", "b/1", "b/2"]);
+    let coco_ids: Vec<_> = both.records.iter().map(|r| r.coco_id).collect();
+    assert_eq!(coco_ids, [Some(1), Some(2), Some(1), Some(2)]);
+    let alone = open(&root, "a");
+    let ids: Vec<&str> = alone.records.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["1", "2"], "one set keeps the plain image ids");
+    // Perfect detections score 1 by both metrics: no record takes another's ground truth.
+    let detections: Vec<Detection> = both
+        .records
+        .iter()
+        .flat_map(|r| {
+            r.objects.iter().map(|o| Detection {
+                image_id: r.id.clone(),
+                class: o.class_id,
+                score: 1.0,
+                bbox: o.bbox,
+            })
+        })
+        .collect();
+    let classes = both.classes.names().to_vec();
+    let gt = tchcv::eval::ground_truth_of(&both, false);
+    let voc = tchcv::eval::evaluate(&classes, &gt, &detections, &VocEvalConfig::default());
+    let map = voc.unwrap().map_voc07;
+    assert!((map - 1.0).abs() < 1e-9, "VOC07 mAP {map}");
+    let view = CocoView::of(&both, false).unwrap();
+    let images: Vec<i64> = view.gt.images.iter().map(|i| i.id).collect();
+    assert_eq!(images, [1, 2, 3, 4], "each record its own COCO image");
+    let results = view.detections_from_voc(&detections).unwrap();
+    let coco = metric::evaluate(&view.gt, &results, &CocoParams::default()).unwrap();
+    assert!(
+        coco.result().stats[0].value > 0.99,
+        "{:?}",
+        coco.result().stats
+    );
+    // The CLI: devkit results files of both sets, and a results file with set a's own ids.
+    let dets = common::scratch("data_coco_repeated_ids_dets");
+    tchcv::eval::write_voc_results(&dets, "", &classes, &detections).unwrap();
+    let paths = [("--data", root.as_path()), ("--detections", &dets)];
+    let stdout = ok(&tchcv(&["eval", "--sets", "a,b"], &paths), "eval a,b");
+    assert!(stdout.contains("mAP"), "{stdout}");
+    let results = perfect_results(&dets, &a);
+    let ap = coco_ap(&root, None, "a", &results);
+    assert!(ap > 0.99, "COCO AP on set a with its own ids: {ap}");
+}
+
+#[test]
+fn a_category_id_without_one_above_it_exits_2_naming_the_file() {
+    let gt = json!({
+        "images": [image(1, "img0.jpg")],
+        "annotations": [ann(51, 1, i64::MAX, [10.0, 10.0, 20.0, 20.0])],
+        "categories": [{"id": i64::MAX, "name": "circle"}],
+    });
+    let (file, images) = broken_case("data_coco_category_overflow", &gt);
+    // The id itself is fine.
+    let (code, report) = check_data_json(&file, &images, &[]);
+    assert_eq!(code, Some(0), "{report}");
+    // A class that needs a fresh id above it is bad input.
+    let classes = file.with_file_name("classes.txt");
+    std::fs::write(&classes, "circle\nsquare\n").unwrap();
+    let paths = [
+        ("--data", file.as_path()),
+        ("--images", &images),
+        ("--classes", &classes),
+    ];
+    let out = tchcv(&["check-data"], &paths);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("instances.json"), "{stderr}");
+    assert!(stderr.contains(&i64::MAX.to_string()), "{stderr}");
 }

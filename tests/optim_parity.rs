@@ -68,7 +68,7 @@ fn run(opt: &mut Optimizer, c: &Case, steps: std::ops::Range<usize>) {
             }
             grad.copy_(g);
         }
-        opt.step(c.lrs[s]);
+        opt.step(c.lrs[s]).unwrap();
     }
 }
 

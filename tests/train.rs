@@ -400,6 +400,20 @@ fn bad_input_gets_a_clear_error() {
         ]),
         "resume with a re-described spec",
     );
+    // `best` is the highest of one metric: resuming with the other one is refused.
+    expect_error(
+        &[
+            "train",
+            "--resume",
+            "--out",
+            s(&out),
+            "--iters",
+            "3",
+            "--metric",
+            "coco",
+        ],
+        &["--metric voc", "--metric coco", "unlike scores"],
+    );
     expect_error(
         &["train", "--resume", "--out", "/nonexistent/run"],
         &["no checkpoint to resume from"],

@@ -166,7 +166,7 @@ fn time_both(
         })?;
         optimizer.zero_grad();
         total.backward();
-        optimizer.step(1e-4);
+        optimizer.step(1e-4)?;
         crate::device::synchronize(device);
         Ok(())
     })?;

@@ -78,8 +78,8 @@ impl EncodeStats {
 struct GroundTruth {
     boxes: Vec<[f32; 4]>,
     labels: Vec<i64>,
-    /// Crowd regions among `boxes`: the anchors they are matched to are ignored (-1).
-    crowd: Vec<bool>,
+    /// Crowd regions (not in `boxes`: never matched), see [`ops::ignore_inside_crowd`].
+    crowd: Vec<[f32; 4]>,
     /// The input index of each kept box.
     input_index: Vec<usize>,
     /// Input indices of dropped (degenerate) boxes.
@@ -101,7 +101,7 @@ impl GroundTruth {
         let mut gt = GroundTruth {
             boxes: Vec::with_capacity(boxes.len()),
             labels: Vec::with_capacity(boxes.len()),
-            crowd: Vec::with_capacity(boxes.len()),
+            crowd: Vec::new(),
             input_index: Vec::with_capacity(boxes.len()),
             dropped: Vec::new(),
         };
@@ -116,10 +116,11 @@ impl GroundTruth {
             }
             if ops::is_degenerate(b) {
                 gt.dropped.push(i);
+            } else if crowd.get(i).copied().unwrap_or(false) {
+                gt.crowd.push(*b);
             } else {
                 gt.boxes.push(*b);
                 gt.labels.push(label);
-                gt.crowd.push(crowd.get(i).copied().unwrap_or(false));
                 gt.input_index.push(i);
             }
         }
@@ -199,9 +200,11 @@ impl BoxCoder {
     }
 
     /// [`Self::encode_into`] with crowd regions: `crowd` `[G]` (or empty: none) flags the boxes
-    /// that are crowd regions (COCO `iscrowd`). They take part in the matching like any box, but
-    /// the anchors matched to one are ignored (`cls -1`, loc targets 0, counted in
-    /// `num_ignored`), never positives; a crowd box owns no anchor in `num_pos_per_box`.
+    /// that are crowd regions (COCO `iscrowd`). As in Detectron, they are left out of the
+    /// matching (they take no anchor from an object and are never positives), and a background
+    /// anchor lying at least [`ops::CROWD_IOA`] of its area inside a crowd box is ignored (`cls
+    /// -1`, loc targets 0, counted in `num_ignored`) rather than a negative for the mining; a
+    /// crowd box owns no anchor in `num_pos_per_box`.
     pub fn encode_into_with_crowd(
         &self,
         boxes: &[[f32; 4]],
@@ -227,15 +230,29 @@ impl BoxCoder {
         };
         loc_out.fill(0.0);
         cls_out.fill(0);
-        if gt.boxes.is_empty() {
-            return Ok(stats);
+        if !gt.boxes.is_empty() {
+            self.assign(&gt, loc_out, cls_out, &mut stats);
         }
+        let inside_crowd =
+            ops::ignore_inside_crowd(&self.anchors.xyxy, &self.anchor_areas, &gt.crowd, cls_out);
+        stats.num_ignored += inside_crowd as i64;
+        Ok(stats)
+    }
+
+    /// Match the anchors to `gt`'s (non-crowd) boxes and write their targets.
+    fn assign(
+        &self,
+        gt: &GroundTruth,
+        loc_out: &mut [f32],
+        cls_out: &mut [i64],
+        stats: &mut EncodeStats,
+    ) {
         let ious = IouTable::new(&self.anchors.xyxy, &self.anchor_areas, &gt.boxes);
         let matched = self.matcher.assign(&ious);
         let gt_cxcywh: Vec<[f32; 4]> = gt.boxes.iter().map(ops::to_cxcywh).collect();
         let [v_xy, v_wh] = self.variance_pair();
         for (a, &m) in matched.iter().enumerate() {
-            if m == IGNORED || (m >= 0 && gt.crowd[m as usize]) {
+            if m == IGNORED {
                 cls_out[a] = -1;
                 stats.num_ignored += 1;
                 continue;
@@ -253,7 +270,6 @@ impl BoxCoder {
             cls_out[a] = gt.labels[m as usize] + 1;
             stats.num_pos_per_box[gt.input_index[m as usize]] += 1;
         }
-        Ok(stats)
     }
 
     /// Encode one image: boxes `[G]` xyxy in model-input pixels, labels `[G]` 0-based.
@@ -261,8 +277,8 @@ impl BoxCoder {
         self.encode_with_crowd(boxes, labels, &[])
     }
 
-    /// [`Self::encode`] with `crowd` `[G]` flags (empty: none): anchors matched to a crowd
-    /// region are ignored (-1), see [`Self::encode_into_with_crowd`].
+    /// [`Self::encode`] with `crowd` `[G]` flags (empty: none): crowd regions are not matched,
+    /// and background anchors inside one are ignored (-1), see [`Self::encode_into_with_crowd`].
     pub fn encode_with_crowd(
         &self,
         boxes: &[[f32; 4]],

@@ -39,6 +39,46 @@ pub fn iou_with_areas(a: &[f32; 4], area_a: f32, b: &[f32; 4], area_b: f32) -> f
     }
 }
 
+/// The share of an anchor's area inside a crowd region at which the anchor is ignored instead of
+/// being a negative: Detectron's `CROWD_FILTER_THRESH` (0.7, there for its RoIs).
+pub const CROWD_IOA: f32 = 0.7;
+
+/// Intersection of xyxy boxes `a` and `b` over `a`'s area `area_a` (COCO's IoU with a crowd
+/// region, as seen from `a`); 0 when `a` has no area.
+pub fn ioa(a: &[f32; 4], area_a: f32, b: &[f32; 4]) -> f32 {
+    let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    if area_a > 0.0 {
+        w * h / area_a
+    } else {
+        0.0
+    }
+}
+
+/// Crowd regions in training, as Detectron treats them: they are not matched to anchors, and a
+/// background anchor (label 0) whose area lies at least [`CROWD_IOA`] inside some crowd box is
+/// ignored (label set to -1) instead of being a negative. anchors `[A]` xyxy with their
+/// `areas` `[A]`, crowd `[K]` xyxy, labels `[A]` (0 background, -1 ignored, > 0 positive).
+/// Returns how many anchors it ignored.
+pub fn ignore_inside_crowd(
+    anchors: &[[f32; 4]],
+    areas: &[f32],
+    crowd: &[[f32; 4]],
+    labels: &mut [i64],
+) -> usize {
+    if crowd.is_empty() {
+        return 0;
+    }
+    let mut ignored = 0;
+    for ((a, &area), label) in anchors.iter().zip(areas).zip(labels.iter_mut()) {
+        if *label == 0 && crowd.iter().any(|c| ioa(a, area, c) >= CROWD_IOA) {
+            *label = -1;
+            ignored += 1;
+        }
+    }
+    ignored
+}
+
 /// IoU of two xyxy boxes; 0 for degenerate pairs, never NaN.
 pub fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
     iou_with_areas(a, area(a), b, area(b))

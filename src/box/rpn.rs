@@ -110,14 +110,18 @@ struct Usable {
     input_index: Vec<usize>,
     /// Input indices of the dropped (degenerate) boxes.
     dropped: Vec<usize>,
+    /// The crowd regions (not in `boxes`: never matched), see [`ops::ignore_inside_crowd`].
+    crowd: Vec<[f32; 4]>,
 }
 
-/// The usable GT boxes of one image: finite (else bad input), degenerate ones dropped.
-fn usable_boxes(boxes: &[[f32; 4]]) -> Result<Usable> {
+/// The usable GT boxes of one image: finite (else bad input), degenerate ones dropped, crowd
+/// regions (`crowd` `[G]` flags, or empty: none) set apart.
+fn usable_boxes(boxes: &[[f32; 4]], crowd: &[bool]) -> Result<Usable> {
     let mut out = Usable {
         boxes: Vec::with_capacity(boxes.len()),
         input_index: Vec::with_capacity(boxes.len()),
         dropped: Vec::new(),
+        crowd: Vec::new(),
     };
     for (i, b) in boxes.iter().enumerate() {
         if !b.iter().all(|x| x.is_finite()) {
@@ -125,6 +129,8 @@ fn usable_boxes(boxes: &[[f32; 4]]) -> Result<Usable> {
         }
         if ops::is_degenerate(b) {
             out.dropped.push(i);
+        } else if crowd.get(i).copied().unwrap_or(false) {
+            out.crowd.push(*b);
         } else {
             out.boxes.push(*b);
             out.input_index.push(i);
@@ -201,9 +207,10 @@ impl RpnCoder {
         self.label_with_crowd(boxes, &[])
     }
 
-    /// [`Self::label`] with `crowd` `[G]` flags (empty: none): a crowd region is matched like
-    /// any box, but the anchors it would make positive are ignored (-1, no regression target,
-    /// `matched_gt` -1), never positives.
+    /// [`Self::label`] with `crowd` `[G]` flags (empty: none): as in Detectron, crowd regions
+    /// are left out of the matching (never positives, they take no anchor from an object), and a
+    /// negative anchor lying at least [`ops::CROWD_IOA`] of its area inside one is ignored (-1)
+    /// rather than a negative the sampler (or `hard`'s OHEM) could pick.
     pub fn label_with_crowd(&self, boxes: &[[f32; 4]], crowd: &[bool]) -> Result<AnchorTargets> {
         if !(crowd.is_empty() || crowd.len() == boxes.len()) {
             crate::bail_input!(
@@ -212,13 +219,13 @@ impl RpnCoder {
                 crowd.len()
             );
         }
-        let is_crowd = |input: usize| crowd.get(input).copied().unwrap_or(false);
         let a = self.coder.num_anchors() as usize;
         let Usable {
             boxes: gt,
             input_index,
             dropped,
-        } = usable_boxes(boxes)?;
+            crowd,
+        } = usable_boxes(boxes, crowd)?;
         let mut out = AnchorTargets {
             labels: vec![NEGATIVE; a],
             max_iou: vec![0.0; a],
@@ -226,18 +233,25 @@ impl RpnCoder {
             regression_targets: vec![0.0; 4 * a],
             dropped,
         };
-        if gt.is_empty() {
-            return Ok(out);
-        }
         let anchors = &self.coder.host_anchors().xyxy;
-        let ious = IouTable::new(anchors, &self.anchor_areas, &gt);
+        if !gt.is_empty() {
+            self.assign(&gt, &input_index, &mut out);
+        }
+        ops::ignore_inside_crowd(anchors, &self.anchor_areas, &crowd, &mut out.labels);
+        Ok(out)
+    }
+
+    /// Match the anchors to the (non-crowd, usable) boxes `gt` and write labels, max IoU, the
+    /// matched input box and regression targets into `out`.
+    fn assign(&self, gt: &[[f32; 4]], input_index: &[usize], out: &mut AnchorTargets) {
+        let anchors = &self.coder.host_anchors().xyxy;
+        let ious = IouTable::new(anchors, &self.anchor_areas, gt);
         out.max_iou = ious.best_gt_per_anchor().0;
         let matched = self.coder.matcher().assign(&ious);
         for (i, &m) in matched.iter().enumerate() {
             match m {
                 IGNORED => out.labels[i] = IGNORE,
                 BACKGROUND => {}
-                g if is_crowd(input_index[g as usize]) => out.labels[i] = IGNORE,
                 g => {
                     let g = g as usize;
                     out.labels[i] = POSITIVE;
@@ -247,7 +261,6 @@ impl RpnCoder {
                 }
             }
         }
-        Ok(out)
     }
 
     /// Label a batch: per image `[G_i]` xyxy boxes -> labels `[N, A]` i64 (1, 0, -1 as

@@ -199,7 +199,7 @@ fn run_checkpoint(args: &Args, checkpoint: &Path) -> Result<Detected> {
         images,
         classes: trained.classes.names().to_vec(),
         ground_truth: eval::ground_truth_of(loader.dataset(), true),
-        coco: CocoView::of(loader.dataset(), true),
+        coco: CocoView::of(loader.dataset(), true)?,
         device: tchcv::device::device_name(device),
     })
 }
@@ -397,7 +397,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 detections: detections.clone(),
                 classes: dataset.classes.names().to_vec(),
                 ground_truth: eval::ground_truth_of(&dataset, false),
-                coco: CocoView::of(&dataset, false),
+                coco: CocoView::of(&dataset, false)?,
             }
         }
         _ => tchcv::bail_input!("give --data and --sets with --detections or --checkpoint"),

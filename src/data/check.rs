@@ -51,8 +51,11 @@ pub enum ProblemKind {
     DuplicateId,
     /// A box reaches outside the image; it is clipped to the image.
     BoxClipped,
-    /// A box has `xmax <= xmin` or `ymax <= ymin` (after clipping); it is dropped.
+    /// A box has `xmax <= xmin` or `ymax <= ymin` (after clipping; COCO: a side under one
+    /// pixel, as given or inside the image); it is dropped.
     DegenerateBox,
+    /// An annotation's `area` (COCO) is negative; it is dropped, and the box's area is used.
+    BadArea,
     /// An image has no (usable) objects; it is kept as background-only.
     NoObjects,
     /// `<size>` differs from the real image; the real size is used and boxes are clipped to it.
@@ -73,9 +76,8 @@ impl ProblemKind {
         match self {
             MissingAnnotation | MalformedXml | BadObject | UnknownClass | MissingImage
             | CorruptImage | TruncatedImage => Severity::Error,
-            DuplicateId | BoxClipped | DegenerateBox | NoObjects | SizeMismatch | MissingSize => {
-                Severity::Warning
-            }
+            DuplicateId | BoxClipped | DegenerateBox | BadArea | NoObjects | SizeMismatch
+            | MissingSize => Severity::Warning,
             ExifOrientation | ConvertedColor | NotJpeg => Severity::Note,
         }
     }

@@ -174,7 +174,7 @@ fn write_coco(
         let images_dir = out.join(&name);
         std::fs::create_dir_all(&images_dir)
             .with_context(|| format!("creating {}", images_dir.display()))?;
-        let mut gt = instances_of(ds, &InstancesOptions::default());
+        let mut gt = instances_of(ds, &InstancesOptions::default())?;
         let image_offset: usize = written.iter().map(|s| s.images).sum();
         let object_offset: usize = written.iter().map(|s| s.objects).sum();
         for (image, record) in gt.images.iter_mut().zip(&ds.records) {

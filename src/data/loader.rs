@@ -40,8 +40,8 @@ pub trait TargetEncoder: Send + Sync {
     fn encode(&self, boxes: &[[f32; 4]], labels: &[i64]) -> Result<(Tensor, Tensor)>;
 
     /// [`Self::encode`] with `crowd` `[K]` flags: a crowd region (COCO `iscrowd`) is never a
-    /// positive; the box coders ignore the anchors matched to one (cls -1). This default leaves
-    /// crowd regions out of the encoding (their anchors become background).
+    /// positive; the box coders also ignore (cls -1) the background anchors inside one. This
+    /// default leaves crowd regions out of the encoding (their anchors stay background).
     fn encode_with_crowd(
         &self,
         boxes: &[[f32; 4]],

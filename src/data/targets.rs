@@ -19,8 +19,8 @@ impl TargetEncoder for BoxCoder {
         Ok((encoded.loc_targets, encoded.cls_targets))
     }
 
-    /// As [`TargetEncoder::encode`], the anchors matched to a crowd region (`crowd` `[K]`)
-    /// ignored: cls -1 ([`BoxCoder::encode_with_crowd`]).
+    /// As [`TargetEncoder::encode`] with crowd regions (`crowd` `[K]` flags): not matched, and
+    /// the background anchors inside one ignored: cls -1 ([`BoxCoder::encode_with_crowd`]).
     fn encode_with_crowd(
         &self,
         boxes: &[[f32; 4]],
@@ -46,8 +46,8 @@ impl TargetEncoder for crate::bbox::RpnCoder {
         Ok((targets.regression_targets_tensor(), targets.labels_tensor()))
     }
 
-    /// As [`TargetEncoder::encode`], the anchors a crowd region (`crowd` `[K]`) would make
-    /// positive ignored: -1 ([`crate::bbox::RpnCoder::label_with_crowd`]).
+    /// As [`TargetEncoder::encode`] with crowd regions (`crowd` `[K]` flags): not matched, and
+    /// the negative anchors inside one ignored: -1 ([`crate::bbox::RpnCoder::label_with_crowd`]).
     fn encode_with_crowd(
         &self,
         boxes: &[[f32; 4]],

@@ -3,13 +3,15 @@
 //! Boxes stay in the annotation's own convention (VOC: 1-based inclusive pixels), which is what
 //! the devkit's `+1` rule expects; detections are mapped into it (see [`super::runner`]).
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::Result;
 
 use super::voc::GroundTruth;
 use crate::data::{
-    open_dataset, ClassMap, DataSource, ImageCheck, ReadOptions, SetSpec, Severity, VocDataset,
+    open_dataset, ClassMap, DataSource, ImageCheck, ImageRecord, ReadOptions, SetSpec, Severity,
+    VocDataset,
 };
 
 /// One [`GroundTruth`] per image of `dataset`, in dataset order; difficult objects included
@@ -86,7 +88,27 @@ pub fn open_for_eval_from(
             errors.len()
         );
     }
+    check_unique_ids(&dataset)?;
     Ok(dataset)
+}
+
+/// Refuse a dataset whose record ids repeat (the evaluation tells images apart by id): a
+/// bad-input error naming both records' sets and annotation files.
+fn check_unique_ids(dataset: &VocDataset) -> Result<()> {
+    let mut first: HashMap<&str, &ImageRecord> = HashMap::with_capacity(dataset.records.len());
+    for r in &dataset.records {
+        if let Some(f) = first.insert(&r.id, r) {
+            crate::bail_input!(
+                "image {:?} appears twice: in set {:?} ({}) and in set {:?} ({})",
+                r.id,
+                f.source,
+                f.annotation_path.display(),
+                r.source,
+                r.annotation_path.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The class names and ground truth of `sets` under `root` (`YEAR:NAME` in a VOCdevkit, or

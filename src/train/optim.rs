@@ -170,7 +170,12 @@ impl Optimizer {
     }
 
     /// One update with learning rate `lr`. Parameters without a gradient are skipped.
-    pub fn step(&mut self, lr: f64) {
+    ///
+    /// A failing fused kernel call (checked beforehand by [`Self::fusable`], so not expected) is
+    /// an error, not a fallback: some groups may already be updated and fresh momentum buffers
+    /// are not set yet, so the step cannot be redone per parameter. The caller stops the run;
+    /// the last checkpoint holds consistent weights and state.
+    pub fn step(&mut self, lr: f64) -> Result<()> {
         let _no_grad = tch::no_grad_guard();
         self.steps += 1;
         if self.kernel == UpdateKernel::Fused {
@@ -178,20 +183,16 @@ impl Optimizer {
                 .filter(|&i| self.params[i].tensor.grad().defined())
                 .collect();
             if live.is_empty() {
-                return;
+                return Ok(());
             }
             if self.fusable(&live) {
-                match self.step_fused(&live, lr) {
-                    Ok(()) => return,
-                    Err(e) => {
-                        // Checked above, so not expected: say so once, and loop from now on.
-                        eprintln!("warning: fused optimizer step failed ({e:#}); using the per-parameter update");
-                        self.kernel = UpdateKernel::PerParameter;
-                    }
-                }
+                return self.step_fused(&live, lr).context(
+                    "the fused optimizer step failed (the weights of this step are not usable; resume from the last checkpoint)",
+                );
             }
         }
         self.step_per_parameter(lr);
+        Ok(())
     }
 
     /// The state keys of a parameter: SGD's momentum buffer, or Adam's two moments.
@@ -581,7 +582,7 @@ mod tests {
             let loss = (w * w).sum(Kind::Float) * (s + 1) as f64 + (b * 3.0).sum(Kind::Float);
             loss.backward();
             let ((), times) = time_ops(|| {
-                opt.step(0.1);
+                opt.step(0.1).unwrap();
                 Ok(())
             })
             .unwrap();
@@ -640,7 +641,7 @@ mod tests {
         assert!(opt.params().iter().all(|p| !p.tensor.grad().defined()));
         // A step without gradients changes nothing.
         let before = opt.params()[0].tensor.copy();
-        opt.step(0.1);
+        opt.step(0.1).unwrap();
         assert!(opt.params()[0].tensor.equal(&before));
     }
 }

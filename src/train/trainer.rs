@@ -424,6 +424,9 @@ impl Run {
             let batch = batch?;
             let iter = self.state.iteration;
             let lr = self.schedule.lr(iter);
+            // The loss's random stream follows the run's step count, so a step skipped on an
+            // all-unreadable batch leaves no drift between a resumed and an unbroken run.
+            self.loss.set_calls(self.state.loss_calls);
             let stats = self.step(&batch, lr)?;
             self.state.iteration += 1;
             self.state.loss_calls += 1;
@@ -604,7 +607,7 @@ impl Run {
         if let Some(max_norm) = self.config.grad_clip {
             clip_grad_norm(self.optimizer.params(), max_norm);
         }
-        self.optimizer.step(lr);
+        self.optimizer.step(lr)?;
         Ok(Some(stats))
     }
 
@@ -1036,24 +1039,7 @@ fn restore(
             file.display()
         ))
     })?;
-    let mid_epoch = ckpt.state.next_batch > 0;
-    if mid_epoch && (saved.batch != config.batch || ckpt.state.world_size != world) {
-        crate::bail_input!(
-            "--resume: the run stopped in the middle of epoch {} with --batch {} on {} process(es); \
-             it can only continue that epoch the same way (got --batch {} on {world})",
-            ckpt.state.epoch,
-            saved.batch,
-            ckpt.state.world_size,
-            config.batch
-        );
-    }
-    if saved.optimizer != config.optimizer {
-        crate::bail_input!(
-            "--resume: the run was trained with --optimizer {:?}; its state does not fit {:?}",
-            saved.optimizer,
-            config.optimizer
-        );
-    }
+    check_resumable(&saved, config, &ckpt.state, world)?;
     crate::io::load_into_varstore(
         vs,
         &ckpt.model,
@@ -1070,6 +1056,44 @@ fn restore(
     };
     loss.set_calls(state.loss_calls);
     Ok(state)
+}
+
+/// Whether the run saved with configuration `saved` (and run state `state`) can go on under
+/// `config` with `world` processes: the same batch and world mid-epoch, the same optimizer (its
+/// state), and the same evaluation metric (`best` is the highest of one metric).
+fn check_resumable(
+    saved: &TrainConfig,
+    config: &TrainConfig,
+    state: &RunState,
+    world: usize,
+) -> Result<()> {
+    let mid_epoch = state.next_batch > 0;
+    if mid_epoch && (saved.batch != config.batch || state.world_size != world) {
+        crate::bail_input!(
+            "--resume: the run stopped in the middle of epoch {} with --batch {} on {} process(es); \
+             it can only continue that epoch the same way (got --batch {} on {world})",
+            state.epoch,
+            saved.batch,
+            state.world_size,
+            config.batch
+        );
+    }
+    if saved.optimizer != config.optimizer {
+        crate::bail_input!(
+            "--resume: the run was trained with --optimizer {:?}; its state does not fit {:?}",
+            saved.optimizer,
+            config.optimizer
+        );
+    }
+    if saved.metric != config.metric {
+        let name = |m: EvalMetric| format!("{m:?}").to_lowercase();
+        crate::bail_input!(
+            "--resume: the run picks `best` by --metric {}; resuming with --metric {} would compare unlike scores (resume with the run's metric, or start a new run)",
+            name(saved.metric),
+            name(config.metric)
+        );
+    }
+    Ok(())
 }
 
 /// Rank 0's run folder: `config.json`, `classes.json` and `data.json` (the training images and

@@ -223,7 +223,7 @@ impl Setup {
             Ok(())
         })?;
         clock.lap(5);
-        self.optimizer.step(lr);
+        self.optimizer.step(lr)?;
         clock.lap(6);
         self.metrics.write(&serde_json::json!({
             "kind": "step", "iter": iter, "loc_per_pos": stats.loc_per_pos,
@@ -286,7 +286,7 @@ impl Setup {
 
     /// The optimizer step alone on the gradients at hand, `rounds` times per update kernel,
     /// alternated: milliseconds `(per-parameter loop, fused)`, medians.
-    fn step_alone(&mut self, rounds: usize) -> (f64, f64) {
+    fn step_alone(&mut self, rounds: usize) -> Result<(f64, f64)> {
         let mut times = [Vec::new(), Vec::new()];
         for _ in 0..rounds.max(1) {
             for (k, kernel) in [UpdateKernel::PerParameter, UpdateKernel::Fused]
@@ -295,7 +295,7 @@ impl Setup {
             {
                 self.optimizer.set_kernel(kernel);
                 let start = Instant::now();
-                self.optimizer.step(1e-6);
+                self.optimizer.step(1e-6)?;
                 crate::device::synchronize(self.device);
                 times[k].push(start.elapsed().as_secs_f64() * 1e3);
             }
@@ -304,7 +304,7 @@ impl Setup {
             v.sort_by(f64::total_cmp);
             v[v.len() / 2]
         };
-        (median(&mut times[0]), median(&mut times[1]))
+        Ok((median(&mut times[0]), median(&mut times[1])))
     }
 }
 
@@ -353,7 +353,7 @@ pub fn run(ctx: &Context) -> Result<Comparison> {
         set_update_path(&mut s, true);
         s.floor(&batch, 1, &mut after)?;
     }
-    let step_alone = s.step_alone(4 * k);
+    let step_alone = s.step_alone(4 * k)?;
     let p = Profile {
         parts,
         ops,

@@ -9,18 +9,22 @@
 //! Mapping: the classes are the categories' names in id order (or a given class list, matched
 //! by name); [`VocDataset::category_ids`] keeps each class's category id, so non-contiguous ids
 //! come back out (results files, `tchcv convert`). A record's `id` is the image id in decimal
-//! and [`ImageRecord::coco_id`] the id itself (unique within a set; sets read together may
-//! repeat ids, as exports that number each split from 0 do). Boxes become VOC's 1-based inclusive convention
+//! and [`ImageRecord::coco_id`] the id itself (unique within a set). Sets read together may
+//! repeat ids, as exports that number each split from 1 do: then every record's `id` is
+//! `<set>/<image id>` (`val2017/1`), so record ids stay unique, and the COCO metric numbers the
+//! images by position (see [`instances_of`]). Boxes become VOC's 1-based inclusive convention
 //! ([`format::coco_box_to_voc`]: `[x + 1, y + 1, x + w, y + h]`, so the pixel box is exactly
 //! `[x, y, x + w, y + h]`); `iscrowd` is [`VocObject::crowd`], `ignore` is
 //! [`VocObject::difficult`] (the flag `tchcv convert` writes for VOC's difficult; not kept on
 //! crowd regions, which are ignored anyway), `area` is kept. Crowd regions are never positives:
-//! the anchors matched to one are ignored in training (label -1, see
-//! [`crate::bbox::BoxCoder::encode_with_crowd`]), and COCO's metric treats them as COCO does.
+//! they are not matched, and the background anchors inside one are ignored in training (label
+//! -1, see [`crate::bbox::BoxCoder::encode_with_crowd`]); COCO's metric treats them as COCO does.
 //!
 //! Problems, reported by annotation id in the instances file: unknown category or image id
-//! (error, annotation skipped), a box without area (warning, dropped) or reaching outside the
-//! image (warning, clipped), a duplicate image id (warning, the later entry skipped) or
+//! (error, annotation skipped), a box under one pixel wide or high, as given or inside the
+//! image (warning, dropped, as mmdetection's COCO reader does: VOC's inclusive box would be
+//! inverted) or reaching outside the image (warning, clipped), a negative `area` (warning,
+//! dropped: the box's area is used), a duplicate image id (warning, the later entry skipped) or
 //! annotation id (warning, both kept), an image without annotations (warning), a missing or
 //! unreadable image (error, skipped). A file that is not COCO JSON, or an entry whose id or box
 //! is not numbers, is bad input naming the file and the annotation id.
@@ -85,23 +89,63 @@ fn classes_of(
             })?
         }
     };
-    let mut next = by_id.keys().next_back().copied().unwrap_or(0) + 1;
-    let ids = classes
-        .names()
-        .iter()
-        .map(|name| match by_id.iter().find(|(_, n)| *n == name) {
-            Some((&id, _)) => id,
-            None => {
-                next += 1;
-                next - 1
-            }
-        })
-        .collect();
+    let ids = category_ids_of(files, &by_id, &classes)?;
     Ok((classes, ids))
 }
 
+/// The category id of each class of `classes`: its category's (by name in `by_id`), else a
+/// fresh one above every id of the files (a bad-input error naming the file with the largest
+/// id when there is none left).
+fn category_ids_of(
+    files: &[(CocoSet, CocoGroundTruth)],
+    by_id: &BTreeMap<i64, String>,
+    classes: &ClassMap,
+) -> Result<Vec<i64>> {
+    let largest = by_id.keys().next_back().copied().unwrap_or(0);
+    let mut next = Some(largest);
+    let mut ids = Vec::with_capacity(classes.len());
+    for name in classes.names() {
+        if let Some((&id, _)) = by_id.iter().find(|(_, n)| *n == name) {
+            ids.push(id);
+            continue;
+        }
+        next = next.and_then(|n| n.checked_add(1));
+        let Some(id) = next else {
+            let holder = files
+                .iter()
+                .find(|(_, gt)| gt.categories.iter().any(|c| c.id == largest))
+                .map(|(s, _)| s.annotations.display().to_string())
+                .unwrap_or_default();
+            bail_input!(
+                "{holder}: category id {largest} leaves no id above it for class {name:?}, which \
+                 no category has (the largest id is {})",
+                i64::MAX
+            );
+        };
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
+/// The `area` of annotation `a` when it is a number >= 0; else `None` (the box's area is used),
+/// reported by annotation id.
+fn checked_area(a: &CocoAnnotation, file: &Path, problems: &mut Vec<Problem>) -> Option<f64> {
+    let area = a.area?;
+    if area.is_finite() && area >= 0.0 {
+        return Some(area);
+    }
+    let detail = format!(
+        "annotation id {}: area {area} is not a number >= 0; dropped (the box's area is used)",
+        a.id
+    );
+    problems.push(Problem::new(ProblemKind::BadArea, file, detail));
+    None
+}
+
 /// The objects of one image in the annotation's frame `(w, h)`: boxes clipped to it, those
-/// without area dropped, each fix-up reported by annotation id.
+/// under one pixel wide or high (as given, or inside the image) dropped as mmdetection's COCO
+/// reader does, each fix-up reported by annotation id. Every box kept is a valid VOC box
+/// (`x2 >= x1`, `y2 >= y1`).
 fn place_objects(
     annotations: &[(&CocoAnnotation, usize)],
     file: &Path,
@@ -112,8 +156,8 @@ fn place_objects(
     for &(a, class_id) in annotations {
         let [x, y, bw, bh] = a.bbox;
         let at = format!("annotation id {}: bbox [{x}, {y}, {bw}, {bh}]", a.id);
-        if !(bw > 0.0 && bh > 0.0) {
-            let detail = format!("{at} has no area; dropped");
+        if !(bw >= 1.0 && bh >= 1.0) {
+            let detail = format!("{at} is under one pixel wide or high; dropped");
             problems.push(Problem::new(ProblemKind::DegenerateBox, file, detail));
             continue;
         }
@@ -124,9 +168,15 @@ fn place_objects(
             (x + bw).clamp(0.0, fw),
             (y + bh).clamp(0.0, fh),
         ];
+        // Unclipped, the given sides (>= 1) are kept as they are.
         let clipped = c != [x, y, x + bw, y + bh];
-        if !(c[2] > c[0] && c[3] > c[1]) {
-            let detail = format!("{at} has no area inside the {w}x{h} image; dropped");
+        let sides = if clipped {
+            [c[2] - c[0], c[3] - c[1]]
+        } else {
+            [bw, bh]
+        };
+        if !(sides[0] >= 1.0 && sides[1] >= 1.0) {
+            let detail = format!("{at} has less than one pixel inside the {w}x{h} image; dropped");
             problems.push(Problem::new(ProblemKind::DegenerateBox, file, detail));
             continue;
         }
@@ -136,11 +186,11 @@ fn place_objects(
         }
         objects.push(VocObject {
             class_id,
-            bbox: coco_box_to_voc([c[0], c[1], c[2] - c[0], c[3] - c[1]]),
+            bbox: coco_box_to_voc([c[0], c[1], sides[0], sides[1]]),
             difficult: a.ignore && !a.iscrowd,
             truncated: false,
             crowd: a.iscrowd,
-            area: a.area,
+            area: checked_area(a, file, problems),
         });
     }
     objects
@@ -185,9 +235,11 @@ fn group_annotations<'a>(
     grouped
 }
 
-/// What one image of a set becomes: its entry and its objects' extent.
+/// What one image of a set becomes: its entry (record id `<prefix>/<image id>`, or the image id
+/// without a prefix) and its objects' extent.
 fn image_entry(
     set: &CocoSet,
+    prefix: Option<&str>,
     image: &CocoImage,
     objects: &[(&CocoAnnotation, usize)],
 ) -> (ImageEntry, (u32, u32)) {
@@ -201,7 +253,10 @@ fn image_entry(
         (w.max(right), h.max(bottom))
     });
     let entry = ImageEntry {
-        id: image.id.to_string(),
+        id: match prefix {
+            Some(p) => format!("{p}/{}", image.id),
+            None => image.id.to_string(),
+        },
         source: set.name.clone(),
         image_path: set.images.join(&image.file_name),
         annotation_path: set.annotations.clone(),
@@ -212,10 +267,10 @@ fn image_entry(
     (entry, extent)
 }
 
-/// The records of one set, in the order of its `images` (a repeated image id is skipped);
-/// problems go to `report`.
+/// The records of one set, in the order of its `images` (a repeated image id is skipped), their
+/// ids prefixed with `prefix/` when given; problems go to `report`.
 fn read_set(
-    set: &CocoSet,
+    (set, prefix): (&CocoSet, Option<&str>),
     gt: &CocoGroundTruth,
     class_of: &HashMap<i64, usize>,
     check: ImageCheck,
@@ -235,7 +290,7 @@ fn read_set(
             continue;
         }
         let objects = grouped.get(&image.id).map_or(&[][..], Vec::as_slice);
-        let (entry, extent) = image_entry(set, image, objects);
+        let (entry, extent) = image_entry(set, prefix, image, objects);
         let missing = if image.file_name.is_empty() {
             Some("has no file_name".to_string())
         } else if check != ImageCheck::AnnotationsOnly && !entry.image_path.is_file() {
@@ -269,6 +324,32 @@ fn read_set(
     records
 }
 
+/// The record id prefix of each set: none, unless an image id repeats across the sets (as in
+/// exports that number each split from 1), then each set's name (with its position after a
+/// `#` where two sets share a name), so that record ids stay unique.
+fn record_prefixes(files: &[(CocoSet, CocoGroundTruth)]) -> Vec<Option<String>> {
+    let mut seen = HashSet::new();
+    let repeated = files.iter().any(|(_, gt)| {
+        let ids: HashSet<i64> = gt.images.iter().map(|i| i.id).collect();
+        ids.into_iter().any(|id| !seen.insert(id))
+    });
+    files
+        .iter()
+        .enumerate()
+        .map(|(k, (set, _))| {
+            if !repeated {
+                return None;
+            }
+            let shared = files.iter().filter(|(s, _)| s.name == set.name).count() > 1;
+            Some(if shared {
+                format!("{}#{}", set.name, k + 1)
+            } else {
+                set.name.clone()
+            })
+        })
+        .collect()
+}
+
 /// Read the COCO `sets` of `root` (an instances file or a folder in the standard layout; see
 /// [`resolve_sets`]), images in `images` when given. Problems are counted in the report; unusable
 /// images are left out.
@@ -292,11 +373,12 @@ pub fn open(
         .flat_map(|(_, gt)| &gt.categories)
         .filter_map(|c| Some((c.id, classes.id(&c.name)?)))
         .collect();
+    let prefixes = record_prefixes(&files);
     let mut report = DataReport::default();
     let mut records = Vec::new();
-    for (set, gt) in &files {
+    for ((set, gt), prefix) in files.iter().zip(&prefixes) {
         records.extend(read_set(
-            set,
+            (set, prefix.as_deref()),
             gt,
             &class_of,
             options.check_images,

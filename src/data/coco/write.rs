@@ -1,7 +1,10 @@
 //! A [`VocDataset`] as a COCO ground truth: what `tchcv convert --to coco` writes and what the
 //! COCO metric scores against (crowd regions, ignored objects and areas passed through).
 
+use anyhow::Result;
+
 use super::format::{voc_box_to_coco, CocoAnnotation, CocoCategory, CocoGroundTruth, CocoImage};
+use crate::bail_input;
 use crate::data::voc::VocDataset;
 
 /// Which records [`instances_of`] takes, and in which frame.
@@ -21,8 +24,9 @@ pub struct InstancesOptions {
 /// `file_name` the image file's name; annotation ids from 1 in record order. Boxes: VOC
 /// `[x1, y1, x2, y2]` (1-based, inclusive) to `[x1 - 1, y1 - 1, x2 - x1 + 1, y2 - y1 + 1]`;
 /// `iscrowd` from [`crate::data::VocObject::crowd`], `ignore` from `difficult` (not on crowd
-/// regions, which are ignored anyway), `area` when the data gave one.
-pub fn instances_of(dataset: &VocDataset, options: &InstancesOptions) -> CocoGroundTruth {
+/// regions, which are ignored anyway), `area` when the data gave one. An object whose class has
+/// no category id is a bad-input error naming its annotation file and image.
+pub fn instances_of(dataset: &VocDataset, options: &InstancesOptions) -> Result<CocoGroundTruth> {
     let categories = dataset
         .classes
         .names()
@@ -63,10 +67,19 @@ pub fn instances_of(dataset: &VocDataset, options: &InstancesOptions) -> CocoGro
             r.objects.iter().map(|o| o.bbox).collect()
         };
         for (o, b) in r.objects.iter().zip(boxes) {
+            let Some(&category_id) = dataset.category_ids.get(o.class_id) else {
+                bail_input!(
+                    "{}: image {}: class {} has no category id ({} classes)",
+                    r.annotation_path.display(),
+                    r.id,
+                    o.class_id,
+                    dataset.category_ids.len()
+                );
+            };
             annotations.push(CocoAnnotation {
                 id: annotations.len() as i64 + 1,
                 image_id,
-                category_id: dataset.category_ids[o.class_id],
+                category_id,
                 bbox: voc_box_to_coco(b),
                 area: o.area,
                 iscrowd: o.crowd,
@@ -74,9 +87,9 @@ pub fn instances_of(dataset: &VocDataset, options: &InstancesOptions) -> CocoGro
             });
         }
     }
-    CocoGroundTruth {
+    Ok(CocoGroundTruth {
         images,
         annotations,
         categories,
-    }
+    })
 }

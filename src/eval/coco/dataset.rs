@@ -26,7 +26,8 @@ use crate::models::Detector;
 #[derive(Debug, Clone)]
 pub struct CocoView {
     pub gt: CocoGroundTruth,
-    /// Record id -> COCO image id.
+    /// Record id (unique: the COCO reader names the records of sets that repeat image ids
+    /// `<set>/<id>`) -> COCO image id.
     image_ids: HashMap<String, i64>,
     /// COCO image id -> record id.
     record_ids: HashMap<i64, String>,
@@ -37,20 +38,39 @@ pub struct CocoView {
 impl CocoView {
     /// The ground truth of `dataset` ([`instances_of`]); `upright`: boxes in the frame of the
     /// upright decoded image (tchcv's detections; needs the image headers), else as annotated
-    /// (the frame of results files).
-    pub fn of(dataset: &VocDataset, upright: bool) -> Self {
+    /// (the frame of results files). Each record keeps its own COCO image id: the data's when
+    /// the image ids are unique (one set, or sets that do not repeat ids), else its position
+    /// plus one. A record id that appears twice is a bad-input error naming both records' sets
+    /// and files.
+    pub fn of(dataset: &VocDataset, upright: bool) -> Result<Self> {
         let options = InstancesOptions {
             upright,
             source: None,
         };
-        let gt = instances_of(dataset, &options);
-        let pairs = dataset.records.iter().zip(&gt.images);
-        Self {
-            image_ids: pairs.clone().map(|(r, i)| (r.id.clone(), i.id)).collect(),
-            record_ids: pairs.map(|(r, i)| (i.id, r.id.clone())).collect(),
+        let gt = instances_of(dataset, &options)?;
+        let mut image_ids: HashMap<String, i64> = HashMap::with_capacity(gt.images.len());
+        let mut record_ids = HashMap::with_capacity(gt.images.len());
+        for (k, (r, image)) in dataset.records.iter().zip(&gt.images).enumerate() {
+            if image_ids.insert(r.id.clone(), image.id).is_some() {
+                let first = dataset.records[..k].iter().find(|f| f.id == r.id);
+                let (set, file) = first.map_or((String::new(), String::new()), |f| {
+                    (f.source.clone(), f.annotation_path.display().to_string())
+                });
+                bail_input!(
+                    "image {:?} appears twice: in set {set:?} ({file}) and in set {:?} ({})",
+                    r.id,
+                    r.source,
+                    r.annotation_path.display()
+                );
+            }
+            record_ids.insert(image.id, r.id.clone());
+        }
+        Ok(Self {
+            image_ids,
+            record_ids,
             category_ids: dataset.category_ids.clone(),
             gt,
-        }
+        })
     }
 
     /// The COCO image id of record `id`; `what` names the detection in the error.
@@ -150,7 +170,7 @@ pub fn evaluate_detector_voc_coco(
     device: Device,
 ) -> Result<(VocEvalResult, CocoEvalResult)> {
     let (voc_result, images) = evaluate_detector(model, coder, loader, decode, voc, device)?;
-    let view = CocoView::of(loader.dataset(), true);
+    let view = CocoView::of(loader.dataset(), true)?;
     let detections = view.detections_from_images(&images)?;
     let coco = evaluate(&view.gt, &detections, &CocoParams::default())?.result();
     Ok((voc_result, coco))
