@@ -254,12 +254,14 @@ fn multiscale_parity(device: Device, what: &str) {
             &[
                 random_boxes(&mut rng, 30, size, 0.03, 0.95, 0.0),
                 random_boxes(&mut rng, 10, size, 0.01, 0.08, 0.0),
+                // sqrt(area) >= 224: level k0 = 4 (the third map).
+                random_boxes(&mut rng, 4, size, 0.9, 1.0, 0.0),
             ],
             0,
         );
         tensors.push((format!("boxes{i}"), boxes));
     }
-    let k = 80;
+    let k = 88;
     tensors.push((
         "grad".into(),
         Tensor::randn([k, 4, 7, 7], (Kind::Float, CPU)),

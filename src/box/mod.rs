@@ -36,7 +36,7 @@ pub use anchors::Anchors;
 pub use coder::{BoxCoder, EncodeStats, Encoded};
 pub use decode::{DecodeConfig, Detections, HostDetections};
 pub use matcher::Matcher;
-pub use nms::{batched_nms, nms, NmsMethod};
+pub use nms::{batched_nms, batched_nms_top, nms, NmsMethod};
 pub use proposals::{filter_proposals, ProposalConfig, Proposals};
 pub use rpn::{AnchorTargets, RpnCoder};
 pub use sampler::{sample_batch, sample_batch_of, sample_image, SamplerConfig, SamplerKind};

@@ -23,7 +23,8 @@ use tch::{nn, Kind, Tensor};
 
 use crate::bail_input;
 use crate::bbox::coder::decode_weighted;
-use crate::bbox::{batched_nms, ops};
+use crate::bbox::nms::batched_nms_top;
+use crate::bbox::ops;
 
 /// torchvision `TwoMLPHead`: flatten, then two fully connected layers with ReLU.
 #[derive(Debug)]
@@ -220,17 +221,10 @@ fn image_detections(
     let fg = |t: &Tensor| t.narrow(1, 1, c - 1);
     let boxes = fg(&boxes).reshape([-1, 4]);
     let (scores, labels) = (fg(scores).reshape([-1]), fg(&labels).reshape([-1]));
-    let keep = scores.gt(config.score_thresh).nonzero().view([-1]);
-    let (boxes, scores, labels) = (
-        boxes.index_select(0, &keep),
-        scores.index_select(0, &keep),
-        labels.index_select(0, &keep),
-    );
-    let ws = boxes.select(1, 2) - boxes.select(1, 0);
-    let hs = boxes.select(1, 3) - boxes.select(1, 1);
-    let keep = ws
-        .ge(config.min_size)
-        .logical_and(&hs.ge(config.min_size))
+    // torchvision filters by score, then by size: one mask keeps the same rows in order.
+    let keep = scores
+        .gt(config.score_thresh)
+        .logical_and(&ops::large_enough(&boxes, config.min_size)?)
         .nonzero()
         .view([-1]);
     let (boxes, scores, labels) = (
@@ -238,8 +232,13 @@ fn image_detections(
         scores.index_select(0, &keep),
         labels.index_select(0, &keep),
     );
-    let keep = batched_nms(&boxes, &scores, &labels, config.nms_thresh)?;
-    let keep = keep.narrow(0, 0, keep.size()[0].min(config.detections_per_img));
+    let keep = batched_nms_top(
+        &boxes,
+        &scores,
+        &labels,
+        config.nms_thresh,
+        config.detections_per_img,
+    )?;
     Ok(RoiDetections {
         boxes: boxes.index_select(0, &keep),
         scores: scores.index_select(0, &keep),

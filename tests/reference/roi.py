@@ -18,19 +18,18 @@ Commands (each reads <case>.safetensors and <case>.json, writes <out>/<command>.
 """
 
 import argparse
-import contextlib
 import json
 import sys
 from collections import OrderedDict
 from pathlib import Path
 
 import torch
-import torchvision.ops.boxes as tv_boxes
 from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss
 from torchvision.ops import MultiScaleRoIAlign, nms, roi_align
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ReferenceError, read_tensors, resolve_device, run_cli, write_case  # noqa: E402
+from common import (ReferenceError, exact_batched_nms, read_tensors,  # noqa: E402
+                    resolve_device, run_cli, write_case)
 
 
 def load_case(path):
@@ -128,18 +127,6 @@ def cmd_loss(args):
     write_case(args.out, "loss", out, {"device": args.device})
 
 
-@contextlib.contextmanager
-def exact_class_nms():
-    """batched_nms with its per-class loop for every size: classes compared exactly (tchcv's
-    way), not through torchvision's coordinate offset."""
-    saved = tv_boxes.batched_nms
-    tv_boxes.batched_nms = tv_boxes._batched_nms_vanilla
-    try:
-        yield
-    finally:
-        tv_boxes.batched_nms = saved
-
-
 def cmd_post(args):
     device = resolve_device(args.device)
     t, meta = load_case(args.case)
@@ -147,7 +134,7 @@ def cmd_post(args):
     n = meta["images"]
     proposals = [t[f"proposals{i}"].to(device) for i in range(n)]
     shapes = [tuple(s) for s in meta["image_shapes"]]  # (h, w)
-    with exact_class_nms():
+    with exact_batched_nms():
         boxes, scores, labels = heads.postprocess_detections(
             t["class_logits"].to(device), t["box_regression"].to(device), proposals, shapes)
     out = {}
