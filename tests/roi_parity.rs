@@ -27,7 +27,8 @@ use tch::{Device, Kind, Tensor};
 use tchcv::bbox::coder::decode_weighted;
 use tchcv::bbox::ops;
 use tchcv::bbox::rcnn::{
-    label_proposals, ohem_select, sample_batch_rois, sample_rois, RoiSamplerConfig, RoiSamplerKind,
+    label_proposals, ohem_select, ohem_select_batch, sample_batch_rois, sample_rois, RoiSample,
+    RoiSamplerConfig, RoiSamplerKind,
 };
 use tchcv::loss::{
     own_class_deltas, DetectionLoss, LossInputs, RcnnClsLoss, RcnnLoss, RcnnLossConfig,
@@ -236,13 +237,11 @@ fn roi_align_splits_large_batches_into_chunks_with_the_same_result() {
 // MultiScaleRoIAlign
 // ---------------------------------------------------------------------------------------------
 
-fn multiscale_parity(device: Device, what: &str) {
-    let seed = common::fresh_seed(what);
-    let dir = common::scratch(what);
+/// A MultiScaleRoIAlign case: images of 320x256 and 288x224 (w x h), maps at strides 4..32 of
+/// the padded 320x256, boxes of every level, the output's gradient. Tensors by name.
+fn multiscale_case(seed: u64, image_sizes: &[[i64; 2]]) -> Vec<(String, Tensor)> {
     tch::manual_seed(seed as i64);
     let mut rng = Rng::keyed(seed, &[2]);
-    // Images of 320x256 and 288x224 (w x h), maps at strides 4..32 of the padded 320x256.
-    let image_sizes = [[320, 256], [288, 224]];
     let mut tensors = Vec::new();
     for (l, stride) in [4, 8, 16, 32].iter().enumerate() {
         let f = Tensor::randn([2, 4, 256 / stride, 320 / stride], (Kind::Float, CPU));
@@ -261,11 +260,19 @@ fn multiscale_parity(device: Device, what: &str) {
         );
         tensors.push((format!("boxes{i}"), boxes));
     }
-    let k = 88;
+    let k = 44 * image_sizes.len() as i64;
     tensors.push((
         "grad".into(),
         Tensor::randn([k, 4, 7, 7], (Kind::Float, CPU)),
     ));
+    tensors
+}
+
+fn multiscale_parity(device: Device, what: &str) {
+    let seed = common::fresh_seed(what);
+    let dir = common::scratch(what);
+    let image_sizes = [[320, 256], [288, 224]];
+    let tensors = multiscale_case(seed, &image_sizes);
     let shapes: Vec<[i64; 2]> = image_sizes.iter().map(|[w, h]| [*h, *w]).collect();
     let meta = json!({"levels": 4, "images": 2, "image_shapes": shapes, "output_size": 7, "sampling_ratio": 2});
     let (t, out_meta) = reference(&dir, "multiscale", &tensors, &meta, device);
@@ -435,41 +442,45 @@ fn matching_matches_torchvision_roi_heads() {
             );
         }
         foreground += fg.len();
-        // The sample: counts as torchvision's sampler, targets at foreground as its coder.
         let sample = sample_rois(&got, &config, &mut config.rng(&[], i as u64)).unwrap();
-        let labels = i64s(&sample.labels);
-        let want = &meta["counts"][i];
-        assert_eq!(
-            sample.num_pos,
-            want["pos"].as_i64().unwrap(),
-            "{ctx}: sampled foreground"
-        );
-        assert_eq!(
-            labels.len() as i64 - sample.num_pos,
-            want["neg"].as_i64().unwrap(),
-            "{ctx}: sampled background"
-        );
-        let index = sample.index.shallow_clone();
-        let fg_rows = sample.labels.gt(0).nonzero().view(-1);
-        if fg_rows.numel() > 0 {
-            let want_targets = take(&t, &format!("targets{i}"))
-                .index_select(0, &index)
-                .index_select(0, &fg_rows);
-            common::assert_close(
-                &format!("{ctx}: regression targets"),
-                &sample.regression_targets.index_select(0, &fg_rows),
-                &want_targets,
-                1e-5,
-                1e-5,
-            );
-        }
-        let want_labels = take(&t, &format!("labels{i}")).index_select(0, &index);
-        assert_eq!(labels, i64s(&want_labels), "{ctx}: sampled rows' labels");
+        check_sample(&sample, &t, &meta["counts"][i], i, &ctx);
     }
     assert!(
         foreground > 100,
         "{what}: only {foreground} foreground RoIs"
     );
+}
+
+/// The sample of image `i`: counts as torchvision's sampler, the sampled rows' labels, and the
+/// regression targets at the foreground as its coder.
+fn check_sample(sample: &RoiSample, t: &Tensors, want: &Value, i: usize, ctx: &str) {
+    let labels = i64s(&sample.labels);
+    assert_eq!(
+        sample.num_pos,
+        want["pos"].as_i64().unwrap(),
+        "{ctx}: sampled foreground"
+    );
+    assert_eq!(
+        labels.len() as i64 - sample.num_pos,
+        want["neg"].as_i64().unwrap(),
+        "{ctx}: sampled background"
+    );
+    let index = &sample.index;
+    let fg_rows = sample.labels.gt(0).nonzero().view(-1);
+    if fg_rows.numel() > 0 {
+        let want_targets = take(t, &format!("targets{i}"))
+            .index_select(0, index)
+            .index_select(0, &fg_rows);
+        common::assert_close(
+            &format!("{ctx}: regression targets"),
+            &sample.regression_targets.index_select(0, &fg_rows),
+            &want_targets,
+            1e-5,
+            1e-5,
+        );
+    }
+    let want_labels = take(t, &format!("labels{i}")).index_select(0, index);
+    assert_eq!(labels, i64s(&want_labels), "{ctx}: sampled rows' labels");
 }
 
 #[test]
@@ -751,7 +762,8 @@ fn ohem_keeps_the_top_b_by_loss_after_nms_as_torchvision() {
         );
         assert_eq!(
             keep.size()[0],
-            64.min(s.labels.size()[0]).min(keep.size()[0])
+            64,
+            "{what}: image {i}: B RoIs survive the NMS"
         );
         let picked = losses[i].index_select(0, &keep);
         assert!(
@@ -759,6 +771,18 @@ fn ohem_keeps_the_top_b_by_loss_after_nms_as_torchvision() {
             "loss order"
         );
     }
+    // The batch: each image's selection, offset by the rows before it.
+    let all = Tensor::cat(&losses, 0);
+    let batch = ohem_select_batch(&samples, &all, &config).unwrap();
+    let mut offset = 0;
+    let mut want = Vec::new();
+    for (i, s) in samples.iter().enumerate() {
+        want.extend(i64s(
+            &(ohem_select(&s.boxes, &losses[i], 0.7, 64).unwrap() + offset),
+        ));
+        offset += s.boxes.size()[0];
+    }
+    assert_eq!(i64s(&batch), want);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -868,7 +892,7 @@ fn bad(err: anyhow::Error, want: &str) {
 }
 
 #[test]
-fn bad_shapes_are_named_errors() {
+fn bad_shapes_of_roi_align_and_sampling_are_named_errors() {
     let f = Tensor::zeros([1, 2, 5, 5], (Kind::Float, CPU));
     let config = RoiAlignConfig {
         output_size: [2, 2],
@@ -942,6 +966,10 @@ fn bad_shapes_are_named_errors() {
         .unwrap_err(),
         "deltas",
     );
+}
+
+#[test]
+fn bad_shapes_of_the_loss_and_head_are_named_errors() {
     let z = |s: &[i64]| Tensor::zeros(s, (Kind::Float, CPU));
     let labels = Tensor::zeros([3], (Kind::Int64, CPU));
     let loss = RcnnLoss::new(RcnnLossConfig::default()).unwrap();

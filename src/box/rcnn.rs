@@ -338,3 +338,40 @@ pub fn ohem_select(
     let k = kept.size()[0].min(per_image);
     Ok(kept.narrow(0, 0, k))
 }
+
+/// OHEM over a batch: `samples` are the images' candidates (e.g. from the `ohem` kind), their
+/// rows concatenated in image order; losses: `[sum R_i]` each row's loss (no gradient). Per
+/// image [`ohem_select`] with the config's `ohem_nms` and `ohem_per_image`. Returns the kept
+/// rows `[k]` i64 of the concatenation (image by image, each in descending loss order), on the
+/// losses' device.
+pub fn ohem_select_batch(
+    samples: &[RoiSample],
+    losses: &Tensor,
+    config: &RoiSamplerConfig,
+) -> Result<Tensor> {
+    config.validate()?;
+    let total: i64 = samples.iter().map(|s| s.boxes.size()[0]).sum();
+    if losses.size() != [total] {
+        bail_input!(
+            "ohem losses: expected [{total}] (one per candidate RoI), got {:?}",
+            losses.size()
+        );
+    }
+    let device = losses.device();
+    let mut kept = Vec::with_capacity(samples.len());
+    let mut offset = 0;
+    for (i, s) in samples.iter().enumerate() {
+        let r = s.boxes.size()[0];
+        let image_losses = losses.narrow(0, offset, r);
+        let keep = ohem_select(
+            &s.boxes.to_device(device),
+            &image_losses,
+            config.ohem_nms,
+            config.ohem_per_image,
+        )
+        .with_context(|| format!("image {i}"))?;
+        kept.push(keep + offset);
+        offset += r;
+    }
+    Ok(Tensor::f_cat(&kept, 0)?)
+}
