@@ -1012,4 +1012,20 @@ fn bad_shapes_of_the_loss_and_head_are_named_errors() {
         .unwrap_err(),
         "proposals",
     );
+    let one = [z(&[3, 5]), z(&[3, 20]), Tensor::from_slice(&[1.0f32])];
+    bad(
+        postprocess_detections(
+            &one[0],
+            &one[1],
+            &one[2..],
+            &[[10, 10]],
+            &Default::default(),
+        )
+        .unwrap_err(),
+        "proposals[0]",
+    );
+    bad(
+        own_class_deltas(&z(&[3, 20]), &Tensor::from(1i64)).unwrap_err(),
+        "labels: expected [R]",
+    );
 }

@@ -116,7 +116,12 @@ fn check_inputs(inputs: &RcnnLossInputs) -> Result<(i64, i64)> {
 /// Each RoI's deltas for its own label: box_regression `[R, C * 4]`, labels `[R]` i64 in
 /// `0..C` -> `[R, 4]` (torchvision's `box_regression[pos, labels[pos]]` for every row).
 pub fn own_class_deltas(box_regression: &Tensor, labels: &Tensor) -> Result<Tensor> {
-    let r = labels.size()[0];
+    let [r] = labels.size()[..] else {
+        bail_input!("labels: expected [R], got {:?}", labels.size());
+    };
+    if labels.kind() != Kind::Int64 {
+        bail_input!("labels: expected int64, got {:?}", labels.kind());
+    }
     let index = labels.view([r, 1, 1]).expand([r, 1, 4], false);
     Ok(box_regression
         .f_view([r, -1, 4])?

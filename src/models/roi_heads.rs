@@ -162,6 +162,9 @@ pub fn postprocess_detections(
     config: &PostprocessConfig,
 ) -> Result<Vec<RoiDetections>> {
     let _no_grad = tch::no_grad_guard();
+    for (i, p) in proposals.iter().enumerate() {
+        ops::check_boxes(&format!("proposals[{i}]"), p, Some(2))?;
+    }
     let counts: Vec<i64> = proposals.iter().map(|p| p.size()[0]).collect();
     let rois = Tensor::f_cat(proposals, 0).context("proposals")?;
     let size = class_logits.size();
