@@ -5,8 +5,8 @@
 //!
 //! Tolerances (each test repeats its own):
 //! - roi_align values: |a - b| <= 1e-5 |b| + 1e-5 (the same f32 sample points and weights;
-//!   tchcv sums the four corners and the bin's samples in another order); gradients: the same
-//!   (autograd's index_add against torchvision's hand-written backward, same terms);
+//!   tchcv sums them separably, per pixel row and column, torchvision per sample point and
+//!   corner); gradients: the same (autograd against torchvision's hand-written backward);
 //! - MultiScaleRoIAlign: levels and scales exact, values and gradients as roi_align;
 //! - matching: labels and matched GT exact (the same f32 IoUs); regression targets at the
 //!   foreground 1e-5 relative + 1e-5 (`ln` of Rust's libm against ATen's, times weight 5);
@@ -214,7 +214,7 @@ fn roi_align_matches_torchvision_cuda() {
 
 #[test]
 fn roi_align_splits_large_batches_into_chunks_with_the_same_result() {
-    // 4000 RoIs x 14 x 14 samples x 8 channels exceed the gather budget: several chunks.
+    // 4000 RoIs x (20 x 20 + 7 x 20) window values x 8 channels exceed the gather budget.
     tch::manual_seed(5);
     let mut rng = Rng::keyed(5, &[]);
     let features = Tensor::randn([1, 8, 20, 20], (Kind::Float, CPU));
@@ -230,7 +230,8 @@ fn roi_align_splits_large_batches_into_chunks_with_the_same_result() {
     let parts: Vec<Tensor> = (0..4)
         .map(|i| roi_align(&features, &rois.narrow(0, i * 1000, 1000), &config).unwrap())
         .collect();
-    assert!(all.equal(&Tensor::cat(&parts, 0)));
+    // Other windows, other blocking in the einsums: equal within rounding.
+    common::assert_close("chunked", &all, &Tensor::cat(&parts, 0), 1e-6, 1e-6);
 }
 
 // ---------------------------------------------------------------------------------------------
