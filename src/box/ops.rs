@@ -182,6 +182,11 @@ pub fn cxcywh_to_xyxy(boxes: &Tensor) -> Result<Tensor> {
     ))
 }
 
+/// The same `rows` (`[k]` i64) of several tensors that share their first dimension.
+pub fn take_rows<const N: usize>(tensors: [&Tensor; N], rows: &Tensor) -> [Tensor; N] {
+    tensors.map(|t| t.index_select(0, rows))
+}
+
 /// `[K]` bool: the `[K, 4]` xyxy boxes whose sides are both >= `min_size` (torchvision
 /// `remove_small_boxes`).
 pub fn large_enough(boxes: &Tensor, min_size: f64) -> Result<Tensor> {

@@ -221,11 +221,7 @@ fn filter_image(
         .logical_and(&scores.ge(config.score_threshold))
         .nonzero()
         .view(-1);
-    let (boxes, scores, levels) = (
-        boxes.index_select(0, &keep),
-        scores.index_select(0, &keep),
-        levels.index_select(0, &keep),
-    );
+    let [boxes, scores, levels] = ops::take_rows([&boxes, scores, levels], &keep);
     let kept = batched_nms_top(
         &boxes,
         &scores,
@@ -233,9 +229,10 @@ fn filter_image(
         config.nms_threshold,
         config.post_nms_top_n,
     )?;
+    let [boxes, scores, levels] = ops::take_rows([&boxes, &scores, &levels], &kept);
     Ok(Proposals {
-        boxes: boxes.index_select(0, &kept),
-        scores: scores.index_select(0, &kept),
-        levels: levels.index_select(0, &kept),
+        boxes,
+        scores,
+        levels,
     })
 }

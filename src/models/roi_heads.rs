@@ -230,11 +230,7 @@ fn image_detections(
         .logical_and(&ops::large_enough(&boxes, config.min_size)?)
         .nonzero()
         .view([-1]);
-    let (boxes, scores, labels) = (
-        boxes.index_select(0, &keep),
-        scores.index_select(0, &keep),
-        labels.index_select(0, &keep),
-    );
+    let [boxes, scores, labels] = ops::take_rows([&boxes, &scores, &labels], &keep);
     let keep = batched_nms_top(
         &boxes,
         &scores,
@@ -242,9 +238,69 @@ fn image_detections(
         config.nms_thresh,
         config.detections_per_img,
     )?;
+    let [boxes, scores, labels] = ops::take_rows([&boxes, &scores, &labels], &keep);
     Ok(RoiDetections {
-        boxes: boxes.index_select(0, &keep),
-        scores: scores.index_select(0, &keep),
-        labels: labels.index_select(0, &keep),
+        boxes,
+        scores,
+        labels,
     })
+}
+
+/// torchvision `RoIHeads`' box branch: `MultiScaleRoIAlign` -> [`TwoMlpHead`] ->
+/// [`FastRcnnPredictor`], variables under `path` with torchvision's names (`box_head.*`,
+/// `box_predictor.*`; `roi_heads.` before them at a Faster R-CNN's root).
+#[derive(Debug)]
+pub struct RoiBoxHead {
+    pub pool: super::roi_align::MultiScaleRoiAlign,
+    pub head: TwoMlpHead,
+    pub predictor: FastRcnnPredictor,
+}
+
+impl RoiBoxHead {
+    /// channels: of the feature maps; num_classes: with the background; representation: the
+    /// MLP's width (torchvision: 1024).
+    pub fn new(
+        path: &nn::Path,
+        pool: super::roi_align::MultiScaleRoiAlign,
+        channels: i64,
+        representation: i64,
+        num_classes: i64,
+    ) -> Result<Self> {
+        let [ph, pw] = pool.output_size;
+        let head = TwoMlpHead::new(&(path / "box_head"), channels * ph * pw, representation)?;
+        let predictor =
+            FastRcnnPredictor::new(&(path / "box_predictor"), representation, num_classes)?;
+        Ok(Self {
+            pool,
+            head,
+            predictor,
+        })
+    }
+
+    /// features: per level `[B, C, H_l, W_l]`; rois: per image `[K_i, 4]` xyxy; image_sizes:
+    /// per image `[width, height]`. Returns class logits `[sum K_i, num_classes]` and deltas
+    /// `[sum K_i, num_classes * 4]`, differentiable.
+    pub fn forward(
+        &self,
+        features: &[Tensor],
+        rois: &[Tensor],
+        image_sizes: &[[i64; 2]],
+    ) -> Result<(Tensor, Tensor)> {
+        let pooled = self.pool.forward(features, rois, image_sizes)?;
+        self.predictor.forward(&self.head.forward(&pooled)?)
+    }
+
+    /// torchvision `RoIHeads.forward` in eval mode: [`Self::forward`] on the proposals, then
+    /// [`postprocess_detections`]. No gradient.
+    pub fn detect(
+        &self,
+        features: &[Tensor],
+        proposals: &[Tensor],
+        image_sizes: &[[i64; 2]],
+        config: &PostprocessConfig,
+    ) -> Result<Vec<RoiDetections>> {
+        let _no_grad = tch::no_grad_guard();
+        let (logits, deltas) = self.forward(features, proposals, image_sizes)?;
+        postprocess_detections(&logits, &deltas, proposals, image_sizes, config)
+    }
 }

@@ -15,6 +15,7 @@ Commands (each reads <case>.safetensors and <case>.json, writes <out>/<command>.
     roi.py loss       --case CASE --out DIR [--device cpu|cuda]
     roi.py post       --case CASE --out DIR [--device cpu|cuda]
     roi.py ohem       --case CASE --out DIR
+    roi.py heads      --case CASE --out DIR [--device cpu|cuda]
 """
 
 import argparse
@@ -24,6 +25,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 import torch
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss
 from torchvision.ops import MultiScaleRoIAlign, nms, roi_align
 
@@ -154,11 +156,38 @@ def cmd_ohem(args):
     write_case(args.out, "ohem", out, {})
 
 
+def cmd_heads(args):
+    """RoIHeads (MultiScaleRoIAlign(7, 2), TwoMLPHead, FastRCNNPredictor) in eval mode with the
+    case's weights (names `roi_heads.*`), on the case's maps and proposals."""
+    device = resolve_device(args.device)
+    t, meta = load_case(args.case)
+    levels, n = meta["levels"], meta["images"]
+    channels, rep, classes = meta["channels"], meta["representation"], meta["num_classes"]
+    heads = RoIHeads(
+        MultiScaleRoIAlign([str(l) for l in range(levels)], 7, 2),
+        TwoMLPHead(channels * 7 * 7, rep), FastRCNNPredictor(rep, classes),
+        0.5, 0.5, 512, 0.25, None, 0.05, 0.5, 100)
+    prefix = "roi_heads."
+    state = {k[len(prefix):]: v for k, v in t.items() if k.startswith(prefix)}
+    heads.load_state_dict(state, strict=True)
+    heads.to(device).eval()
+    feats = OrderedDict((str(l), t[f"feature{l}"].to(device)) for l in range(levels))
+    proposals = [t[f"boxes{i}"].to(device) for i in range(n)]
+    shapes = [tuple(s) for s in meta["image_shapes"]]  # (h, w)
+    with exact_batched_nms():
+        detections, _ = heads(feats, proposals, shapes)
+    out = {}
+    for i, d in enumerate(detections):
+        out[f"boxes{i}"], out[f"scores{i}"], out[f"labels{i}"] = d["boxes"], d["scores"], d["labels"]
+    write_case(args.out, "heads", out, {"device": args.device,
+                                        "counts": [int(d["boxes"].size(0)) for d in detections]})
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     commands = {"align": cmd_align, "multiscale": cmd_multiscale, "match": cmd_match,
-                "loss": cmd_loss, "post": cmd_post, "ohem": cmd_ohem}
+                "loss": cmd_loss, "post": cmd_post, "ohem": cmd_ohem, "heads": cmd_heads}
     for name in commands:
         s = sub.add_parser(name)
         s.add_argument("--case", required=True)
