@@ -351,3 +351,46 @@ impl BoxCoder {
         Ok(Tensor::cat(&[&xy - &half, &xy + &half], 2))
     }
 }
+
+/// torchvision `BoxCoder(weights, bbox_xform_clip).decode_single` with several boxes per
+/// reference: deltas `[K, M * 4]` float (e.g. the box head's class-specific deltas, `M`
+/// classes), reference boxes `[K, 4]` xyxy (e.g. the RoIs). Returns `[K, M, 4]` xyxy in the
+/// deltas' kind, in torchvision's operation order: `d / w`, `dw, dh` capped at `clamp`,
+/// `ctr = dx * w_ref + ctr_ref`, `size = exp(dw) * w_ref`, corners `ctr -+ 0.5 * size`.
+pub fn decode_weighted(
+    deltas: &Tensor,
+    boxes: &Tensor,
+    weights: [f64; 4],
+    clamp: f64,
+) -> Result<Tensor> {
+    ops::check_boxes("reference boxes", boxes, Some(2))?;
+    let size = deltas.size();
+    let k = boxes.size()[0];
+    if size.len() != 2 || size[0] != k || size[1] % 4 != 0 {
+        bail_input!("deltas: expected [{k}, M * 4] for {k} boxes, got {size:?}");
+    }
+    let boxes = boxes.to_kind(deltas.kind());
+    let col = |t: &Tensor, i: i64| t.select(1, i);
+    let widths = (col(&boxes, 2) - col(&boxes, 0)).unsqueeze(1);
+    let heights = (col(&boxes, 3) - col(&boxes, 1)).unsqueeze(1);
+    let ctr_x = col(&boxes, 0).unsqueeze(1) + &widths * 0.5;
+    let ctr_y = col(&boxes, 1).unsqueeze(1) + &heights * 0.5;
+    let d = deltas.view([k, -1, 4]);
+    let part = |i: i64, w: f64| d.select(2, i) / w;
+    let (dx, dy) = (part(0, weights[0]), part(1, weights[1]));
+    let dw = part(2, weights[2]).clamp_max(clamp);
+    let dh = part(3, weights[3]).clamp_max(clamp);
+    let pred_x = dx * &widths + ctr_x;
+    let pred_y = dy * &heights + ctr_y;
+    let half_w = dw.exp() * widths * 0.5;
+    let half_h = dh.exp() * heights * 0.5;
+    Ok(Tensor::stack(
+        &[
+            &pred_x - &half_w,
+            &pred_y - &half_h,
+            &pred_x + &half_w,
+            &pred_y + &half_h,
+        ],
+        2,
+    ))
+}

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use super::coder::BoxCoder;
-use super::nms::batched_nms;
+use super::nms::batched_nms_top;
 use super::ops;
 use crate::bail_input;
 use crate::spec::ModelSpec;
@@ -215,8 +215,13 @@ fn detect_one(boxes: &Tensor, scores: &Tensor, cfg: &DecodeConfig) -> Result<Det
         score = score.index_select(0, &keep);
     }
     let candidate_boxes = boxes.index_select(0, &anchor);
-    let keep = batched_nms(&candidate_boxes, &score, &class, cfg.nms_threshold)?;
-    let keep = keep.narrow(0, 0, keep.size()[0].min(cfg.max_detections));
+    let keep = batched_nms_top(
+        &candidate_boxes,
+        &score,
+        &class,
+        cfg.nms_threshold,
+        cfg.max_detections,
+    )?;
     Ok(Detections {
         boxes: candidate_boxes.index_select(0, &keep),
         scores: score.index_select(0, &keep),

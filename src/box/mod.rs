@@ -17,6 +17,7 @@
 //! | `rpn.py` `assign_targets_to_anchors`, `_utils.py` `BoxCoder` | [`rpn::RpnCoder`] |
 //! | `_utils.py` `BalancedPositiveNegativeSampler` | [`sampler`] (random, hard, all) |
 //! | `rpn.py` `filter_proposals` | [`proposals`] |
+//! | `roi_heads.py` `select_training_samples`, `BoxCoder((10, 10, 5, 5))`; OHEM | [`rcnn`], [`coder::decode_weighted`] |
 //!
 //! Coordinates are model-input pixels; boxes are xyxy unless a name says cxcywh.
 
@@ -27,6 +28,7 @@ pub mod matcher;
 pub mod nms;
 pub mod ops;
 pub mod proposals;
+pub mod rcnn;
 pub mod rpn;
 pub mod sampler;
 
@@ -34,7 +36,7 @@ pub use anchors::Anchors;
 pub use coder::{BoxCoder, EncodeStats, Encoded};
 pub use decode::{DecodeConfig, Detections, HostDetections};
 pub use matcher::Matcher;
-pub use nms::{batched_nms, nms, NmsMethod};
+pub use nms::{batched_nms, batched_nms_top, nms, NmsMethod};
 pub use proposals::{filter_proposals, ProposalConfig, Proposals};
 pub use rpn::{AnchorTargets, RpnCoder};
 pub use sampler::{sample_batch, sample_batch_of, sample_image, SamplerConfig, SamplerKind};

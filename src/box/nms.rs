@@ -53,6 +53,18 @@ pub fn batched_nms(
     batched_nms_with(boxes, scores, Some(classes), iou_threshold, NmsMethod::Auto)
 }
 
+/// [`batched_nms`] keeping at most the `top` best: `[k]` i64 indices, descending score.
+pub fn batched_nms_top(
+    boxes: &Tensor,
+    scores: &Tensor,
+    classes: &Tensor,
+    iou_threshold: f64,
+    top: i64,
+) -> Result<Tensor> {
+    let kept = batched_nms(boxes, scores, classes, iou_threshold)?;
+    Ok(kept.narrow(0, 0, kept.size()[0].min(top.max(0))))
+}
+
 /// [`nms`] / [`batched_nms`] with a chosen method.
 pub fn batched_nms_with(
     boxes: &Tensor,

@@ -222,6 +222,19 @@ pub fn cxcywh_to_xyxy(boxes: &Tensor) -> Result<Tensor> {
     ))
 }
 
+/// The same `rows` (`[k]` i64) of several tensors that share their first dimension.
+pub fn take_rows<const N: usize>(tensors: [&Tensor; N], rows: &Tensor) -> [Tensor; N] {
+    tensors.map(|t| t.index_select(0, rows))
+}
+
+/// `[K]` bool: the `[K, 4]` xyxy boxes whose sides are both >= `min_size` (torchvision
+/// `remove_small_boxes`).
+pub fn large_enough(boxes: &Tensor, min_size: f64) -> Result<Tensor> {
+    check_boxes("boxes", boxes, Some(2))?;
+    let [x1, y1, x2, y2] = columns(boxes);
+    Ok((x2 - x1).ge(min_size).logical_and(&(y2 - y1).ge(min_size)))
+}
+
 /// Clamp `[..., 4]` xyxy boxes into the image `[0, width] x [0, height]`.
 pub fn clamp_boxes(boxes: &Tensor, width: f64, height: f64) -> Result<Tensor> {
     check_boxes("boxes", boxes, None)?;

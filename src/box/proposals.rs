@@ -22,7 +22,7 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use super::nms::batched_nms;
+use super::nms::batched_nms_top;
 use super::ops;
 use crate::bail_input;
 use crate::spec::RpnSpec;
@@ -217,24 +217,22 @@ fn filter_image(
     config: &ProposalConfig,
 ) -> Result<Proposals> {
     let boxes = ops::clamp_boxes(boxes, width, height)?;
-    let w = boxes.select(1, 2) - boxes.select(1, 0);
-    let h = boxes.select(1, 3) - boxes.select(1, 1);
-    let keep = w
-        .ge(config.min_size)
-        .logical_and(&h.ge(config.min_size))
+    let keep = ops::large_enough(&boxes, config.min_size)?
         .logical_and(&scores.ge(config.score_threshold))
         .nonzero()
         .view(-1);
-    let (boxes, scores, levels) = (
-        boxes.index_select(0, &keep),
-        scores.index_select(0, &keep),
-        levels.index_select(0, &keep),
-    );
-    let kept = batched_nms(&boxes, &scores, &levels, config.nms_threshold)?;
-    let kept = kept.narrow(0, 0, kept.size()[0].min(config.post_nms_top_n));
+    let [boxes, scores, levels] = ops::take_rows([&boxes, scores, levels], &keep);
+    let kept = batched_nms_top(
+        &boxes,
+        &scores,
+        &levels,
+        config.nms_threshold,
+        config.post_nms_top_n,
+    )?;
+    let [boxes, scores, levels] = ops::take_rows([&boxes, &scores, &levels], &kept);
     Ok(Proposals {
-        boxes: boxes.index_select(0, &kept),
-        scores: scores.index_select(0, &kept),
-        levels: levels.index_select(0, &kept),
+        boxes,
+        scores,
+        levels,
     })
 }

@@ -86,37 +86,47 @@ impl AnchorTargets {
 /// with centres `x1 + 0.5 w`. `variances`: tchcv's `[v_xy, v_wh]` (weights `1 / v`, applied as
 /// a division), None for torchvision's weights `(1, 1, 1, 1)`.
 pub fn encode_deltas(gt: &[f32; 4], anchor: &[f32; 4], variances: Option<[f32; 2]>) -> [f32; 4] {
+    match variances {
+        None => encode_deltas_weighted(gt, anchor, [1.0; 4]),
+        Some([v_xy, v_wh]) => {
+            let d = encode_deltas_weighted(gt, anchor, [1.0; 4]);
+            [d[0] / v_xy, d[1] / v_xy, d[2] / v_wh, d[3] / v_wh]
+        }
+    }
+}
+
+/// torchvision `BoxCoder(weights).encode_single` for one pair, in its f32 operation order:
+/// `(wx * (gx - ax) / aw, wy * (gy - ay) / ah, ww * ln(gw / aw), wh * ln(gh / ah))`, centres
+/// `x1 + 0.5 w`. The RPN uses weights `(1, 1, 1, 1)`, the box head `(10, 10, 5, 5)`.
+pub fn encode_deltas_weighted(gt: &[f32; 4], anchor: &[f32; 4], weights: [f32; 4]) -> [f32; 4] {
+    let [wx, wy, ww, wh] = weights;
     let (ex_w, ex_h) = (anchor[2] - anchor[0], anchor[3] - anchor[1]);
     let (ex_x, ex_y) = (anchor[0] + 0.5 * ex_w, anchor[1] + 0.5 * ex_h);
     let (gt_w, gt_h) = (gt[2] - gt[0], gt[3] - gt[1]);
     let (gt_x, gt_y) = (gt[0] + 0.5 * gt_w, gt[1] + 0.5 * gt_h);
-    let d = [
-        (gt_x - ex_x) / ex_w,
-        (gt_y - ex_y) / ex_h,
-        (gt_w / ex_w).ln(),
-        (gt_h / ex_h).ln(),
-    ];
-    match variances {
-        None => d,
-        Some([v_xy, v_wh]) => [d[0] / v_xy, d[1] / v_xy, d[2] / v_wh, d[3] / v_wh],
-    }
+    [
+        wx * (gt_x - ex_x) / ex_w,
+        wy * (gt_y - ex_y) / ex_h,
+        ww * (gt_w / ex_w).ln(),
+        wh * (gt_h / ex_h).ln(),
+    ]
 }
 
 /// One image's usable ground truth.
-struct Usable {
+pub(crate) struct Usable {
     /// The boxes that are not degenerate, `[G']` xyxy.
-    boxes: Vec<[f32; 4]>,
+    pub(crate) boxes: Vec<[f32; 4]>,
     /// The input index of each kept box.
-    input_index: Vec<usize>,
+    pub(crate) input_index: Vec<usize>,
     /// Input indices of the dropped (degenerate) boxes.
-    dropped: Vec<usize>,
+    pub(crate) dropped: Vec<usize>,
     /// The crowd regions (not in `boxes`: never matched), see [`ops::ignore_inside_crowd`].
-    crowd: Vec<[f32; 4]>,
+    pub(crate) crowd: Vec<[f32; 4]>,
 }
 
 /// The usable GT boxes of one image: finite (else bad input), degenerate ones dropped, crowd
 /// regions (`crowd` `[G]` flags, or empty: none) set apart.
-fn usable_boxes(boxes: &[[f32; 4]], crowd: &[bool]) -> Result<Usable> {
+pub(crate) fn usable_boxes(boxes: &[[f32; 4]], crowd: &[bool]) -> Result<Usable> {
     let mut out = Usable {
         boxes: Vec::with_capacity(boxes.len()),
         input_index: Vec::with_capacity(boxes.len()),

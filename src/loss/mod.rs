@@ -6,6 +6,7 @@
 //! | `loss/focal_loss.py` `FocalLoss` | [`FocalLoss`] (sigmoid, fvcore semantics) |
 //! | softmax focal loss (Faster R-CNN heads) | [`SoftmaxFocalLoss`] |
 //! | torchvision `RegionProposalNetwork.compute_loss` | [`RpnLoss`]; with the sampler, [`SampledRpnLoss`] |
+//! | torchvision `roi_heads.fastrcnn_loss` (and focal, OHEM's per-RoI loss) | [`RcnnLoss`] |
 //!
 //! Every loss takes the same four tensors ([`LossInputs`]) and returns a [`LossOutput`]: the
 //! differentiable `total` plus the summed parts and counts that torchcv only printed. The
@@ -18,6 +19,7 @@
 mod focal;
 mod inputs;
 pub mod mining;
+mod rcnn;
 mod rpn;
 mod softmax_focal;
 mod ssd;
@@ -25,6 +27,7 @@ mod ssd;
 pub use focal::{focal_sum, sigmoid_focal_loss, FocalLoss, FocalLossConfig};
 pub use inputs::LossInputs;
 pub use mining::NegativeMining;
+pub use rcnn::{own_class_deltas, RcnnClsLoss, RcnnLoss, RcnnLossConfig, RcnnLossInputs};
 pub use rpn::{RpnLoss, RpnLossConfig, RpnLossInputs, SampledRpnLoss, SampledRpnLossConfig};
 pub use softmax_focal::{
     class_weights_from_histogram, BackgroundWeight, ClassWeighting, ClsReduction, SoftmaxFocalLoss,

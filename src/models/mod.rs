@@ -7,6 +7,8 @@
 //! | (none: a CPU-sized SSD for the demo) | [`small::SmallSsd`] |
 //! | `models/retinanet/fpn.py` `Bottleneck`, `FPN` | [`resnet::ResNet`], [`retina::Fpn`] |
 //! | `models/retinanet/net.py` `RetinaNet` | [`retina::RetinaNet`] |
+//! | torchvision `ops/poolers.py` `MultiScaleRoIAlign`, `ops.roi_align` | [`roi_align`] |
+//! | torchvision `roi_heads.py` `TwoMLPHead`, `FastRCNNPredictor`, `postprocess_detections` | [`roi_heads`] |
 //! | torchvision `rpn.py` `RPNHead`, `ops/feature_pyramid_network.py` (Faster R-CNN's RPN) | [`rpn::RpnSmall`], [`rpn::RpnResNetFpn`], [`retina::TorchvisionFpn`] |
 //!
 //! [`build`] reads the spec's `backbone`, `head` and `network` options, creates the variables
@@ -22,6 +24,8 @@
 pub mod layers;
 pub mod resnet;
 pub mod retina;
+pub mod roi_align;
+pub mod roi_heads;
 pub mod rpn;
 pub mod small;
 pub mod ssd;

@@ -8,6 +8,7 @@ A *case* is a pair of files in one folder:
 The Rust parity tests read both (tch `Tensor::read_safetensors`, serde_json).
 """
 
+import contextlib
 import json
 import math
 import sys
@@ -94,6 +95,19 @@ def read_tensors(path, required=()):
     if missing:
         raise ReferenceError(f"{path}: missing tensor(s) {', '.join(missing)}; has {sorted(tensors)}")
     return tensors
+
+
+@contextlib.contextmanager
+def exact_batched_nms():
+    """torchvision's batched_nms with its per-class loop (_batched_nms_vanilla) for every size:
+    classes (levels) compared exactly, as tchcv does, not through the coordinate offset."""
+    import torchvision.ops.boxes as tv_boxes
+    saved = tv_boxes.batched_nms
+    tv_boxes.batched_nms = tv_boxes._batched_nms_vanilla
+    try:
+        yield
+    finally:
+        tv_boxes.batched_nms = saved
 
 
 def run_cli(main):

@@ -17,22 +17,20 @@ Commands (each writes <out>/<command>.safetensors and <out>/<command>.json):
 """
 
 import argparse
-import contextlib
 import json
 import math
 import sys
 from pathlib import Path
 
 import torch
-import torchvision.ops.boxes as tv_boxes
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import box_iou
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (ReferenceError, case_generator, read_tensors, resolve_device,  # noqa: E402
-                    run_cli, write_case)
+from common import (ReferenceError, case_generator, exact_batched_nms,  # noqa: E402
+                    read_tensors, resolve_device, run_cli, write_case)
 
 # ---------------------------------------------------------------------------------------------
 # The spec (read from the JSON, defaults of docs/box.md for the "torchvision" style)
@@ -273,18 +271,6 @@ def cmd_loss(args):
         "loss_objectness": float(obj_loss), "loss_rpn_box_reg": float(box_loss)})
 
 
-@contextlib.contextmanager
-def exact_level_nms():
-    """torchvision's batched_nms with its per-class loop (_batched_nms_vanilla) for every size:
-    levels compared exactly, not through the coordinate offset."""
-    saved = tv_boxes.batched_nms
-    tv_boxes.batched_nms = tv_boxes._batched_nms_vanilla
-    try:
-        yield
-    finally:
-        tv_boxes.batched_nms = saved
-
-
 def cmd_proposals(args):
     spec = load_spec(args.spec)
     device = resolve_device(args.device)
@@ -304,7 +290,7 @@ def cmd_proposals(args):
     deltas = deltas.to(device)
     proposals = rpn.box_coder.decode(deltas.reshape(-1, 4), [anchors] * n).view(n, -1, 4)
     shapes = [(height, width)] * n
-    with exact_level_nms():
+    with exact_batched_nms():
         boxes, scores = rpn.filter_proposals(proposals, objectness, shapes, per_level)
     as_is, _ = rpn.filter_proposals(proposals, objectness, shapes, per_level)
     tensors = {"objectness": objectness, "deltas": deltas, "decoded": proposals}
