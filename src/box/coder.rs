@@ -88,7 +88,8 @@ struct GroundTruth {
 
 impl GroundTruth {
     /// Check one image's boxes, labels and crowd flags (`crowd` empty: none is a crowd
-    /// region); drop degenerate boxes.
+    /// region): [`super::rpn::usable_boxes`] (finite, degenerate ones dropped, crowd regions set
+    /// apart), and labels not negative.
     fn new(boxes: &[[f32; 4]], labels: &[i64], crowd: &[bool]) -> Result<Self> {
         if boxes.len() != labels.len() || !(crowd.is_empty() || crowd.len() == boxes.len()) {
             bail_input!(
@@ -98,33 +99,19 @@ impl GroundTruth {
                 crowd.len()
             );
         }
-        let mut gt = GroundTruth {
-            boxes: Vec::with_capacity(boxes.len()),
-            labels: Vec::with_capacity(boxes.len()),
-            crowd: Vec::new(),
-            input_index: Vec::with_capacity(boxes.len()),
-            dropped: Vec::new(),
-        };
-        for (i, (b, &label)) in boxes.iter().zip(labels).enumerate() {
-            if !b.iter().all(|x| x.is_finite()) {
-                bail_input!("ground truth box {i}: non-finite coordinate in {b:?}");
-            }
-            if label < 0 {
-                bail_input!(
-                    "ground truth box {i}: label {label} is negative (labels are 0-based class indices)"
-                );
-            }
-            if ops::is_degenerate(b) {
-                gt.dropped.push(i);
-            } else if crowd.get(i).copied().unwrap_or(false) {
-                gt.crowd.push(*b);
-            } else {
-                gt.boxes.push(*b);
-                gt.labels.push(label);
-                gt.input_index.push(i);
-            }
+        let usable = super::rpn::usable_boxes(boxes, crowd)?;
+        if let Some((i, label)) = labels.iter().enumerate().find(|(_, &l)| l < 0) {
+            bail_input!(
+                "ground truth box {i}: label {label} is negative (labels are 0-based class indices)"
+            );
         }
-        Ok(gt)
+        Ok(GroundTruth {
+            labels: usable.input_index.iter().map(|&i| labels[i]).collect(),
+            boxes: usable.boxes,
+            crowd: usable.crowd,
+            input_index: usable.input_index,
+            dropped: usable.dropped,
+        })
     }
 }
 
