@@ -25,12 +25,17 @@ pub fn area(b: &[f32; 4]) -> f32 {
     (b[2] - b[0]) * (b[3] - b[1])
 }
 
+/// Intersection area of two xyxy boxes, `w * h` of the overlap clamped at 0 (torchcv's order).
+fn intersection(a: &[f32; 4], b: &[f32; 4]) -> f32 {
+    let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    w * h
+}
+
 /// IoU of two xyxy boxes given their areas (torchcv's f32 operation order); 0 when the union
 /// is not positive.
 pub fn iou_with_areas(a: &[f32; 4], area_a: f32, b: &[f32; 4], area_b: f32) -> f32 {
-    let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
-    let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
-    let inter = w * h;
+    let inter = intersection(a, b);
     let union = area_a + area_b - inter;
     if union > 0.0 {
         inter / union
@@ -46,10 +51,8 @@ pub const CROWD_IOA: f32 = 0.7;
 /// Intersection of xyxy boxes `a` and `b` over `a`'s area `area_a` (COCO's IoU with a crowd
 /// region, as seen from `a`); 0 when `a` has no area.
 pub fn ioa(a: &[f32; 4], area_a: f32, b: &[f32; 4]) -> f32 {
-    let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
-    let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
     if area_a > 0.0 {
-        w * h / area_a
+        intersection(a, b) / area_a
     } else {
         0.0
     }
