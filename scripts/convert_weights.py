@@ -5,6 +5,8 @@
     python scripts/convert_weights.py --arch resnet50 resnet50-0676ba61.pth r50_backbone.safetensors
     python scripts/convert_weights.py --arch fasterrcnn_resnet50_fpn \
         fasterrcnn_resnet50_fpn_coco-258fb6c6.pth rpn_r50_fpn.safetensors
+    python scripts/convert_weights.py --arch fasterrcnn_resnet50_fpn --with-roi-heads \
+        fasterrcnn_resnet50_fpn_coco-258fb6c6.pth faster_rcnn_r50_fpn.safetensors
     tchcv train --model models/ssd300.json --init vgg16_backbone.safetensors ...
 
 The input is a state_dict saved with torch.save (a `.pth` as torchvision downloads them, or a
@@ -35,6 +37,9 @@ fasterrcnn_resnet50_fpn (models/rpn_r50_fpn.json: the whole region proposal netw
                                              get the `.0`
     rpn.head.conv.0.0, cls_logits, bbox_pred -> the same; rpn.head.conv (pre-0.13) -> conv.0.0
     roi_heads.* (the second stage) and num_batches_tracked dropped
+    --with-roi-heads (models/faster_rcnn_r50_fpn.json: the whole Faster R-CNN) also keeps
+    roi_heads.box_head.fc6, fc7 and roi_heads.box_predictor.cls_score, bbox_pred (weight and
+    bias) under the same names; an error if any is missing
 
 Exit status 0 on success, 1 with a one-line `error: ...` (e.g. the names the input lacks).
 """
@@ -132,7 +137,13 @@ def rpn_name(name):
     return ''
 
 
-def convert_fasterrcnn(state, origin):
+ROI_HEADS = [f'roi_heads.{layer}.{p}'
+             for layer in ('box_head.fc6', 'box_head.fc7', 'box_predictor.cls_score',
+                           'box_predictor.bbox_pred')
+             for p in ('weight', 'bias')]
+
+
+def convert_fasterrcnn(state, origin, with_roi_heads=False):
     out = {}
     for name, t in state.items():
         new = rpn_name(name)
@@ -144,6 +155,11 @@ def convert_fasterrcnn(state, origin):
     take(state, 'backbone.body.layer4.2.conv3.weight', origin)
     if 'rpn.head.cls_logits.weight' not in out:
         take(state, 'rpn.head.cls_logits.weight', origin)
+    if with_roi_heads:
+        missing = [name for name in ROI_HEADS if name not in state]
+        if missing:
+            raise ConvertError(f'{origin}: --with-roi-heads: missing {", ".join(missing)}')
+        out.update({name: state[name] for name in ROI_HEADS})
     return out
 
 
@@ -154,15 +170,20 @@ def main():
     parser.add_argument('--prefix', default='fpn.',
                         help='ResNets: the name prefix of the backbone (fpn. for RetinaNet, '
                              'backbone.body. for the ResNet-FPN RPN)')
+    parser.add_argument('--with-roi-heads', action='store_true',
+                        help='fasterrcnn_resnet50_fpn: also keep the second stage (box head and '
+                             'predictor), for the whole Faster R-CNN')
     parser.add_argument('input', help='torchvision state_dict (.pth or .safetensors)')
     parser.add_argument('output', help='tchcv backbone weights (.safetensors)')
     args = parser.parse_args()
     try:
+        if args.with_roi_heads and args.arch not in DETECTORS:
+            raise ConvertError(f'--with-roi-heads is only for --arch {", ".join(sorted(DETECTORS))}')
         state = read_state_dict(args.input)
         if args.arch == 'vgg16':
             out = convert_vgg16(state, args.input)
         elif args.arch in DETECTORS:
-            out = convert_fasterrcnn(state, args.input)
+            out = convert_fasterrcnn(state, args.input, args.with_roi_heads)
         else:
             out = convert_resnet(state, args.input, args.prefix)
         out = {k: v.detach().to(torch.float32).contiguous() for k, v in out.items()}
@@ -172,7 +193,9 @@ def main():
         print(f'error: {exc}', file=sys.stderr)
         sys.exit(1)
     n = sum(t.numel() for t in out.values())
-    what = 'region proposal network' if args.arch in DETECTORS else 'backbone'
+    what = 'backbone'
+    if args.arch in DETECTORS:
+        what = 'Faster R-CNN' if args.with_roi_heads else 'region proposal network'
     print(f'{args.output}: {len(out)} tensors, {n} values ({args.arch} {what})')
 
 

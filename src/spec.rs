@@ -41,6 +41,10 @@ pub const MAX_ANCHORS: i64 = 1 << 24;
 /// R-CNN's region proposal loss) goes with `head: "rpn"` and only with it.
 pub const LOSS_NAMES: [&str; 4] = ["ssd", "focal", "softmax_focal", "rpn"];
 
+/// The heads whose first stage is a region proposal network trained with the `"rpn"` loss:
+/// the RPN alone, and Faster R-CNN (RPN + RoI box head, whose settings are `roi_heads`).
+pub const RPN_HEADS: [&str; 2] = ["rpn", "faster_rcnn"];
+
 /// The RPN sampler names a spec's `rpn.sampler` may give (`tchcv::bbox::SamplerKind` parses
 /// them).
 pub const SAMPLER_NAMES: [&str; 3] = ["random", "hard", "all"];
@@ -71,6 +75,75 @@ pub struct ModelSpec {
     /// ([`RpnSpec::default`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rpn: Option<RpnSpec>,
+    /// Faster R-CNN's second stage (`head: "faster_rcnn"` only); None: torchvision's defaults.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub roi_heads: Option<RoiHeadsSpec>,
+}
+
+/// Faster R-CNN's second stage: which RoIs train the box head and with which loss, how they are
+/// pooled, the head's width and the detection settings (torchvision `RoIHeads` defaults).
+///
+/// ```json
+/// "roi_heads": {"sampler": {"kind": "ohem", "ohem_per_image": 128},
+///               "loss": {"cls": {"kind": "softmax_focal", "gamma": 2.0}},
+///               "pool": {"maps": [0], "output_size": [7, 7], "sampling_ratio": 2},
+///               "representation_size": 1024,
+///               "score_threshold": 0.05, "nms_threshold": 0.5, "detections_per_image": 100}
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoiHeadsSpec {
+    /// Matching and sampling (`kind`: `random` 512 at 25% foreground, `all`, `ohem`).
+    pub sampler: crate::bbox::rcnn::RoiSamplerConfig,
+    /// The box head's loss (`cls.kind`: `cross_entropy` or `softmax_focal` with its options).
+    pub loss: crate::loss::RcnnLossConfig,
+    /// RoIAlign over the RPN's feature maps.
+    pub pool: RoiPoolSpec,
+    /// The two fully connected layers' width (torchvision: 1024).
+    pub representation_size: i64,
+    /// Detections keep scores above this (torchvision `box_score_thresh`: 0.05).
+    pub score_threshold: f64,
+    /// Class-wise NMS suppresses IoU > this (`box_nms_thresh`: 0.5).
+    pub nms_threshold: f64,
+    /// Detections per image (`box_detections_per_img`: 100).
+    pub detections_per_image: i64,
+}
+
+impl Default for RoiHeadsSpec {
+    fn default() -> Self {
+        Self {
+            sampler: Default::default(),
+            loss: Default::default(),
+            pool: RoiPoolSpec::default(),
+            representation_size: 1024,
+            score_threshold: 0.05,
+            nms_threshold: 0.5,
+            detections_per_image: 100,
+        }
+    }
+}
+
+/// torchvision `MultiScaleRoIAlign` settings.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoiPoolSpec {
+    /// Indices of the feature maps pooled from, finest first (torchvision's FPN: P2-P5, the
+    /// first four; None: every map). The maps must have the same channels.
+    pub maps: Option<Vec<usize>>,
+    /// `[h, w]` (7x7).
+    pub output_size: [i64; 2],
+    /// Samples per bin side (2; 0 or less: adaptive).
+    pub sampling_ratio: i64,
+}
+
+impl Default for RoiPoolSpec {
+    fn default() -> Self {
+        Self {
+            maps: None,
+            output_size: [7, 7],
+            sampling_ratio: 2,
+        }
+    }
 }
 
 /// A feature map's size in cells (JSON: `n` for a square map, else `[h, w]`).
@@ -293,6 +366,7 @@ impl ModelSpec {
             "matching",
             "coder",
             "rpn",
+            "roi_heads",
             "num_anchors",
         ])?;
         let name = root.required("name", |n| n.string())?;
@@ -307,10 +381,11 @@ impl ModelSpec {
         let loss = root
             .optional("loss", |n| one_of(n, &LOSS_NAMES))?
             .unwrap_or_else(|| default_loss(&head).to_string());
-        if (head == "rpn") != (loss == "rpn") {
+        if RPN_HEADS.contains(&head.as_str()) != (loss == "rpn") {
             return Err(crate::bad_input(format!(
-                "{origin}: loss: {loss:?} does not fit head {head:?} (the \"rpn\" head is \
-                 trained with the \"rpn\" loss, and only it)"
+                "{origin}: loss: {loss:?} does not fit head {head:?} (the \"rpn\" and \
+                 \"faster_rcnn\" heads are trained with the \"rpn\" loss on their first stage, \
+                 and only they; Faster R-CNN's second-stage loss is roi_heads.loss)"
             )));
         }
         let anchors = root.required("anchors", |n| parse_anchors(n, input_size))?;
@@ -323,6 +398,13 @@ impl ModelSpec {
             decode_clamp: Some(DEFAULT_DECODE_CLAMP),
         });
         let rpn = root.optional("rpn", parse_rpn)?;
+        let roi_heads = root.optional("roi_heads", parse_roi_heads)?;
+        if roi_heads.is_some() && head != "faster_rcnn" {
+            return Err(crate::bad_input(format!(
+                "{origin}: roi_heads: only a \"faster_rcnn\" head has a second stage, this \
+                 spec's head is {head:?}"
+            )));
+        }
         let spec = ModelSpec {
             name,
             description,
@@ -335,6 +417,7 @@ impl ModelSpec {
             matching,
             coder,
             rpn,
+            roi_heads,
         };
         let total = spec.num_anchors();
         if total > MAX_ANCHORS {
@@ -433,6 +516,22 @@ impl ModelSpec {
     /// (sigmoid focal loss, the RPN's objectness).
     pub fn has_background_column(&self) -> bool {
         self.loss != "focal" && self.loss != "rpn"
+    }
+
+    /// Whether the first stage is a region proposal network (`head` `"rpn"` or
+    /// `"faster_rcnn"`): its anchors are labelled and sampled as torchvision's RPN does.
+    pub fn has_rpn(&self) -> bool {
+        RPN_HEADS.contains(&self.head.as_str())
+    }
+
+    /// Whether the spec is a two-stage detector (`head: "faster_rcnn"`).
+    pub fn is_two_stage(&self) -> bool {
+        self.head == "faster_rcnn"
+    }
+
+    /// The spec's `roi_heads` settings, or torchvision's defaults when it has none.
+    pub fn roi_heads_or_default(&self) -> RoiHeadsSpec {
+        self.roi_heads.clone().unwrap_or_default()
     }
 
     /// The spec's `rpn` settings, or torchvision's defaults when it has none.
@@ -683,9 +782,38 @@ fn one_of(n: Node<'_>, names: &[&str]) -> Result<String> {
 fn default_loss(head: &str) -> &'static str {
     match head {
         "retina" => "focal",
-        "rpn" => "rpn",
+        "rpn" | "faster_rcnn" => "rpn",
         _ => "ssd",
     }
+}
+
+/// `roi_heads`: [`RoiHeadsSpec`]'s fields (unknown keys are errors), checked for range.
+fn parse_roi_heads(n: Node<'_>) -> Result<RoiHeadsSpec> {
+    let spec: RoiHeadsSpec =
+        serde_json::from_value(n.value().clone()).map_err(|e| n.fail(e.to_string()))?;
+    let positive = spec.representation_size >= 1
+        && spec.detections_per_image >= 0
+        && spec.pool.output_size.iter().all(|&s| s >= 1);
+    if !positive {
+        return Err(n.fail(format!(
+            "representation_size and pool.output_size must be >= 1 and detections_per_image >= \
+             0, got {}, {:?} and {}",
+            spec.representation_size, spec.pool.output_size, spec.detections_per_image
+        )));
+    }
+    for (name, v) in [
+        ("score_threshold", spec.score_threshold),
+        ("nms_threshold", spec.nms_threshold),
+    ] {
+        if !(0.0..=1.0).contains(&v) {
+            return Err(n.fail(format!("{name}: expected a number in [0, 1], got {v}")));
+        }
+    }
+    crate::loss::RcnnLoss::new(spec.loss.clone()).map_err(|e| n.fail(format!("loss: {e}")))?;
+    spec.sampler
+        .validate()
+        .map_err(|e| n.fail(format!("sampler: {e}")))?;
+    Ok(spec)
 }
 
 fn parse_rpn(n: Node<'_>) -> Result<RpnSpec> {

@@ -20,6 +20,8 @@
 
 mod common;
 
+use common::detections::{assert_same_detections, Detection, DetectionTolerance};
+
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -924,57 +926,7 @@ fn heads_parity(device: Device, what: &str) {
             take(&t, &format!("labels{i}")),
         );
         let got = Detection::all(&d.boxes, &d.scores, &d.labels);
-        assert_same_detections(&got, &want, &ctx);
-    }
-}
-
-/// One detection on the host.
-#[derive(Debug, Clone, Copy)]
-struct Detection {
-    boxes: [f32; 4],
-    score: f32,
-    label: i64,
-}
-
-impl Detection {
-    fn all(boxes: &Tensor, scores: &Tensor, labels: &Tensor) -> Vec<Detection> {
-        let b = ops::host_boxes(&boxes.to_device(CPU)).unwrap();
-        let s = Vec::<f32>::try_from(scores.to_device(CPU).contiguous()).unwrap();
-        let l = i64s(labels);
-        (0..s.len())
-            .map(|i| Detection {
-                boxes: b[i],
-                score: s[i],
-                label: l[i],
-            })
-            .collect()
-    }
-}
-
-/// The same detections (label, box within 1e-5 relative + 1e-4 px, score within 1e-5 + 1e-6),
-/// in the same order except among scores within 1e-5 of each other: torchvision's sort is not
-/// stable, and a saturated softmax ties.
-fn assert_same_detections(got: &[Detection], want: &[Detection], ctx: &str) {
-    let close = |a: f32, b: f32, rtol: f32, atol: f32| (a - b).abs() <= rtol * b.abs() + atol;
-    let same = |g: &Detection, w: &Detection| {
-        g.label == w.label
-            && (0..4).all(|c| close(g.boxes[c], w.boxes[c], 1e-5, 1e-4))
-            && close(g.score, w.score, 1e-5, 1e-6)
-    };
-    let mut used = vec![false; want.len()];
-    for (i, g) in got.iter().enumerate() {
-        let found = (0..want.len()).find(|&j| {
-            !used[j]
-                && same(g, &want[j])
-                && (i == j || close(want[i].score, want[j].score, 1e-5, 0.0))
-        });
-        let Some(j) = found else {
-            panic!(
-                "{ctx}: detection {i} {g:?} is not torchvision's {:?}",
-                want.get(i)
-            );
-        };
-        used[j] = true;
+        assert_same_detections(&got, &want, &DetectionTolerance::default(), &ctx);
     }
 }
 

@@ -799,3 +799,116 @@ fn rpn_samplers_train_and_the_rpn_loss_goes_with_the_rpn_head_only() {
     assert_eq!(res.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&res.stderr).contains("--rpn-sampler"));
 }
+
+/// The second stage's logged parts of each step: (roi_loc_per_pos, roi_cls_per_pos,
+/// roi_num_pos, roi_num_neg).
+fn roi_steps(run: &Path) -> Vec<(f64, f64, i64, i64)> {
+    common::metrics(run, "step")
+        .iter()
+        .map(|v| {
+            let f = |k: &str| v[k].as_f64().unwrap_or_else(|| panic!("{k} in {v}"));
+            let i = |k: &str| v[k].as_i64().unwrap_or_else(|| panic!("{k} in {v}"));
+            (
+                f("roi_loc_per_pos"),
+                f("roi_cls_per_pos"),
+                i("roi_num_pos"),
+                i("roi_num_neg"),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn faster_rcnn_trains_both_stages_resumes_exactly_and_reports_map() {
+    let data = synth("train-frcnn");
+    let whole = common::scratch("train-frcnn-whole");
+    // Both stages draw per step and image: a resumed run must continue their streams exactly.
+    let extra = [
+        "--iters",
+        "4",
+        "--lr-schedule",
+        "cosine",
+        "--seed",
+        "5",
+        "--test-sets",
+        "test",
+    ];
+    let model = "models/faster_rcnn_small.json";
+    let out = ok(
+        &tchcv(&with_model(train_args(s(&data), s(&whole), &extra), model)),
+        "faster_rcnn uninterrupted",
+    );
+    assert!(out.contains("| roi loc ") && out.contains(" fg "), "{out}");
+    let split = common::scratch("train-frcnn-split");
+    stop_then_resume(
+        with_model(train_args(s(&data), s(&split), &extra), model),
+        &split,
+        2,
+    );
+    let (a, b) = (steps(&whole), steps(&split));
+    assert_eq!(a.len(), 4);
+    assert_eq!(a, b, "4 iterations vs 2 + resume + 2: identical losses");
+    let (ra, rb) = (roi_steps(&whole), roi_steps(&split));
+    assert_eq!(ra, rb, "and identical second-stage parts");
+    // Each step's box head loss covers at most 128 RoIs per image of the batch of 8, the
+    // foreground at most a quarter; the total is both stages'.
+    for ((roi_loc, roi_cls, fg, bg), v) in ra.iter().zip(common::metrics(&whole, "step")) {
+        assert!(fg + bg > 0 && fg + bg <= 128 * 8 && *fg <= 32 * 8, "{v}");
+        let parts = v["loc_per_pos"].as_f64().unwrap() + v["cls_per_pos"].as_f64().unwrap();
+        let total = v["total"].as_f64().unwrap();
+        assert!(
+            (total - (parts + roi_loc + roi_cls)).abs() <= 1e-5 * total.max(1.0),
+            "total = both stages: {v}"
+        );
+    }
+    // The end-of-run evaluation is the detector's VOC mAP; `tchcv eval` agrees.
+    let ckpt = whole.join("best.safetensors");
+    let (during, after, stdout) = evaluations(&data, &whole, &ckpt);
+    assert!(stdout.contains("mAP"), "{stdout}");
+    let map = during["map_voc07"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&map), "{during}");
+    assert_eq!(
+        after["map_voc07"], during["map_voc07"],
+        "training-time vs tchcv eval"
+    );
+}
+
+#[test]
+fn faster_rcnn_second_stage_samplers_and_losses_train_and_fit_only_two_stage_specs() {
+    let data = synth("train-frcnn-cures");
+    let model = "models/faster_rcnn_small.json";
+    for (sampler, loss, most) in [
+        ("all", "softmax-focal", None),
+        ("ohem", "cross-entropy", Some(64 * 8)),
+    ] {
+        let out = common::scratch(&format!("train-frcnn-{sampler}"));
+        let extra = ["--iters", "2", "--roi-sampler", sampler, "--roi-loss", loss];
+        ok(
+            &tchcv(&with_model(train_args(s(&data), s(&out), &extra), model)),
+            sampler,
+        );
+        let rois = roi_steps(&out);
+        assert_eq!(rois.len(), 2);
+        for (loc, cls, fg, bg) in rois {
+            assert!(loc.is_finite() && cls.is_finite() && fg > 0, "{sampler}");
+            match most {
+                // OHEM keeps ohem_per_image (64 in the spec) per image.
+                Some(most) => assert!(fg + bg <= most, "{sampler}: {}", fg + bg),
+                // `all`: every labelled proposal, more than the random sampler's 128 per image.
+                None => assert!(fg + bg > 128 * 8, "{sampler}: {}", fg + bg),
+            }
+        }
+        let config = tchcv::train::saved_config(&out).unwrap();
+        assert_eq!(config["roi_sampler"], sampler);
+        assert_eq!(config["roi_loss"], loss.replace('-', "_"));
+    }
+    // The second-stage flags go with a two-stage spec only.
+    let out = common::scratch("train-frcnn-bad");
+    let res = tchcv(&train_args(
+        s(&data),
+        s(&out),
+        &["--iters", "1", "--roi-sampler", "ohem"],
+    ));
+    assert_eq!(res.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&res.stderr).contains("--roi-sampler"));
+}

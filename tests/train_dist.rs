@@ -146,8 +146,32 @@ fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-5 * b.abs().max(1.0)
 }
 
-/// Compare a distributed run folder with the single-process one: logged losses and weights.
+/// Compare a distributed run folder with the single-process one: logged losses (a two-stage
+/// detector's second stage too) and weights.
 fn compare(single: &Path, group: &Path) {
+    let roi = |run: &Path| -> Vec<[f64; 4]> {
+        common::metrics(run, "step")
+            .iter()
+            .filter(|v| v.get("roi_num_pos").is_some())
+            .map(|v| {
+                [
+                    "roi_loc_per_pos",
+                    "roi_cls_per_pos",
+                    "roi_num_pos",
+                    "roi_num_neg",
+                ]
+                .map(|k| v[k].as_f64().unwrap())
+            })
+            .collect()
+    };
+    let (x, y) = (roi(single), roi(group));
+    assert_eq!(x.len(), y.len(), "second-stage steps logged");
+    for (x, y) in x.iter().zip(&y) {
+        assert!(
+            x.iter().zip(y).all(|(a, b)| close(*a, *b)),
+            "second stage {x:?} vs {y:?}"
+        );
+    }
     let (a, b) = (steps(single), steps(group));
     assert_eq!(a.len(), b.len(), "steps logged");
     for (x, y) in a.iter().zip(&b) {
@@ -175,11 +199,10 @@ fn launch_two(data: &Path, spec: &Path, out: &Path, extra: &[&str]) -> Vec<Outpu
     let master = format!("127.0.0.1:{}", free_port());
     let children = (0..2)
         .map(|rank| {
-            let mut args = train_args(data, spec, out, 4);
+            let mut args = with_flags(train_args(data, spec, out, 4), extra);
             let rank = rank.to_string();
             let group = ["--world-size", "2", "--rank", &rank, "--master", &master];
             args.extend(group.map(String::from));
-            args.extend(extra.iter().map(|a| a.to_string()));
             Command::new(common::tchcv_bin())
                 .args(args)
                 .stdout(Stdio::piped())
@@ -191,27 +214,71 @@ fn launch_two(data: &Path, spec: &Path, out: &Path, extra: &[&str]) -> Vec<Outpu
     wait_all(children, Duration::from_secs(180))
 }
 
-#[test]
-fn an_rpn_on_two_processes_samples_and_normalises_like_one_with_the_global_batch() {
-    // The RPN loss divides by the sampled anchors of the global batch, and each image's sample
-    // is keyed by its place in the global batch: two ranks of batch 4 log the losses and sample
-    // counts of one process of batch 8 and end with its weights.
-    if !common::dist_or_skip("rpn training on two processes") {
-        return;
-    }
-    let (data, spec) = setup_with("train-dist-rpn", "rpn_small.json");
-    let single = common::scratch("train-dist-rpn-single");
-    single_process(&data, &spec, &single);
-    let group = common::scratch("train-dist-rpn-group");
-    for (rank, out) in launch_two(&data, &spec, &group, &[]).iter().enumerate() {
-        ok(out, &format!("rpn rank {rank}"));
+/// Two ranks of batch 4 training the shipped spec `model` (without batch norm) for `iters`
+/// steps log the losses and sample counts of one process of batch 8 and end with its weights.
+fn two_ranks_like_one(name: &str, model: &str, iters: &str) {
+    let (data, spec) = setup_with(&format!("train-dist-{name}"), model);
+    let single = common::scratch(&format!("train-dist-{name}-single"));
+    single_process_with(&data, &spec, &single, iters);
+    let group = common::scratch(&format!("train-dist-{name}-group"));
+    for (rank, out) in launch_two(&data, &spec, &group, &["--iters", iters])
+        .iter()
+        .enumerate()
+    {
+        ok(out, &format!("{name} rank {rank}"));
     }
     compare(&single, &group);
 }
 
+#[test]
+fn an_rpn_on_two_processes_samples_and_normalises_like_one_with_the_global_batch() {
+    // The RPN loss divides by the sampled anchors of the global batch, and each image's sample
+    // is keyed by its place in the global batch.
+    if common::dist_or_skip("rpn training on two processes") {
+        two_ranks_like_one("rpn", "rpn_small.json", "4");
+    }
+}
+
+#[test]
+fn a_faster_rcnn_on_two_processes_trains_both_stages_like_one_with_the_global_batch() {
+    // Both stages' normalisers are global (the sampled anchors, the sampled RoIs), and both
+    // samplers key each image by its place in the global batch. One step: the proposals
+    // depend on the weights, so after a step whose gradients differ in the last bits (summed
+    // over two halves) a proposal can flip and later steps differ by more than rounding.
+    if common::dist_or_skip("faster_rcnn training on two processes") {
+        two_ranks_like_one("frcnn", "faster_rcnn_small.json", "1");
+    }
+}
+
 fn single_process(data: &Path, spec: &Path, out: &Path) {
+    single_process_with(data, spec, out, "4");
+}
+
+/// `args` with `extra`: a flag `args` has takes the value after it in `extra`; the rest is
+/// appended.
+fn with_flags(mut args: Vec<String>, extra: &[&str]) -> Vec<String> {
+    let mut i = 0;
+    while i < extra.len() {
+        let at = args.iter().position(|a| a == extra[i]);
+        match (at, extra.get(i + 1)) {
+            (Some(at), Some(value)) if !value.starts_with("--") => {
+                args[at + 1] = value.to_string();
+                i += 2;
+            }
+            _ => {
+                args.push(extra[i].to_string());
+                i += 1;
+            }
+        }
+    }
+    args
+}
+
+/// One process of batch 8 training `iters` steps.
+fn single_process_with(data: &Path, spec: &Path, out: &Path, iters: &str) {
+    let args = with_flags(train_args(data, spec, out, 8), &["--iters", iters]);
     let out = Command::new(common::tchcv_bin())
-        .args(train_args(data, spec, out, 8))
+        .args(args)
         .output()
         .unwrap();
     ok(&out, "single process");

@@ -55,6 +55,20 @@ pub enum RoiSamplerKind {
     Ohem,
 }
 
+impl std::str::FromStr for RoiSamplerKind {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "random" => Ok(Self::Random),
+            "all" => Ok(Self::All),
+            "ohem" => Ok(Self::Ohem),
+            _ => Err(crate::bad_input(format!(
+                "roi sampler {s:?}: expected random, all or ohem"
+            ))),
+        }
+    }
+}
+
 /// Second-stage matching and sampling settings (torchvision's `RoIHeads` defaults).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -108,7 +122,8 @@ impl RoiSamplerConfig {
         }
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Check the thresholds and OHEM settings (bad input, named).
+    pub fn validate(&self) -> Result<()> {
         let ok = |v: f64| (0.0..=1.0).contains(&v);
         if !(ok(self.fg_iou) && ok(self.bg_iou_hi) && ok(self.bg_iou_lo))
             || self.bg_iou_lo > self.bg_iou_hi

@@ -25,7 +25,8 @@ pub struct Args {
     /// Draw detections scoring above this.
     #[arg(long, default_value_t = 0.5)]
     score: f64,
-    /// Class-wise NMS suppresses IoU above this.
+    /// Class-wise NMS suppresses IoU above this (a Faster R-CNN uses its spec's
+    /// roi_heads.nms_threshold).
     #[arg(long, default_value_t = 0.45)]
     nms: f64,
     /// auto, cpu, cuda or cuda:N.

@@ -70,6 +70,14 @@ pub struct Args {
     /// (OHEM negatives) or all (default: the spec's rpn.sampler).
     #[arg(long)]
     rpn_sampler: Option<tchcv::bbox::SamplerKind>,
+    /// Faster R-CNN's second stage: which RoIs train the box head: random (torchvision's 512 at
+    /// 25% foreground), all (every labelled proposal), ohem (the hardest after NMS 0.7)
+    /// (default: the spec's roi_heads.sampler.kind).
+    #[arg(long)]
+    roi_sampler: Option<tchcv::bbox::rcnn::RoiSamplerKind>,
+    /// Faster R-CNN's second-stage classification loss (default: the spec's roi_heads.loss).
+    #[arg(long, value_enum)]
+    roi_loss: Option<tchcv::train::RoiLossKind>,
     /// Softmax focal loss class weights.
     #[arg(long, value_enum)]
     class_weights: Option<ClassWeightsMode>,
@@ -225,6 +233,8 @@ impl Args {
             neg_pos_ratio,
             neg_mining,
             rpn_sampler,
+            roi_sampler,
+            roi_loss,
             class_weights,
             epochs,
             iters,

@@ -118,6 +118,7 @@ impl GlobalNormalizer {
             num_neg: self.num_neg,
             loc_per_pos: self.loc_sum / self.normalizer,
             cls_per_pos: self.cls_sum / self.normalizer,
+            second_stage: None,
         }
     }
 }

@@ -53,7 +53,9 @@ pub struct ImagesIn<'a> {
     pub sizes: &'a [[u32; 2]],
 }
 
-/// Forward, decode, and boxes back to each image's 0-based pixels (clipped to it).
+/// Forward, decode, and boxes back to each image's 0-based pixels (clipped to it). A two-stage
+/// detector ([`Detector::two_stage`]) gives its own detections, with the spec's `roi_heads`
+/// settings (of `decode`, only a higher score threshold applies).
 pub fn detect(
     model: &dyn Detector,
     coder: &BoxCoder,
@@ -63,9 +65,21 @@ pub fn detect(
     device: Device,
 ) -> Result<Vec<ImageDetections>> {
     let _no_grad = tch::no_grad_guard();
-    let (loc_preds, cls_preds) = model.forward_t(&images.pixels.to_device(device), false)?;
-    let scores = class_scores(&cls_preds, decode.background_column);
-    let decoded = coder.decode(&loc_preds, &scores, decode)?;
+    let pixels = images.pixels.to_device(device);
+    let decoded = match model.two_stage() {
+        // Faster R-CNN decodes in its second stage with the spec's `roi_heads` settings; a
+        // higher `decode.score_threshold` (`tchcv detect --score`) applies too.
+        Some(two_stage) => {
+            let mut config = two_stage.postprocess_config();
+            config.score_thresh = config.score_thresh.max(decode.score_threshold);
+            two_stage.detect_with(&pixels, &config)?
+        }
+        None => {
+            let (loc_preds, cls_preds) = model.forward_t(&pixels, false)?;
+            let scores = class_scores(&cls_preds, decode.background_column);
+            coder.decode(&loc_preds, &scores, decode)?
+        }
+    };
     let [in_w, in_h] = coder.input_size();
     let mut out = Vec::with_capacity(decoded.len());
     for ((dets, id), &[w, h]) in decoded.iter().zip(images.ids).zip(images.sizes) {

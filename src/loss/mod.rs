@@ -207,6 +207,7 @@ impl LossOutput {
             num_neg: self.num_neg,
             loc_per_pos: loc_sum / self.normalizer,
             cls_per_pos: cls_sum / self.normalizer,
+            second_stage: None,
         }
     }
 }
@@ -223,6 +224,40 @@ pub struct LossStats {
     pub loc_per_pos: f64,
     /// `cls_sum / D`: torchcv's printed `cls_loss`.
     pub cls_per_pos: f64,
+    /// A two-stage detector's second stage (Faster R-CNN's box head); the fields above are
+    /// then its first stage's (the RPN's), except `total`, which is both stages' sum.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub second_stage: Option<StageStats>,
+}
+
+/// One stage's normalised loss parts, as logged.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
+pub struct StageStats {
+    /// The Smooth-L1 part over its normaliser (torchvision's `loss_box_reg`).
+    pub loc_per_pos: f64,
+    /// The classification part over its normaliser (`loss_classifier`).
+    pub cls_per_pos: f64,
+    /// Foreground RoIs.
+    pub num_pos: i64,
+    /// Background RoIs in the loss.
+    pub num_neg: i64,
+}
+
+impl LossStats {
+    /// `self` (the first stage's) with `second`'s parts: its total added, its per-positive
+    /// parts and counts kept in [`Self::second_stage`].
+    pub fn with_second_stage(self, second: &LossStats) -> LossStats {
+        LossStats {
+            total: self.total + second.total,
+            second_stage: Some(StageStats {
+                loc_per_pos: second.loc_per_pos,
+                cls_per_pos: second.cls_per_pos,
+                num_pos: second.num_pos,
+                num_neg: second.num_neg,
+            }),
+            ..self
+        }
+    }
 }
 
 /// `F.smooth_l1_loss(loc_preds[mask], loc_targets[mask], reduction='sum', beta)` with

@@ -23,6 +23,7 @@ use tch::{Device, Kind, Reduction, Tensor};
 
 use super::{check_option, in_compute_kind, smooth_l1_over_positives};
 use super::{DetectionLoss, LossInputs, LossOutput, LossSums, SoftmaxFocalLoss};
+use super::{Normalization, NormalizeBy};
 use super::{SoftmaxFocalLossConfig, IGNORE_LABEL};
 use crate::bail_input;
 
@@ -156,6 +157,22 @@ impl RcnnLoss {
         Ok((v[0], v[1], v[2]))
     }
 
+    /// How [`Self::sums`] is normalised: cross entropy by the sampled RoIs (`num_valid`, at
+    /// least 1), focal as [`SoftmaxFocalLoss`] is (per positive by default). A data-parallel
+    /// run takes the counts of the global batch.
+    pub fn normalization(&self) -> (Normalization, NormalizeBy) {
+        match &self.focal {
+            Some(focal) => (focal.normalization(), focal.normalize_by()),
+            None => (
+                Normalization {
+                    min: 1.0,
+                    strict: false,
+                },
+                NormalizeBy::Sampled,
+            ),
+        }
+    }
+
     /// The un-normalised parts: `loc_sum` (Smooth-L1 of the foreground's own-class deltas),
     /// `cls_sum` (cross entropy or focal, summed), `num_pos`, `num_neg`, `num_valid = R`.
     pub fn sums(&self, inputs: &RcnnLossInputs) -> Result<LossSums> {
@@ -202,15 +219,11 @@ impl RcnnLoss {
     /// `loss_classifier` is `cls_per_pos` of [`LossOutput::stats`], `loss_box_reg`
     /// `loc_per_pos`); focal: normalised as [`SoftmaxFocalLoss`] is.
     pub fn forward(&self, inputs: &RcnnLossInputs) -> Result<LossOutput> {
-        if let Some(focal) = &self.focal {
-            let sums = self.sums(inputs)?;
-            let normalizer = focal.normalization().normalizer(sums.num_pos)?;
-            let valid = sums.num_valid.max(1) as f64;
-            return Ok(sums.finish(normalizer, valid));
-        }
         let sums = self.sums(inputs)?;
-        let d = (sums.num_valid as f64).max(1.0);
-        Ok(sums.finish(d, d))
+        let (normalization, by) = self.normalization();
+        let normalizer = normalization.normalizer(by.count(&sums))?;
+        let valid = sums.num_valid.max(1) as f64;
+        Ok(sums.finish(normalizer, valid))
     }
 
     /// Each RoI's loss without gradient, `[R]` f32 (OHEM's ranking): cross entropy plus, at

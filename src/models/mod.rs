@@ -9,6 +9,7 @@
 //! | `models/retinanet/net.py` `RetinaNet` | [`retina::RetinaNet`] |
 //! | torchvision `ops/poolers.py` `MultiScaleRoIAlign`, `ops.roi_align` | [`roi_align`] |
 //! | torchvision `roi_heads.py` `TwoMLPHead`, `FastRCNNPredictor`, `postprocess_detections` | [`roi_heads`] |
+//! | torchvision `faster_rcnn.py` `FasterRCNN` (RPN + `RoIHeads`' box branch) | [`faster_rcnn::FasterRcnn`] |
 //! | torchvision `rpn.py` `RPNHead`, `ops/feature_pyramid_network.py` (Faster R-CNN's RPN) | [`rpn::RpnSmall`], [`rpn::RpnResNetFpn`], [`retina::TorchvisionFpn`] |
 //!
 //! [`build`] reads the spec's `backbone`, `head` and `network` options, creates the variables
@@ -21,6 +22,7 @@
 //!
 //! Models know nothing of data, losses or files other than weights.
 
+pub mod faster_rcnn;
 pub mod layers;
 pub mod resnet;
 pub mod retina;
@@ -50,6 +52,12 @@ pub trait Detector: Send + std::fmt::Debug {
     /// loss has one ([`class_columns`]; an RPN: its deltas and `[N, A, 1]` objectness). With
     /// `train`, batch norms use (and update) batch statistics.
     fn forward_t(&self, images: &Tensor, train: bool) -> Result<(Tensor, Tensor)>;
+
+    /// A two-stage detector ([`faster_rcnn::FasterRcnn`]), whose `forward_t` gives its first
+    /// stage's (RPN) outputs and whose detections come from its second stage.
+    fn two_stage(&self) -> Option<&faster_rcnn::FasterRcnn> {
+        None
+    }
 }
 
 /// One feature map's raw head outputs, NCHW.
@@ -70,6 +78,17 @@ pub trait MultiBoxNet: Send + std::fmt::Debug {
 
     /// A parameter of the network: its device and kind are the network's.
     fn probe(&self) -> &Tensor;
+
+    /// The feature maps `[N, c_l, h_l, w_l]` the heads run on, with [`Self::heads_t`]'s
+    /// outputs (what Faster R-CNN's RoI heads pool from). Only region proposal networks give
+    /// them.
+    fn features_heads_t(
+        &self,
+        _images: &Tensor,
+        _train: bool,
+    ) -> Result<(Vec<Tensor>, Vec<MapOutput>)> {
+        crate::bail_input!("only a region proposal network gives its feature maps")
+    }
 }
 
 /// A [`MultiBoxNet`] with the spec's input size and class columns: the [`Detector`] that
@@ -94,6 +113,21 @@ impl SpecDetector {
     pub fn maps_t(&self, images: &Tensor, train: bool) -> Result<Vec<MapOutput>> {
         self.check_images(images)?;
         self.net.heads_t(images, train)
+    }
+
+    /// The feature maps and the raw per-map outputs ([`MultiBoxNet::features_heads_t`]).
+    pub fn features_maps_t(
+        &self,
+        images: &Tensor,
+        train: bool,
+    ) -> Result<(Vec<Tensor>, Vec<MapOutput>)> {
+        self.check_images(images)?;
+        self.net.features_heads_t(images, train)
+    }
+
+    /// A parameter of the network (its device and kind).
+    pub fn probe(&self) -> &Tensor {
+        self.net.probe()
     }
 
     fn check_images(&self, images: &Tensor) -> Result<()> {
@@ -158,12 +192,23 @@ pub fn build<'a>(
     num_classes: i64,
 ) -> Result<Box<dyn Detector>> {
     let origin = format!("model spec {:?}", spec.name);
-    Ok(Box::new(build_spec_detector(
-        path.borrow(),
-        spec,
-        num_classes,
-        &origin,
-    )?))
+    build_any(path.borrow(), spec, num_classes, &origin)
+}
+
+/// A one-stage [`SpecDetector`], or for `head: "faster_rcnn"` a [`faster_rcnn::FasterRcnn`]
+/// around one.
+fn build_any(
+    path: &nn::Path,
+    spec: &ModelSpec,
+    num_classes: i64,
+    origin: &str,
+) -> Result<Box<dyn Detector>> {
+    let first = build_spec_detector(path, spec, num_classes, origin)?;
+    if spec.is_two_stage() {
+        let model = faster_rcnn::FasterRcnn::new(path, first, spec, num_classes, origin)?;
+        return Ok(Box::new(model));
+    }
+    Ok(Box::new(first))
 }
 
 /// Load a spec file and [`build`] its detector; errors name the file.
@@ -174,8 +219,8 @@ pub fn build_from_file<'a>(
 ) -> Result<(ModelSpec, Box<dyn Detector>)> {
     let spec = ModelSpec::load(spec_file)?;
     let origin = spec_file.display().to_string();
-    let detector = build_spec_detector(path.borrow(), &spec, num_classes, &origin)?;
-    Ok((spec, Box::new(detector)))
+    let detector = build_any(path.borrow(), &spec, num_classes, &origin)?;
+    Ok((spec, detector))
 }
 
 /// [`build`] with `origin` naming the spec in errors, returning the concrete type.
@@ -189,7 +234,13 @@ pub fn build_spec_detector(
         crate::bail_input!("{origin}: num_classes must be at least 1, got {num_classes}");
     }
     let columns = class_columns(spec, num_classes);
-    let net: Box<dyn MultiBoxNet> = match (spec.head.as_str(), spec.backbone.as_str()) {
+    // Faster R-CNN's first stage is its RPN.
+    let head = if spec.is_two_stage() {
+        "rpn"
+    } else {
+        spec.head.as_str()
+    };
+    let net: Box<dyn MultiBoxNet> = match (head, spec.backbone.as_str()) {
         ("ssd", "vgg16") => make(ssd::SsdVgg::new, path, spec, columns, origin)?,
         ("ssd", "small") => make(small::SmallSsd::new, path, spec, columns, origin)?,
         ("retina", b) if b.starts_with("resnet") => {
@@ -202,8 +253,8 @@ pub fn build_spec_detector(
         (head, backbone) => crate::bail_input!(
             "{origin}: head {head:?} with backbone {backbone:?} is not a network tchcv builds \
              (known: \"ssd\" with \"vgg16\" or \"small\", \"retina\" with \"resnet18\", \
-             \"resnet34\", \"resnet50\", \"resnet101\" or \"resnet152\", \"rpn\" with \
-             \"small\" or a ResNet)"
+             \"resnet34\", \"resnet50\", \"resnet101\" or \"resnet152\", \"rpn\" and \
+             \"faster_rcnn\" with \"small\" or a ResNet)"
         ),
     };
     let [w, h] = spec.input_size;
@@ -218,9 +269,10 @@ pub fn build_spec_detector(
 }
 
 /// The score columns `C` of a spec's detector for `num_classes` foreground classes: 1 for an
-/// RPN (objectness), else the classes plus the background column when the loss has one.
+/// RPN (objectness; Faster R-CNN's first stage too), else the classes plus the background
+/// column when the loss has one.
 pub fn class_columns(spec: &ModelSpec, num_classes: i64) -> i64 {
-    if spec.head == "rpn" {
+    if spec.has_rpn() {
         1
     } else {
         num_classes + i64::from(spec.has_background_column())
@@ -301,7 +353,7 @@ fn network_options<T: DeserializeOwned + Default>(spec: &ModelSpec, origin: &str
 /// ResNet: the stem and `layer1`-`layer4` (`fpn.*` in a RetinaNet, `backbone.body.*` in an
 /// RPN, torchvision's Faster R-CNN names); small: the whole extractor.
 pub fn backbone_prefixes(spec: &ModelSpec) -> Result<Vec<String>> {
-    if spec.head == "rpn" && spec.backbone.starts_with("resnet") {
+    if spec.has_rpn() && spec.backbone.starts_with("resnet") {
         return Ok(rpn::resnet_backbone_prefixes());
     }
     let prefixes: &[&str] = match spec.backbone.as_str() {

@@ -176,6 +176,14 @@ impl MultiBoxNet for RpnSmall {
         self.heads.forward(self.backbone.forward_t(images, train)?)
     }
 
+    fn features_heads_t(
+        &self,
+        images: &Tensor,
+        train: bool,
+    ) -> Result<(Vec<Tensor>, Vec<MapOutput>)> {
+        with_features(self.backbone.forward_t(images, train)?, &self.heads)
+    }
+
     fn probe(&self) -> &Tensor {
         self.backbone.probe()
     }
@@ -256,21 +264,44 @@ impl RpnResNetFpn {
     }
 }
 
-impl MultiBoxNet for RpnResNetFpn {
-    fn heads_t(&self, images: &Tensor, train: bool) -> Result<Vec<MapOutput>> {
+impl RpnResNetFpn {
+    /// `(P2, [N, C, h, w]), (P3, ..), ..`
+    fn pyramid(&self, images: &Tensor, train: bool) -> Result<Vec<(String, Tensor)>> {
         let c = self.body.forward_stages(images, train)?;
         let maps = self.fpn.forward(&c)?;
-        let named = maps
+        Ok(maps
             .into_iter()
             .enumerate()
             .map(|(i, p)| (format!("P{}", i + 2), p))
-            .collect();
-        self.heads.forward(named)
+            .collect())
+    }
+}
+
+impl MultiBoxNet for RpnResNetFpn {
+    fn heads_t(&self, images: &Tensor, train: bool) -> Result<Vec<MapOutput>> {
+        self.heads.forward(self.pyramid(images, train)?)
+    }
+
+    fn features_heads_t(
+        &self,
+        images: &Tensor,
+        train: bool,
+    ) -> Result<(Vec<Tensor>, Vec<MapOutput>)> {
+        with_features(self.pyramid(images, train)?, &self.heads)
     }
 
     fn probe(&self) -> &Tensor {
         self.body.probe()
     }
+}
+
+/// The maps (what Faster R-CNN's RoI heads pool from) and the heads' outputs on them.
+fn with_features(
+    maps: Vec<(String, Tensor)>,
+    heads: &RpnHeads,
+) -> Result<(Vec<Tensor>, Vec<MapOutput>)> {
+    let features = maps.iter().map(|(_, m)| m.shallow_clone()).collect();
+    Ok((features, heads.forward(maps)?))
 }
 
 /// An RPN scores one column (objectness), whatever the dataset's classes.

@@ -9,10 +9,11 @@ use serde::{Deserialize, Serialize};
 use super::optim::OptimizerConfig;
 use super::schedule::{Decay, Schedule};
 use crate::bail_input;
+use crate::bbox::rcnn::{RoiSamplerConfig, RoiSamplerKind};
 use crate::bbox::{DecodeConfig, SamplerKind};
 use crate::data::{AugmentConfig, DataFormat, DataSource, SetSpec};
 use crate::device::{AutocastDtype, MemoryFormat};
-use crate::loss::{LossKind, NegativeMining};
+use crate::loss::{LossKind, NegativeMining, RcnnClsLoss, RcnnLossConfig};
 use crate::spec::ModelSpec;
 
 /// Where the softmax focal loss's class weights come from (`--class-weights`).
@@ -27,6 +28,16 @@ pub enum ClassWeightsMode {
     Dataset,
     /// From each batch's target histogram.
     Batch,
+}
+
+/// Faster R-CNN's second-stage classification loss (`--roi-loss`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum RoiLossKind {
+    /// torchvision's `fastrcnn_loss`: cross entropy over the sampled RoIs.
+    CrossEntropy,
+    /// tchcv's softmax focal loss on the RoIs (the spec's focal options, else gamma 2).
+    SoftmaxFocal,
 }
 
 /// The metric of training-time evaluations (`--metric`).
@@ -91,6 +102,12 @@ pub struct TrainConfig {
     pub neg_mining: Option<NegativeMining>,
     /// The RPN loss's sampler (`random`, `hard`, `all`); default: the spec's `rpn.sampler`.
     pub rpn_sampler: Option<SamplerKind>,
+    /// Faster R-CNN's second stage: which RoIs train the box head (`random`, `all`, `ohem`);
+    /// default: the spec's `roi_heads.sampler.kind`.
+    pub roi_sampler: Option<RoiSamplerKind>,
+    /// Faster R-CNN's second-stage classification loss; default: the spec's
+    /// `roi_heads.loss.cls`.
+    pub roi_loss: Option<RoiLossKind>,
     pub class_weights: ClassWeightsMode,
     /// Epochs to train (one of `epochs`, `iters`).
     pub epochs: Option<u64>,
@@ -164,6 +181,8 @@ impl Default for TrainConfig {
             neg_pos_ratio: None,
             neg_mining: None,
             rpn_sampler: None,
+            roi_sampler: None,
+            roi_loss: None,
             class_weights: ClassWeightsMode::None,
             epochs: None,
             iters: None,
@@ -306,6 +325,42 @@ impl TrainConfig {
         serde_json::Value::Object(options)
     }
 
+    /// Faster R-CNN's second stage: the spec's `roi_heads` sampler and loss with `--roi-sampler`,
+    /// `--roi-loss` and the run's seed applied (every rank takes the same seed: the sampler keys
+    /// each image by the step and its place in the global batch). Errors for a one-stage spec
+    /// given either flag.
+    pub fn second_stage(
+        &self,
+        spec: &ModelSpec,
+    ) -> Result<Option<(RoiSamplerConfig, RcnnLossConfig)>> {
+        if !spec.is_two_stage() {
+            if self.roi_sampler.is_some() || self.roi_loss.is_some() {
+                bail_input!(
+                    "--roi-sampler and --roi-loss apply to a two-stage spec (head \"faster_rcnn\"), \
+                     {} has head {:?}",
+                    self.model.display(),
+                    spec.head
+                );
+            }
+            return Ok(None);
+        }
+        let roi = spec.roi_heads_or_default();
+        let mut sampler = roi.sampler;
+        if let Some(kind) = self.roi_sampler {
+            sampler.kind = kind;
+        }
+        sampler.seed = self.seed;
+        let mut loss = roi.loss;
+        match (self.roi_loss, &loss.cls) {
+            (Some(RoiLossKind::CrossEntropy), _) => loss.cls = RcnnClsLoss::CrossEntropy,
+            (Some(RoiLossKind::SoftmaxFocal), RcnnClsLoss::CrossEntropy) => {
+                loss.cls = RcnnClsLoss::SoftmaxFocal(Default::default())
+            }
+            _ => {}
+        }
+        Ok(Some((sampler, loss)))
+    }
+
     /// The RPN loss's sampler options: the spec's `rpn` sample size and fraction, the sampler
     /// (`rpn_sampler`, else the spec's) and the run's seed (the sampler keys each image by the
     /// step and its place in the global batch, so every rank takes the same seed). Options
@@ -343,10 +398,10 @@ impl TrainConfig {
             Some(kind) => kind,
             None => spec.loss.parse::<LossKind>()?,
         };
-        if (kind == LossKind::Rpn) != (spec.head == "rpn") {
+        if (kind == LossKind::Rpn) != spec.has_rpn() {
             bail_input!(
-                "--loss {kind:?} does not fit {}: the \"rpn\" loss trains the \"rpn\" head (head \
-                 {:?}), and only it",
+                "--loss {kind:?} does not fit {}: the \"rpn\" loss trains a region proposal \
+                 network (heads \"rpn\" and \"faster_rcnn\"; this one: {:?}), and only it",
                 self.model.display(),
                 spec.head
             );

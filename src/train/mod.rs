@@ -11,8 +11,9 @@ mod progress;
 pub mod schedule;
 pub mod seeds;
 mod trainer;
+mod two_stage;
 
-pub use config::{ClassWeightsMode, EvalMetric, OptimizerKind, TrainConfig};
+pub use config::{ClassWeightsMode, EvalMetric, OptimizerKind, RoiLossKind, TrainConfig};
 pub use trainer::{
     best_checkpoint, last_checkpoint, saved_config, train, TrainOptions, TrainSummary,
 };

@@ -1,5 +1,6 @@
 //! What a run prints: an indicatif progress line on a terminal, plain lines otherwise (rank 0
-//! only). Each step shows the loc and cls loss per positive, as torchcv printed them.
+//! only). Each step shows the loc and cls loss per positive, as torchcv printed them (a
+//! two-stage detector: the RPN's, then the box head's `roi loc`, `roi cls`).
 
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -42,8 +43,14 @@ impl Progress {
         if !self.enabled {
             return;
         }
+        let second = s.second_stage.map_or(String::new(), |r| {
+            format!(
+                " | roi loc {:.3} cls {:.3} fg {} bg {}",
+                r.loc_per_pos, r.cls_per_pos, r.num_pos, r.num_neg
+            )
+        });
         let numbers = format!(
-            "epoch {epoch} | loc_loss {:.3} | cls_loss {:.3} | pos {} neg {} | lr {lr:.2e} | {images_per_s:.1} img/s",
+            "epoch {epoch} | loc_loss {:.3} | cls_loss {:.3} | pos {} neg {}{second} | lr {lr:.2e} | {images_per_s:.1} img/s",
             s.loc_per_pos, s.cls_per_pos, s.num_pos, s.num_neg
         );
         match &self.bar {

@@ -17,6 +17,7 @@ use super::metrics::MetricsLog;
 use super::optim::{trainable_params, Optimizer, Param};
 use super::progress::Progress;
 use super::schedule::Schedule;
+use super::two_stage::{SecondStage, StepTargets};
 use crate::bbox::{BoxCoder, RpnCoder};
 use crate::data::{
     open_dataset, ClassMap, Loader, LoaderConfig, ReadOptions, Shard, TargetEncoder, ThreadPlan,
@@ -98,18 +99,23 @@ impl RunEval {
     }
 }
 
-/// What the run's targets and evaluation are: a detector's (the box coder's targets, VOC mAP) or
-/// a region proposal network's (the RPN coder's class-agnostic labels, proposal recall).
+/// What the run's targets and evaluation are: a detector's (the box coder's targets, VOC mAP),
+/// a region proposal network's (the RPN coder's class-agnostic labels, proposal recall), or a
+/// two-stage detector's (the RPN coder's labels for its first stage, VOC mAP of its
+/// detections; the box coder only maps them back to the images).
 #[derive(Clone)]
 enum Targets {
     Detection(Arc<BoxCoder>),
     Proposals(Arc<RpnCoder>),
+    TwoStage(Arc<RpnCoder>),
 }
 
 impl Targets {
-    /// The spec's: `head: "rpn"` trains proposals.
+    /// The spec's: `head: "rpn"` trains proposals, `head: "faster_rcnn"` both stages.
     fn for_spec(spec: &ModelSpec) -> Result<Self> {
-        Ok(if spec.head == "rpn" {
+        Ok(if spec.is_two_stage() {
+            Targets::TwoStage(Arc::new(RpnCoder::from_spec(spec)?))
+        } else if spec.has_rpn() {
             Targets::Proposals(Arc::new(RpnCoder::from_spec(spec)?))
         } else {
             Targets::Detection(Arc::new(BoxCoder::from_spec(spec)?))
@@ -120,7 +126,16 @@ impl Targets {
     fn encoder(&self) -> Arc<dyn TargetEncoder> {
         match self {
             Targets::Detection(coder) => coder.clone(),
-            Targets::Proposals(rpn) => rpn.clone(),
+            Targets::Proposals(rpn) | Targets::TwoStage(rpn) => rpn.clone(),
+        }
+    }
+
+    /// The box coder of a detector's evaluation (None: an RPN's, scored by recall).
+    fn detection_coder(&self) -> Option<&BoxCoder> {
+        match self {
+            Targets::Detection(coder) => Some(coder),
+            Targets::TwoStage(rpn) => Some(rpn.box_coder()),
+            Targets::Proposals(_) => None,
         }
     }
 }
@@ -158,6 +173,8 @@ struct Run {
     vs: nn::VarStore,
     model: Box<dyn Detector>,
     loss: Box<dyn DetectionLoss + Send + Sync>,
+    /// A two-stage detector's second stage (its first stage's loss is `loss`).
+    second: Option<SecondStage>,
     optimizer: Optimizer,
     schedule: Schedule,
     total_iters: u64,
@@ -305,6 +322,7 @@ impl Run {
         let vs = nn::VarStore::new(place.device);
         let model = build_model(&vs, &config, &spec, &data.classes, resumed.is_none(), main)?;
         let loss = build_loss(&config, &spec, &place, &data.class_histogram)?;
+        let second = SecondStage::new(&config, &spec, place.rank, place.world)?;
         let mut optimizer = Optimizer::new(config.optimizer_config(), trainable_params(&vs));
         let iters_per_epoch = data.loader.batches_per_epoch() as u64;
         let total_iters = total_iterations(&config, &data.loader)?;
@@ -355,6 +373,7 @@ impl Run {
             vs,
             model,
             loss,
+            second,
             optimizer,
             schedule,
             total_iters,
@@ -563,28 +582,13 @@ impl Run {
     /// update. `None` when the loss is NaN or inf (the step is skipped).
     fn step(&mut self, batch: &crate::data::Batch, lr: f64) -> Result<Option<LossStats>> {
         let empty = batch.is_empty();
-        let sums = if empty {
+        let (sums, second) = if empty {
             // Every image of this rank's batch was unreadable: contribute nothing, but take part
             // in the collectives like the other ranks.
-            LossSums::zero(self.device)
+            let zero = || LossSums::zero(self.device);
+            (zero(), self.second.as_ref().map(|_| zero()))
         } else {
-            // The loader pinned the batch on CUDA: the copies are queued, not waited for.
-            let to_device = |t: &Tensor| crate::device::to_device_async(t, self.device);
-            let images = to_device(&batch.images);
-            let images = crate::device::to_memory_format(&images, self.config.memory_format())?;
-            let loc_targets = to_device(&batch.loc_targets);
-            let cls_targets = to_device(&batch.cls_targets);
-            // As PyTorch's AMP recipe: forward and loss under autocast, backward outside.
-            crate::device::autocast(self.device, self.config.autocast, || {
-                let (loc_preds, cls_preds) = self.model.forward_t(&images, true)?;
-                let inputs = LossInputs {
-                    loc_preds: &loc_preds,
-                    loc_targets: &loc_targets,
-                    cls_preds: &cls_preds,
-                    cls_targets: &cls_targets,
-                };
-                self.loss.sums(&inputs)
-            })?
+            self.forward_sums(batch)?
         };
         let global = global_normalizer_by(
             self.group.as_ref(),
@@ -592,14 +596,19 @@ impl Run {
             self.loss.normalization(),
             self.loss.normalize_by(),
         )?;
-        let stats = global.stats();
+        let mut stats = global.stats();
+        let mut total = global.finish(sums).total;
+        if let (Some(stage), Some(sums)) = (&self.second, second) {
+            let global = stage.normalizer(self.group.as_ref(), &sums)?;
+            stats = stats.with_second_stage(&global.stats());
+            total = total + global.finish(sums).total;
+        }
         if !(stats.total.is_finite() && stats.loc_sum.is_finite() && stats.cls_sum.is_finite()) {
             return Ok(None);
         }
-        let out = global.finish(sums);
         self.optimizer.zero_grad();
         if !empty {
-            out.total.backward();
+            total.backward();
         }
         if let Some(g) = &self.group {
             g.all_reduce_varstore_gradients(&self.vs, GradReduction::Sum)?;
@@ -609,6 +618,39 @@ impl Run {
         }
         self.optimizer.step(lr)?;
         Ok(Some(stats))
+    }
+
+    /// The batch on the device, the forward pass and the loss's un-normalised parts (a
+    /// two-stage detector's: both stages').
+    fn forward_sums(&self, batch: &crate::data::Batch) -> Result<(LossSums, Option<LossSums>)> {
+        // The loader pinned the batch on CUDA: the copies are queued, not waited for.
+        let to_device = |t: &Tensor| crate::device::to_device_async(t, self.device);
+        let images = to_device(&batch.images);
+        let images = crate::device::to_memory_format(&images, self.config.memory_format())?;
+        let loc_targets = to_device(&batch.loc_targets);
+        let cls_targets = to_device(&batch.cls_targets);
+        // As PyTorch's AMP recipe: forward and loss under autocast, backward outside.
+        crate::device::autocast(self.device, self.config.autocast, || {
+            if let (Some(stage), Some(model)) = (&self.second, self.model.two_stage()) {
+                let targets = StepTargets {
+                    images: &images,
+                    loc_targets: &loc_targets,
+                    cls_targets: &cls_targets,
+                    batch,
+                };
+                let (first, second) =
+                    stage.sums(model, self.loss.as_ref(), &targets, self.state.loss_calls)?;
+                return Ok((first, Some(second)));
+            }
+            let (loc_preds, cls_preds) = self.model.forward_t(&images, true)?;
+            let inputs = LossInputs {
+                loc_preds: &loc_preds,
+                loc_targets: &loc_targets,
+                cls_preds: &cls_preds,
+                cls_targets: &cls_targets,
+            };
+            Ok((self.loss.sums(&inputs)?, None))
+        })
     }
 
     fn log_step(
@@ -628,6 +670,12 @@ impl Run {
                 "images": timing.images, "seconds": timing.seconds,
                 "data_wait_seconds": timing.data_wait,
             });
+            if let Some(r) = &s.second_stage {
+                record["roi_loc_per_pos"] = json!(r.loc_per_pos);
+                record["roi_cls_per_pos"] = json!(r.cls_per_pos);
+                record["roi_num_pos"] = json!(r.num_pos);
+                record["roi_num_neg"] = json!(r.num_neg);
+            }
             // On CUDA, the caching allocator's peak so far (torch.cuda.max_memory_allocated).
             if let Some(memory) = crate::memory::device_memory(self.device)? {
                 record["peak_cuda_allocated_mib"] = json!(memory.peak_allocated_mib());
@@ -682,8 +730,9 @@ impl Run {
     /// `eval_coco.json`) and a line in metrics.jsonl (`kind` `eval` or `recall`).
     fn evaluate(&mut self) -> Result<Option<RunEval>> {
         let coco = self.config.metric == EvalMetric::Coco;
-        let result = match (&self.test_loader, &self.targets) {
-            (Some(loader), Targets::Detection(coder)) if self.main() && coco => {
+        let result = match (&self.test_loader, self.targets.detection_coder()) {
+            (Some(_), _) if !self.main() => None,
+            (Some(loader), Some(coder)) if coco => {
                 let (voc, coco) = evaluate_detector_voc_coco(
                     self.model.as_ref(),
                     coder,
@@ -694,7 +743,7 @@ impl Run {
                 )?;
                 Some(RunEval::Coco(voc, Box::new(coco)))
             }
-            (Some(loader), Targets::Detection(coder)) if self.main() => {
+            (Some(loader), Some(coder)) => {
                 let voc = VocEvalConfig::default();
                 let (result, _) = evaluate_detector(
                     self.model.as_ref(),
@@ -706,11 +755,16 @@ impl Run {
                 )?;
                 Some(RunEval::Voc(result))
             }
-            (Some(loader), Targets::Proposals(rpn)) if self.main() => {
-                let result = evaluate_proposals(self.model.as_ref(), rpn, loader, self.device)?;
-                Some(RunEval::Recall(result))
-            }
-            _ => None,
+            (Some(loader), None) => match &self.targets {
+                Targets::Proposals(rpn) => Some(RunEval::Recall(evaluate_proposals(
+                    self.model.as_ref(),
+                    rpn,
+                    loader,
+                    self.device,
+                )?)),
+                _ => None,
+            },
+            (None, _) => None,
         };
         if let Some(result) = &result {
             self.record_eval(result)?;

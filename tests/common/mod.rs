@@ -2,6 +2,8 @@
 //! shared datasets and the CUDA device.
 #![allow(dead_code)]
 
+pub mod detections;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
