@@ -8,6 +8,13 @@ targets tchcv wrote.
 prints one JSON line: {"median_ms": ..., "parameters": ..., "peak_rss_mib": ...} (and on CUDA
 "peak_cuda_allocated_mib", the allocator's peak over the warm-up and timed steps).
 
+A two-stage spec (`head: "faster_rcnn"`) builds torchvision's `FasterRCNN` around the same
+network (the reference's RPN modules as its backbone and rpn.head, torchvision's AnchorGenerator,
+RegionProposalNetwork, MultiScaleRoIAlign, TwoMLPHead, FastRCNNPredictor and RoIHeads with the
+spec's settings, the transform an identity at the spec's input size); the batch file then holds
+`images` and per image `boxes_{i}` (xyxy) and `labels_{i}` (0-based), and the step is
+`sum(model(images, targets).values())`: both stages' matching, sampling and losses inside it.
+
 --autocast bf16 runs the forward pass and the loss under torch.autocast (backward and the update
 outside it, as the PyTorch AMP recipe does); --channels-last converts the model and the images
 with memory_format=torch.channels_last; --cudnn-benchmark sets torch.backends.cudnn.benchmark.
@@ -31,6 +38,78 @@ import ssd_net  # noqa: E402
 from loss_reference import ssd_loss  # noqa: E402
 
 
+def faster_rcnn(spec, classes):
+    """torchvision's FasterRCNN with the reference RPN network of `spec` as backbone + rpn.head."""
+    from collections import OrderedDict
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+    from torchvision.ops import MultiScaleRoIAlign
+    rpn_net = ssd_net.build(dict(spec, head="rpn"), classes)
+    roi = spec.get("roi_heads") or {}
+    pool, sampler = roi.get("pool") or {}, roi.get("sampler") or {}
+
+    class Backbone(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = rpn_net
+            self.out_channels = 0  # FasterRCNN requires it; every module it would size is given
+
+        def forward(self, x):
+            return OrderedDict((str(i), m) for i, m in enumerate(self.net.maps(x)))
+
+    class PerLevelHeads(torch.nn.Module):
+        """RPNHead per map (the small backbone's maps differ in width), or the shared one."""
+        def __init__(self, heads):
+            super().__init__()
+            self.heads = heads
+
+        def forward(self, maps):
+            if isinstance(self.heads, torch.nn.ModuleList):
+                outs = [h([m]) for h, m in zip(self.heads, maps)]
+                return [o[0][0] for o in outs], [o[1][0] for o in outs]
+            return self.heads(maps)
+
+    backbone = Backbone()
+    a = spec["anchors"]
+    n = len(a["feature_maps"])
+    sizes = tuple(tuple(s if isinstance(s, list) else [s]) for s in a["sizes"])
+    ratios = a["aspect_ratios"]
+    ratios = tuple(tuple(r) for r in ratios) if isinstance(ratios[0], list) else (tuple(ratios),) * n
+    channels = [m.shape[1] for m in rpn_net.maps(torch.zeros(1, 3, spec["input_size"][1],
+                                                             spec["input_size"][0]))]
+    maps = pool.get("maps") or list(range(n))
+    out = pool.get("output_size", [7, 7])
+    width = roi.get("representation_size", 1024)
+    rpn = dict(spec.get("rpn") or {})
+    tt = lambda k, d: (rpn.get(k) or d)  # noqa: E731
+    w, h = spec["input_size"]
+    model = FasterRCNN(
+        backbone, num_classes=None, min_size=h, max_size=max(w, h),
+        image_mean=[0.0, 0.0, 0.0], image_std=[1.0, 1.0, 1.0],
+        rpn_anchor_generator=AnchorGenerator(sizes, ratios),
+        rpn_head=PerLevelHeads(rpn_net.rpn.head),
+        rpn_pre_nms_top_n_train=tt("pre_nms_top_n", {"train": 2000})["train"],
+        rpn_pre_nms_top_n_test=tt("pre_nms_top_n", {"test": 1000})["test"],
+        rpn_post_nms_top_n_train=tt("post_nms_top_n", {"train": 2000})["train"],
+        rpn_post_nms_top_n_test=tt("post_nms_top_n", {"test": 1000})["test"],
+        rpn_nms_thresh=rpn.get("nms_threshold", 0.7),
+        rpn_batch_size_per_image=rpn.get("batch_size_per_image", 256),
+        rpn_positive_fraction=rpn.get("positive_fraction", 0.5),
+        rpn_score_thresh=rpn.get("score_threshold", 0.0),
+        box_roi_pool=MultiScaleRoIAlign([str(i) for i in maps], out, pool.get("sampling_ratio", 2)),
+        box_head=TwoMLPHead(channels[maps[0]] * out[0] * out[1], width),
+        box_predictor=FastRCNNPredictor(width, classes + 1),
+        box_batch_size_per_image=sampler.get("batch_size_per_image", 512),
+        box_positive_fraction=sampler.get("positive_fraction", 0.25),
+        box_fg_iou_thresh=sampler.get("fg_iou", 0.5), box_bg_iou_thresh=sampler.get("bg_iou_hi", 0.5))
+    if sampler.get("kind", "random") != "random" or (roi.get("loss") or {}).get("cls", {}).get(
+            "kind", "cross_entropy") != "cross_entropy":
+        raise SystemExit("the reference times torchvision's own second stage: the random sampler "
+                         "and cross entropy")
+    return model
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--spec", required=True)
@@ -51,7 +130,9 @@ def main():
     spec = json.loads(Path(args.spec).read_text())
     device = torch.device(args.device)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-    model = ssd_net.build(spec, args.classes).to(device).train()
+    two_stage = spec["head"] == "faster_rcnn"
+    build = faster_rcnn if two_stage else ssd_net.build
+    model = build(spec, args.classes).to(device).train()
     model = model.to(memory_format=memory_format)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=1e-4, momentum=0.9, weight_decay=1e-4)
@@ -59,10 +140,16 @@ def main():
     images = batch["images"].contiguous(memory_format=memory_format)
     dtype = {"bf16": torch.bfloat16, "f16": torch.float16}.get(args.autocast)
 
+    targets = [{"boxes": batch[f"boxes_{i}"], "labels": batch[f"labels_{i}"] + 1}
+               for i in range(images.shape[0])] if two_stage else None
+
     def step():
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            loc, cls = model(images)
-            loss = ssd_loss(loc, batch["loc_targets"], cls, batch["cls_targets"])
+            if two_stage:
+                loss = sum(model(list(images), targets).values())
+            else:
+                loc, cls = model(images)
+                loss = ssd_loss(loc, batch["loc_targets"], cls, batch["cls_targets"])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

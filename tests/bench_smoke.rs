@@ -120,6 +120,23 @@ fn every_benchmark_runs_both_sides() {
         row["extra"]["pytorch_peak_cuda_allocated_mib"].is_null(),
         "{row}"
     );
+    // A Faster R-CNN step against torchvision's FasterRCNN around the same network (the
+    // reference checks it has tchcv's parameter count).
+    let mut args = vec!["train-step", "--model", "models/faster_rcnn_small.json"];
+    args.extend([
+        "--batch",
+        "2",
+        "--classes",
+        "5",
+        "--repeat",
+        "1",
+        "--warmup",
+        "0",
+    ]);
+    let row = bench("step-frcnn", &args);
+    assert_eq!(row["work"], "faster_rcnn_small train step");
+    assert!(row["pytorch_ms"].as_f64().unwrap() > 0.0, "{row}");
+    assert!(row["extra"]["parameters"].as_i64().unwrap() > 0, "{row}");
 }
 
 /// `tchcv bench coco-eval` at a tiny size: tchcv and pycocotools both run, and agree on the

@@ -430,3 +430,61 @@ fn malformed_torchvision_specs_name_the_file_and_field() {
         assert_error(&v, &[&format!("models/x.json: {want}")]);
     }
 }
+
+#[test]
+fn faster_rcnn_specs_carry_their_second_stage_and_bad_roi_heads_are_named() {
+    let small = load("faster_rcnn_small.json");
+    assert!(small.is_two_stage() && small.has_rpn());
+    assert_eq!(small.loss, "rpn", "the first stage's loss");
+    let roi = small.roi_heads_or_default();
+    assert_eq!(roi.sampler.batch_size_per_image, 128);
+    assert_eq!(roi.pool.maps, Some(vec![1]));
+    assert_eq!(roi.representation_size, 256);
+    let again = ModelSpec::from_json_str(&small.to_json().to_string(), "round trip").unwrap();
+    assert_eq!(again, small, "to_json reads back");
+    // torchvision's defaults where the spec gives none.
+    let r50 = load("faster_rcnn_r50_fpn.json");
+    assert_eq!(r50.num_anchors(), load("rpn_r50_fpn.json").num_anchors());
+    let mut bare = serde_json::to_value(&r50).unwrap();
+    bare.as_object_mut().unwrap().remove("roi_heads");
+    let bare = ModelSpec::from_json_str(&bare.to_string(), "no roi_heads").unwrap();
+    let d = bare.roi_heads_or_default();
+    assert_eq!(
+        (
+            d.sampler.batch_size_per_image,
+            d.representation_size,
+            d.detections_per_image
+        ),
+        (512, 1024, 100)
+    );
+    assert_eq!((d.score_threshold, d.nms_threshold), (0.05, 0.5));
+
+    let base = serde_json::to_value(&small).unwrap();
+    let with = |patch: Value| {
+        let mut v = base.clone();
+        for (k, x) in patch.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        v
+    };
+    assert_error(
+        &with(json!({"roi_heads": {"samplr": {}}})),
+        &["models/x.json", "roi_heads", "samplr"],
+    );
+    assert_error(
+        &with(json!({"roi_heads": {"sampler": {"fg_iou": 0.4, "bg_iou_hi": 0.5}}})),
+        &["roi_heads", "sampler", "bg_iou_hi"],
+    );
+    assert_error(
+        &with(json!({"roi_heads": {"representation_size": 0}})),
+        &["roi_heads", "representation_size"],
+    );
+    assert_error(
+        &with(json!({"roi_heads": {"loss": {"cls": {"kind": "hinge"}}}})),
+        &["roi_heads", "hinge"],
+    );
+    assert_error(&with(json!({"loss": "ssd"})), &["loss", "faster_rcnn"]);
+    let mut ssd = ssd300_json();
+    ssd["roi_heads"] = json!({});
+    assert_error(&ssd, &["roi_heads", "faster_rcnn", "ssd"]);
+}

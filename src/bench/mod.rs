@@ -17,6 +17,7 @@ pub mod encode;
 pub mod loss;
 pub mod train;
 pub mod train_step;
+pub mod train_step_rcnn;
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;

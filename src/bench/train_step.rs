@@ -61,7 +61,7 @@ pub struct TrainStepBench {
 }
 
 impl TrainStepBench {
-    fn memory_format(&self) -> MemoryFormat {
+    pub(super) fn memory_format(&self) -> MemoryFormat {
         MemoryFormat::channels_last_if(self.channels_last)
     }
 
@@ -85,6 +85,21 @@ impl TrainStepBench {
 /// Random images and SSD targets: 1-8 random boxes per image, encoded by the spec's coder.
 fn batch(spec: &ModelSpec, b: &TrainStepBench, device: Device) -> Result<[Tensor; 3]> {
     let coder = BoxCoder::from_spec(spec)?;
+    let (pixels, images) = random_batch(spec, b)?;
+    let (loc_targets, cls_targets) = coder.encode_batch(&images)?;
+    Ok([
+        pixels.to_device(device),
+        loc_targets.to_device(device),
+        cls_targets.to_device(device),
+    ])
+}
+
+/// Random pixels `[N, 3, H, W]` (CPU) and per image 1-8 random boxes (10-60% of each side,
+/// model-input pixels) with 0-based labels.
+pub(super) fn random_batch(
+    spec: &ModelSpec,
+    b: &TrainStepBench,
+) -> Result<(Tensor, Vec<(Vec<[f32; 4]>, Vec<i64>)>)> {
     let [w, h] = spec.input_size;
     let mut rng = Rng::new(7);
     let images: Vec<(Vec<[f32; 4]>, Vec<i64>)> = (0..b.batch)
@@ -107,23 +122,21 @@ fn batch(spec: &ModelSpec, b: &TrainStepBench, device: Device) -> Result<[Tensor
             (boxes, labels)
         })
         .collect();
-    let (loc_targets, cls_targets) = coder.encode_batch(&images)?;
     tch::manual_seed(0);
     let pixels = Tensor::f_randn([b.batch, 3, h, w], (Kind::Float, Device::Cpu))?;
-    Ok([
-        pixels.to_device(device),
-        loc_targets.to_device(device),
-        cls_targets.to_device(device),
-    ])
+    Ok((pixels, images))
 }
 
 /// Time tchcv (and the reference) on `device`.
 pub fn run(b: &TrainStepBench, device: Device) -> Result<Comparison> {
     let spec = ModelSpec::load(&b.model)?;
+    if spec.is_two_stage() {
+        return super::train_step_rcnn::run(b, &spec, device);
+    }
     let kind: LossKind = spec.loss.parse()?;
     if kind != LossKind::Ssd {
         crate::bail_input!(
-            "{}: bench train-step times the SSD loss; this spec uses {kind:?}",
+            "{}: bench train-step times the SSD loss or a Faster R-CNN; this spec uses {kind:?}",
             b.model.display()
         );
     }
@@ -172,76 +185,113 @@ fn time_both(
     })?;
     let tchcv_peak = crate::memory::peak_rss_mib();
     let tchcv_device_peak = crate::memory::device_memory(device)?.map(|m| m.peak_allocated_mib());
-    let (pytorch_ms, pytorch_report) = if b.no_reference {
-        (None, None)
-    } else {
-        let dir = std::env::temp_dir().join(format!("tchcv-bench-step-{}", std::process::id()));
-        let case = dir.join("batch.safetensors");
-        crate::io::write_safetensors(
-            &case,
-            &[
-                ("images", &images),
-                ("loc_targets", &loc_targets),
-                ("cls_targets", &cls_targets),
-            ],
-        )?;
-        let args: Vec<String> = [
-            "--spec",
-            &b.model.display().to_string(),
-            "--batch-file",
-            &case.display().to_string(),
-            "--classes",
-            &b.classes.to_string(),
-            "--device",
-            if device.is_cuda() { "cuda" } else { "cpu" },
-            "--repeat",
-            &b.repeat.to_string(),
-            "--warmup",
-            &b.warmup.to_string(),
-            "--threads",
-            &tch::get_num_threads().to_string(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .chain(b.autocast.map(|d| format!("--autocast={d}")))
-        .chain(b.channels_last.then(|| "--channels-last".to_string()))
-        .chain(b.cudnn_benchmark.then(|| "--cudnn-benchmark".to_string()))
-        .collect();
-        let report = run_reference("train-step", &args);
-        let _ = std::fs::remove_dir_all(&dir);
-        let report = report?;
-        let ms = report["median_ms"]
-            .as_f64()
-            .context("train_step_reference.py: no median_ms")?;
-        if report["parameters"].as_i64() != Some(parameters) {
-            anyhow::bail!(
-                "train_step_reference.py built {} parameters, tchcv {parameters}: not the same network",
-                report["parameters"]
-            );
-        }
-        (Some(ms), Some(report))
+    let case = [
+        ("images", &images),
+        ("loc_targets", &loc_targets),
+        ("cls_targets", &cls_targets),
+    ];
+    let (pytorch_ms, pytorch_report) = reference_step(b, device, &case, parameters)?;
+    let measured = Measured {
+        tchcv_ms,
+        tchcv_peak,
+        tchcv_device_peak,
+        parameters,
+        pytorch_ms,
+        pytorch_report,
     };
+    Ok(comparison_row(b, spec, device, measured))
+}
+
+/// What one side-by-side run measured.
+pub(super) struct Measured {
+    pub tchcv_ms: f64,
+    pub tchcv_peak: Option<f64>,
+    pub tchcv_device_peak: Option<f64>,
+    pub parameters: i64,
+    pub pytorch_ms: Option<f64>,
+    pub pytorch_report: Option<serde_json::Value>,
+}
+
+/// The report row of a train-step comparison.
+pub(super) fn comparison_row(
+    b: &TrainStepBench,
+    spec: &ModelSpec,
+    device: Device,
+    m: Measured,
+) -> Comparison {
     let [w, h] = spec.input_size;
     let mut row = Comparison::new(
         &format!("{} train step{}", spec.name, b.variant()),
         &format!("N={} {w}x{h} C={}", b.batch, b.classes + 1),
         &crate::device::device_name(device),
-        tchcv_ms,
-        pytorch_ms,
+        m.tchcv_ms,
+        m.pytorch_ms,
     );
+    let report = m.pytorch_report.as_ref();
     row.extra = serde_json::json!({
-        "parameters": parameters,
-        "tchcv_images_per_s": b.batch as f64 * 1e3 / tchcv_ms,
-        "tchcv_peak_rss_mib": tchcv_peak,
-        "pytorch_peak_rss_mib": pytorch_report.as_ref().and_then(|r| r["peak_rss_mib"].as_f64()),
-        "tchcv_peak_cuda_allocated_mib": tchcv_device_peak,
-        "pytorch_peak_cuda_allocated_mib": pytorch_report
-            .as_ref()
+        "parameters": m.parameters,
+        "tchcv_images_per_s": b.batch as f64 * 1e3 / m.tchcv_ms,
+        "tchcv_peak_rss_mib": m.tchcv_peak,
+        "pytorch_peak_rss_mib": report.and_then(|r| r["peak_rss_mib"].as_f64()),
+        "tchcv_peak_cuda_allocated_mib": m.tchcv_device_peak,
+        "pytorch_peak_cuda_allocated_mib": report
             .and_then(|r| r["peak_cuda_allocated_mib"].as_f64()),
         "autocast": b.autocast.map(|d| d.name()),
         "memory_format": b.memory_format().name(),
         "cudnn_benchmark": b.cudnn_benchmark,
         "threads": tch::get_num_threads(),
     });
-    Ok(row)
+    row
+}
+
+/// Time the PyTorch reference (`train_step_reference.py`) on the batch `case` (named tensors)
+/// unless `--no-reference`; checks it built `parameters` parameters. Returns its median ms and
+/// report.
+pub(super) fn reference_step(
+    b: &TrainStepBench,
+    device: Device,
+    case: &[(&str, &Tensor)],
+    parameters: i64,
+) -> Result<(Option<f64>, Option<serde_json::Value>)> {
+    if b.no_reference {
+        return Ok((None, None));
+    }
+    let dir = std::env::temp_dir().join(format!("tchcv-bench-step-{}", std::process::id()));
+    let file = dir.join("batch.safetensors");
+    crate::io::write_safetensors(&file, case)?;
+    let args: Vec<String> = [
+        "--spec",
+        &b.model.display().to_string(),
+        "--batch-file",
+        &file.display().to_string(),
+        "--classes",
+        &b.classes.to_string(),
+        "--device",
+        if device.is_cuda() { "cuda" } else { "cpu" },
+        "--repeat",
+        &b.repeat.to_string(),
+        "--warmup",
+        &b.warmup.to_string(),
+        "--threads",
+        &tch::get_num_threads().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain(b.autocast.map(|d| format!("--autocast={d}")))
+    .chain(b.channels_last.then(|| "--channels-last".to_string()))
+    .chain(b.cudnn_benchmark.then(|| "--cudnn-benchmark".to_string()))
+    .collect();
+    let report = run_reference("train-step", &args);
+    let _ = std::fs::remove_dir_all(&dir);
+    let report = report?;
+    let ms = report["median_ms"]
+        .as_f64()
+        .context("train_step_reference.py: no median_ms")?;
+    if report["parameters"].as_i64() != Some(parameters) {
+        anyhow::bail!(
+            "train_step_reference.py built {} parameters, tchcv {parameters}: not the same network",
+            report["parameters"]
+        );
+    }
+    Ok((Some(ms), Some(report)))
 }

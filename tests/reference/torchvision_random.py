@@ -25,8 +25,9 @@ box predictor is first re-drawn (and saved so): cls_score weight ~ N(0, 0.002), 
 bbox_pred weight ~ N(0, 0.0005), bias ~ N(0, 0.1). The random box head's features are large
 (norm ~700), so these small weight stds keep the class scores unsaturated and distinct (0.05 gave
 scores of exactly 1.0, tied) and the box deltas moderate (std ~0.4); at S = 320 several hundred
-(box, class) pairs pass 0.05, so each image has torchvision's 100 (seed 7: scores 0.3 to 0.7,
-no two equal). `--old-names` saves the state_dict under the names of torchvision's first releases (the COCO
+(box, class) pairs pass 0.05, so most images have torchvision's 100 (seed 7: scores 0.3 to 0.7,
+no two equal; a seed whose RPN keeps a few dozen proposals gives a few dozen); an image without
+detections is an error. `--old-names` saves the state_dict under the names of torchvision's first releases (the COCO
 checkpoint's: `backbone.fpn.inner_blocks.0.weight`, `rpn.head.conv.weight`).
 """
 
@@ -96,8 +97,8 @@ def frcnn_case(model, size, n_images, path):
         out[f'scores_{i}'] = det['scores']
         out[f'labels_{i}'] = det['labels'].to(torch.int64)
     counts = [len(d['scores']) for d in detections]
-    if sum(counts) < 20 * n_images:
-        raise ReferenceError(f'only {counts} detections per image (expected ~20 or more)')
+    if min(counts) < 1:
+        raise ReferenceError(f'{counts} detections per image: an image has none to compare')
     print(f'{path}: proposals {[len(p) for p in proposals]}, detections {counts} per image')
     save_file(cpu_contiguous(out), path)
 
