@@ -5,7 +5,7 @@
 # tests/<name>.log (each test binary's whole output), bench/ (JSON rows, chart).
 #
 # Time: the device tool allows 600 s a command and 15 minutes a session, machine start
-# included. The timeouts below add up to at most 60 + 7 x 40 + 2 x 30 + 190 = 590 s, and a normal run
+# included. The timeouts below add up to at most 60 + 7 x 35 + 3 x 30 + 190 = 585 s, and a normal run
 # takes far less (the tests some seconds each, the benchmarks about two minutes); TIME_SCALE=2
 # doubles them all for a slower machine.
 # scripts/gpu-rehearse.sh runs this here first, on the CPU (GPU_BENCH_DEVICE=cpu BENCH_QUICK=1).
@@ -43,14 +43,16 @@ echo "== the Python reference from these binaries (CPU cases)"
 test_run box_parity 60 nms_matches_reference_greedy_cpu
 echo "== CUDA parity (without a GPU these tests print SKIPPED with the reason)"
 for t in cuda_linkage loss_parity box_parity models_parity device data_loader; do
-    test_run "$t" 40 cuda
+    test_run "$t" 35 cuda
 done
 echo "-- dist (NCCL, world size 1)"
-test_run dist 40 nccl
+test_run dist 35 nccl
 echo "-- the RPN's loss and proposals on CUDA"
 test_run rpn_parity 30 cuda
 echo "-- the second stage on CUDA: RoIAlign, MultiScaleRoIAlign, fastrcnn_loss, the box head"
 test_run roi_parity 30 cuda
+echo "-- the whole Faster R-CNN (ResNet-50-FPN) against torchvision's, eval mode, on CUDA"
+test_run faster_rcnn 30 cuda
 
 echo "== benchmarks on $device"
 TCHCV_BIN="$PWD/.gpu/tchcv" BENCH_OUT="$out/bench" timeout $((190 * scale)) scripts/bench.sh "$device"

@@ -9,7 +9,7 @@ export VIRTUAL_ENV="$PWD/.venv" PATH="$PWD/.venv/bin:$PATH" LIBTORCH_USE_PYTORCH
 cargo build --release
 mkdir -p .gpu
 cp target/release/tchcv .gpu/tchcv
-tests="loss_parity box_parity models_parity device data_loader dist cuda_linkage rpn_parity roi_parity"
+tests="loss_parity box_parity models_parity device data_loader dist cuda_linkage rpn_parity roi_parity faster_rcnn"
 for t in $tests; do
     path=$(cargo test --release --no-run --test "$t" --message-format=json 2>/dev/null \
         | python3 -c 'import json,sys

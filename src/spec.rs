@@ -26,7 +26,7 @@ mod json;
 use std::path::Path;
 
 use anyhow::Result;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use json::{Node, Obj};
@@ -90,13 +90,16 @@ pub struct ModelSpec {
 ///               "representation_size": 1024,
 ///               "score_threshold": 0.05, "nms_threshold": 0.5, "detections_per_image": 100}
 /// ```
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RoiHeadsSpec {
     /// Matching and sampling (`kind`: `random` 512 at 25% foreground, `all`, `ohem`).
-    pub sampler: crate::bbox::rcnn::RoiSamplerConfig,
-    /// The box head's loss (`cls.kind`: `cross_entropy` or `softmax_focal` with its options).
-    pub loss: crate::loss::RcnnLossConfig,
+    pub sampler: RoiSamplerConfig,
+    /// The box head's loss: `tchcv::loss::RcnnLossConfig`'s fields (`cls.kind`:
+    /// `cross_entropy` or `softmax_focal` with its options; `beta`), read by training (the
+    /// spec layer knows no losses); None: torchvision's cross entropy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss: Option<Value>,
     /// RoIAlign over the RPN's feature maps.
     pub pool: RoiPoolSpec,
     /// The two fully connected layers' width (torchvision: 1024).
@@ -123,8 +126,100 @@ impl Default for RoiHeadsSpec {
     }
 }
 
+/// How the labelled proposals of an image are chosen for the second-stage loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RoiSamplerKind {
+    /// torchvision's balanced sampler: up to `positive_fraction` foreground, random.
+    #[default]
+    Random,
+    /// Every labelled (not ignored) proposal.
+    All,
+    /// Every labelled proposal as a candidate; [`ohem_select`] keeps the hardest.
+    Ohem,
+}
+
+impl std::str::FromStr for RoiSamplerKind {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "random" => Ok(Self::Random),
+            "all" => Ok(Self::All),
+            "ohem" => Ok(Self::Ohem),
+            _ => Err(crate::bad_input(format!(
+                "roi sampler {s:?}: expected random, all or ohem"
+            ))),
+        }
+    }
+}
+
+/// Second-stage matching and sampling settings (torchvision's `RoIHeads` defaults).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoiSamplerConfig {
+    pub kind: RoiSamplerKind,
+    /// IoU >= this: foreground (torchvision `fg_iou_thresh`: 0.5).
+    pub fg_iou: f64,
+    /// IoU < this: background (torchvision `bg_iou_thresh`: 0.5); in between: ignored.
+    pub bg_iou_hi: f64,
+    /// IoU < this: ignored (Fast R-CNN's 0.1; torchvision: 0, nothing ignored).
+    pub bg_iou_lo: f64,
+    /// RoIs per image (torchvision: 512).
+    pub batch_size_per_image: i64,
+    /// At most this share foreground (torchvision: 0.25).
+    pub positive_fraction: f64,
+    /// OHEM: the NMS threshold on the loss-ranked RoIs (0.7).
+    pub ohem_nms: f64,
+    /// OHEM: RoIs kept per image after the NMS.
+    pub ohem_per_image: i64,
+    /// Seed of the random draws.
+    pub seed: u64,
+}
+
+impl Default for RoiSamplerConfig {
+    fn default() -> Self {
+        Self {
+            kind: RoiSamplerKind::Random,
+            fg_iou: 0.5,
+            bg_iou_hi: 0.5,
+            bg_iou_lo: 0.0,
+            batch_size_per_image: 512,
+            positive_fraction: 0.25,
+            ohem_nms: 0.7,
+            ohem_per_image: 128,
+            seed: 0,
+        }
+    }
+}
+
+impl RoiSamplerConfig {
+    /// Check the thresholds and OHEM settings (bad input, named).
+    pub fn validate(&self) -> Result<()> {
+        let ok = |v: f64| (0.0..=1.0).contains(&v);
+        if !(ok(self.fg_iou) && ok(self.bg_iou_hi) && ok(self.bg_iou_lo))
+            || self.bg_iou_lo > self.bg_iou_hi
+            || self.bg_iou_hi > self.fg_iou
+        {
+            crate::bail_input!(
+                "roi sampler: expected 0 <= bg_iou_lo <= bg_iou_hi <= fg_iou <= 1, got {}, {}, {}",
+                self.bg_iou_lo,
+                self.bg_iou_hi,
+                self.fg_iou
+            );
+        }
+        if self.ohem_per_image < 0 || !self.ohem_nms.is_finite() {
+            crate::bail_input!(
+                "roi sampler: ohem_per_image must be >= 0 and ohem_nms finite, got {} and {}",
+                self.ohem_per_image,
+                self.ohem_nms
+            );
+        }
+        Ok(())
+    }
+}
+
 /// torchvision `MultiScaleRoIAlign` settings.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RoiPoolSpec {
     /// Indices of the feature maps pooled from, finest first (torchvision's FPN: P2-P5, the
@@ -809,7 +904,6 @@ fn parse_roi_heads(n: Node<'_>) -> Result<RoiHeadsSpec> {
             return Err(n.fail(format!("{name}: expected a number in [0, 1], got {v}")));
         }
     }
-    crate::loss::RcnnLoss::new(spec.loss.clone()).map_err(|e| n.fail(format!("loss: {e}")))?;
     spec.sampler
         .validate()
         .map_err(|e| n.fail(format!("sampler: {e}")))?;

@@ -852,7 +852,12 @@ fn post_parity(device: Device, what: &str) {
             take(&t, &format!("scores{i}")),
             take(&t, &format!("labels{i}")),
         );
-        assert_same_detections(&Detection::all(&d.boxes, &d.scores, &d.labels), &want, &ctx);
+        assert_same_detections(
+            &Detection::all(&d.boxes, &d.scores, &d.labels),
+            &want,
+            &DetectionTolerance::default(),
+            &ctx,
+        );
         let n = d.scores.size()[0];
         total += n;
     }

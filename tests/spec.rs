@@ -479,10 +479,6 @@ fn faster_rcnn_specs_carry_their_second_stage_and_bad_roi_heads_are_named() {
         &with(json!({"roi_heads": {"representation_size": 0}})),
         &["roi_heads", "representation_size"],
     );
-    assert_error(
-        &with(json!({"roi_heads": {"loss": {"cls": {"kind": "hinge"}}}})),
-        &["roi_heads", "hinge"],
-    );
     assert_error(&with(json!({"loss": "ssd"})), &["loss", "faster_rcnn"]);
     let mut ssd = ssd300_json();
     ssd["roi_heads"] = json!({});

@@ -902,8 +902,25 @@ fn faster_rcnn_second_stage_samplers_and_losses_train_and_fit_only_two_stage_spe
         assert_eq!(config["roi_sampler"], sampler);
         assert_eq!(config["roi_loss"], loss.replace('-', "_"));
     }
-    // The second-stage flags go with a two-stage spec only.
+    // A second-stage loss the spec names wrongly is an error naming the field.
     let out = common::scratch("train-frcnn-bad");
+    let mut spec: Value =
+        serde_json::from_str(&std::fs::read_to_string(common::repo().join(model)).unwrap())
+            .unwrap();
+    spec["roi_heads"]["loss"] = serde_json::json!({"cls": {"kind": "hinge"}});
+    let bad_spec = out.join("bad.json");
+    std::fs::write(&bad_spec, spec.to_string()).unwrap();
+    let res = tchcv(&with_model(
+        train_args(s(&data), s(&out), &["--iters", "1"]),
+        s(&bad_spec),
+    ));
+    assert_eq!(res.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(
+        err.contains("roi_heads.loss") && err.contains("hinge"),
+        "{err}"
+    );
+    // The second-stage flags go with a two-stage spec only.
     let res = tchcv(&train_args(
         s(&data),
         s(&out),

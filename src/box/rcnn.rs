@@ -27,7 +27,6 @@
 //! and the top `ohem_per_image` by loss are trained on: [`ohem_select`]).
 
 use anyhow::{Context, Result};
-use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use super::matcher::{IouTable, Matcher, BACKGROUND, IGNORED};
@@ -38,75 +37,10 @@ use super::sampler::{sample_image, SamplerConfig, SamplerKind};
 use crate::bail_input;
 use crate::rng::Rng;
 use crate::spec::IgnoreBand;
+pub use crate::spec::{RoiSamplerConfig, RoiSamplerKind};
 
 /// The box head's coding weights `(wx, wy, ww, wh)` (torchvision `RoIHeads`' default).
 pub const RCNN_WEIGHTS: [f32; 4] = [10.0, 10.0, 5.0, 5.0];
-
-/// How the labelled proposals of an image are chosen for the second-stage loss.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum RoiSamplerKind {
-    /// torchvision's balanced sampler: up to `positive_fraction` foreground, random.
-    #[default]
-    Random,
-    /// Every labelled (not ignored) proposal.
-    All,
-    /// Every labelled proposal as a candidate; [`ohem_select`] keeps the hardest.
-    Ohem,
-}
-
-impl std::str::FromStr for RoiSamplerKind {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "random" => Ok(Self::Random),
-            "all" => Ok(Self::All),
-            "ohem" => Ok(Self::Ohem),
-            _ => Err(crate::bad_input(format!(
-                "roi sampler {s:?}: expected random, all or ohem"
-            ))),
-        }
-    }
-}
-
-/// Second-stage matching and sampling settings (torchvision's `RoIHeads` defaults).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RoiSamplerConfig {
-    pub kind: RoiSamplerKind,
-    /// IoU >= this: foreground (torchvision `fg_iou_thresh`: 0.5).
-    pub fg_iou: f64,
-    /// IoU < this: background (torchvision `bg_iou_thresh`: 0.5); in between: ignored.
-    pub bg_iou_hi: f64,
-    /// IoU < this: ignored (Fast R-CNN's 0.1; torchvision: 0, nothing ignored).
-    pub bg_iou_lo: f64,
-    /// RoIs per image (torchvision: 512).
-    pub batch_size_per_image: i64,
-    /// At most this share foreground (torchvision: 0.25).
-    pub positive_fraction: f64,
-    /// OHEM: the NMS threshold on the loss-ranked RoIs (0.7).
-    pub ohem_nms: f64,
-    /// OHEM: RoIs kept per image after the NMS.
-    pub ohem_per_image: i64,
-    /// Seed of the random draws.
-    pub seed: u64,
-}
-
-impl Default for RoiSamplerConfig {
-    fn default() -> Self {
-        Self {
-            kind: RoiSamplerKind::Random,
-            fg_iou: 0.5,
-            bg_iou_hi: 0.5,
-            bg_iou_lo: 0.0,
-            batch_size_per_image: 512,
-            positive_fraction: 0.25,
-            ohem_nms: 0.7,
-            ohem_per_image: 128,
-            seed: 0,
-        }
-    }
-}
 
 impl RoiSamplerConfig {
     /// The first stage's sampler settings this config's draw uses.
@@ -120,30 +54,6 @@ impl RoiSamplerConfig {
             positive_fraction: self.positive_fraction,
             seed: self.seed,
         }
-    }
-
-    /// Check the thresholds and OHEM settings (bad input, named).
-    pub fn validate(&self) -> Result<()> {
-        let ok = |v: f64| (0.0..=1.0).contains(&v);
-        if !(ok(self.fg_iou) && ok(self.bg_iou_hi) && ok(self.bg_iou_lo))
-            || self.bg_iou_lo > self.bg_iou_hi
-            || self.bg_iou_hi > self.fg_iou
-        {
-            bail_input!(
-                "roi sampler: expected 0 <= bg_iou_lo <= bg_iou_hi <= fg_iou <= 1, got {}, {}, {}",
-                self.bg_iou_lo,
-                self.bg_iou_hi,
-                self.fg_iou
-            );
-        }
-        if self.ohem_per_image < 0 || !self.ohem_nms.is_finite() {
-            bail_input!(
-                "roi sampler: ohem_per_image must be >= 0 and ohem_nms finite, got {} and {}",
-                self.ohem_per_image,
-                self.ohem_nms
-            );
-        }
-        Ok(())
     }
 
     /// The random stream of image `image` under `keys` (e.g. the step).

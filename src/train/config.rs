@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::optim::OptimizerConfig;
@@ -350,7 +350,13 @@ impl TrainConfig {
             sampler.kind = kind;
         }
         sampler.seed = self.seed;
-        let mut loss = roi.loss;
+        let origin = format!("{}: roi_heads.loss", self.model.display());
+        let mut loss: RcnnLossConfig = match roi.loss {
+            None => RcnnLossConfig::default(),
+            Some(v) => {
+                serde_json::from_value(v).map_err(|e| crate::bad_input(format!("{origin}: {e}")))?
+            }
+        };
         match (self.roi_loss, &loss.cls) {
             (Some(RoiLossKind::CrossEntropy), _) => loss.cls = RcnnClsLoss::CrossEntropy,
             (Some(RoiLossKind::SoftmaxFocal), RcnnClsLoss::CrossEntropy) => {
@@ -358,6 +364,7 @@ impl TrainConfig {
             }
             _ => {}
         }
+        crate::loss::RcnnLoss::new(loss.clone()).with_context(|| origin.clone())?;
         Ok(Some((sampler, loss)))
     }
 
