@@ -476,13 +476,6 @@ impl ModelSpec {
         let loss = root
             .optional("loss", |n| one_of(n, &LOSS_NAMES))?
             .unwrap_or_else(|| default_loss(&head).to_string());
-        if RPN_HEADS.contains(&head.as_str()) != (loss == "rpn") {
-            return Err(crate::bad_input(format!(
-                "{origin}: loss: {loss:?} does not fit head {head:?} (the \"rpn\" and \
-                 \"faster_rcnn\" heads are trained with the \"rpn\" loss on their first stage, \
-                 and only they; Faster R-CNN's second-stage loss is roi_heads.loss)"
-            )));
-        }
         let anchors = root.required("anchors", |n| parse_anchors(n, input_size))?;
         let default_matching = anchors.default_matching();
         let matching = root
@@ -494,12 +487,7 @@ impl ModelSpec {
         });
         let rpn = root.optional("rpn", parse_rpn)?;
         let roi_heads = root.optional("roi_heads", parse_roi_heads)?;
-        if roi_heads.is_some() && head != "faster_rcnn" {
-            return Err(crate::bad_input(format!(
-                "{origin}: roi_heads: only a \"faster_rcnn\" head has a second stage, this \
-                 spec's head is {head:?}"
-            )));
-        }
+        check_head_fits(&head, &loss, roi_heads.is_some(), origin)?;
         let spec = ModelSpec {
             name,
             description,
@@ -871,6 +859,25 @@ fn one_of(n: Node<'_>, names: &[&str]) -> Result<String> {
         return Err(n.fail(format!("expected one of {names:?}, got {s:?}")));
     }
     Ok(s)
+}
+
+/// The `"rpn"` loss goes with the RPN heads and only with them; `roi_heads` with
+/// `"faster_rcnn"` only.
+fn check_head_fits(head: &str, loss: &str, has_roi_heads: bool, origin: &str) -> Result<()> {
+    if RPN_HEADS.contains(&head) != (loss == "rpn") {
+        crate::bail_input!(
+            "{origin}: loss: {loss:?} does not fit head {head:?} (the \"rpn\" and \
+             \"faster_rcnn\" heads are trained with the \"rpn\" loss on their first stage, \
+             and only they; Faster R-CNN's second-stage loss is roi_heads.loss)"
+        );
+    }
+    if has_roi_heads && head != "faster_rcnn" {
+        crate::bail_input!(
+            "{origin}: roi_heads: only a \"faster_rcnn\" head has a second stage, this spec's \
+             head is {head:?}"
+        );
+    }
+    Ok(())
 }
 
 /// The loss of a spec that names none: the head's own.

@@ -66,6 +66,11 @@ fn every_benchmark_runs_both_sides() {
             "1",
         ],
     );
+}
+
+/// `tchcv bench train-step`: the small SSD and its variants, and a Faster R-CNN step.
+#[test]
+fn train_step_benchmarks_run_both_sides() {
     let step = |name: &str, extra: &[&str]| {
         let mut args = vec![
             "train-step",

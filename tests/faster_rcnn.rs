@@ -14,7 +14,7 @@ use tch::{nn, Device, Kind, Tensor};
 use tchcv::bbox::ops;
 use tchcv::bbox::rcnn::{ohem_select, RoiSamplerConfig, RoiSamplerKind};
 use tchcv::loss::{RcnnLoss, RcnnLossConfig, RcnnLossInputs};
-use tchcv::models::faster_rcnn::{BatchTruth, FasterRcnn};
+use tchcv::models::faster_rcnn::{BatchTruth, FasterRcnn, TwoStageOutputs};
 use tchcv::models::{build, load_init, Detector, InitWeights};
 use tchcv::spec::ModelSpec;
 
@@ -177,7 +177,10 @@ fn small_model(vs: &nn::VarStore) -> Box<dyn Detector> {
 }
 
 /// Two images with a few objects each (model-input pixels) and random pixels.
-fn small_batch(seed: i64) -> (Tensor, Vec<Vec<[f32; 4]>>, Vec<Vec<i64>>, Vec<Vec<bool>>) {
+/// Images `[N, 3, H, W]`, and per image boxes, 0-based labels and crowd flags.
+type SmallBatch = (Tensor, Vec<Vec<[f32; 4]>>, Vec<Vec<i64>>, Vec<Vec<bool>>);
+
+fn small_batch(seed: i64) -> SmallBatch {
     tch::manual_seed(seed);
     let images = Tensor::randn([2, 3, 160, 160], (Kind::Float, CPU));
     let boxes = vec![
@@ -251,27 +254,14 @@ fn all_takes_every_labelled_proposal_and_ohem_the_top_b_after_nms() {
             regression_targets: &all.regression_targets,
         })
         .unwrap();
-    let mut offset = 0;
-    let mut want_labels = Vec::new();
-    let mut want_targets = Vec::new();
-    for (i, p) in proposals.iter().enumerate() {
-        let n = p.len() + gt[i];
-        let rows = |t: &Tensor| t.narrow(0, offset, n);
-        let rois = all_boxes(frcnn, &images, truth, i);
-        assert_eq!(rois.size()[0], n, "image {i}: rows");
-        let keep = ohem_select(&rois, &rows(&per_roi), 0.7, 16).unwrap();
-        assert!(keep.size()[0] <= 16);
-        want_labels.push(rows(&all.labels).index_select(0, &keep));
-        want_targets.push(rows(&all.regression_targets).index_select(0, &keep));
-        offset += n;
-    }
-    let want_labels = Tensor::cat(&want_labels, 0);
+    let (want_labels, want_targets) =
+        ohem_expected(frcnn, &images, truth, &all, &per_roi, &proposals, &gt);
     assert_eq!(ohem.labels.size(), want_labels.size(), "OHEM's count");
     assert!(ohem.labels.equal(&want_labels), "OHEM's rows: labels");
     common::assert_close(
         "OHEM's rows: targets",
         &ohem.regression_targets,
-        &Tensor::cat(&want_targets, 0),
+        &want_targets,
         0.0,
         0.0,
     );
@@ -286,6 +276,34 @@ fn all_takes_every_labelled_proposal_and_ohem_the_top_b_after_nms() {
         .unwrap();
     let first = Vec::<f32>::try_from(ohem_loss.narrow(0, 0, 16.min(ohem_loss.size()[0]))).unwrap();
     assert!(first.windows(2).all(|w| w[0] >= w[1] - 1e-5), "{first:?}");
+}
+
+/// What OHEM should keep of `all`'s rows: per image the top 16 by `per_roi` after NMS 0.7, in
+/// loss order; returns their labels and regression targets.
+fn ohem_expected(
+    frcnn: &FasterRcnn,
+    images: &Tensor,
+    truth: BatchTruth,
+    all: &TwoStageOutputs,
+    per_roi: &Tensor,
+    proposals: &[tchcv::bbox::Proposals],
+    gt: &[i64],
+) -> (Tensor, Tensor) {
+    let mut offset = 0;
+    let mut want_labels = Vec::new();
+    let mut want_targets = Vec::new();
+    for (i, p) in proposals.iter().enumerate() {
+        let n = p.len() + gt[i];
+        let rows = |t: &Tensor| t.narrow(0, offset, n);
+        let rois = all_boxes(frcnn, images, truth, i);
+        assert_eq!(rois.size()[0], n, "image {i}: rows");
+        let keep = ohem_select(&rois, &rows(per_roi), 0.7, 16).unwrap();
+        assert!(keep.size()[0] <= 16);
+        want_labels.push(rows(&all.labels).index_select(0, &keep));
+        want_targets.push(rows(&all.regression_targets).index_select(0, &keep));
+        offset += n;
+    }
+    (Tensor::cat(&want_labels, 0), Tensor::cat(&want_targets, 0))
 }
 
 /// Image `i`'s `all` RoI boxes `[P_i + G_i, 4]`: its proposals, then its non-crowd GT.

@@ -94,12 +94,15 @@ fn batch(spec: &ModelSpec, b: &TrainStepBench, device: Device) -> Result<[Tensor
     ])
 }
 
+/// One image's boxes `[K, 4]` (xyxy, model-input pixels) and 0-based labels `[K]`.
+pub(super) type ImageObjects = (Vec<[f32; 4]>, Vec<i64>);
+
 /// Random pixels `[N, 3, H, W]` (CPU) and per image 1-8 random boxes (10-60% of each side,
 /// model-input pixels) with 0-based labels.
 pub(super) fn random_batch(
     spec: &ModelSpec,
     b: &TrainStepBench,
-) -> Result<(Tensor, Vec<(Vec<[f32; 4]>, Vec<i64>)>)> {
+) -> Result<(Tensor, Vec<ImageObjects>)> {
     let [w, h] = spec.input_size;
     let mut rng = Rng::new(7);
     let images: Vec<(Vec<[f32; 4]>, Vec<i64>)> = (0..b.batch)
@@ -183,19 +186,41 @@ fn time_both(
         crate::device::synchronize(device);
         Ok(())
     })?;
-    let tchcv_peak = crate::memory::peak_rss_mib();
-    let tchcv_device_peak = crate::memory::device_memory(device)?.map(|m| m.peak_allocated_mib());
     let case = [
         ("images", &images),
         ("loc_targets", &loc_targets),
         ("cls_targets", &cls_targets),
     ];
-    let (pytorch_ms, pytorch_report) = reference_step(b, device, &case, parameters)?;
-    let measured = Measured {
+    let timed = Timed {
         tchcv_ms,
+        parameters,
+    };
+    compare_with_reference(b, spec, device, timed, &case)
+}
+
+/// tchcv's side of a comparison: its median step and its network's parameters.
+pub(super) struct Timed {
+    pub tchcv_ms: f64,
+    pub parameters: i64,
+}
+
+/// After tchcv's timed steps: its peak memory, the reference on the batch `case` (named
+/// tensors), and the report row.
+pub(super) fn compare_with_reference(
+    b: &TrainStepBench,
+    spec: &ModelSpec,
+    device: Device,
+    timed: Timed,
+    case: &[(&str, &Tensor)],
+) -> Result<Comparison> {
+    let tchcv_peak = crate::memory::peak_rss_mib();
+    let tchcv_device_peak = crate::memory::device_memory(device)?.map(|m| m.peak_allocated_mib());
+    let (pytorch_ms, pytorch_report) = reference_step(b, device, case, timed.parameters)?;
+    let measured = Measured {
+        tchcv_ms: timed.tchcv_ms,
         tchcv_peak,
         tchcv_device_peak,
-        parameters,
+        parameters: timed.parameters,
         pytorch_ms,
         pytorch_report,
     };
@@ -203,7 +228,7 @@ fn time_both(
 }
 
 /// What one side-by-side run measured.
-pub(super) struct Measured {
+struct Measured {
     pub tchcv_ms: f64,
     pub tchcv_peak: Option<f64>,
     pub tchcv_device_peak: Option<f64>,
@@ -213,12 +238,7 @@ pub(super) struct Measured {
 }
 
 /// The report row of a train-step comparison.
-pub(super) fn comparison_row(
-    b: &TrainStepBench,
-    spec: &ModelSpec,
-    device: Device,
-    m: Measured,
-) -> Comparison {
+fn comparison_row(b: &TrainStepBench, spec: &ModelSpec, device: Device, m: Measured) -> Comparison {
     let [w, h] = spec.input_size;
     let mut row = Comparison::new(
         &format!("{} train step{}", spec.name, b.variant()),
@@ -247,7 +267,7 @@ pub(super) fn comparison_row(
 /// Time the PyTorch reference (`train_step_reference.py`) on the batch `case` (named tensors)
 /// unless `--no-reference`; checks it built `parameters` parameters. Returns its median ms and
 /// report.
-pub(super) fn reference_step(
+fn reference_step(
     b: &TrainStepBench,
     device: Device,
     case: &[(&str, &Tensor)],

@@ -13,7 +13,7 @@ use anyhow::Result;
 use tch::{nn, Device, Kind, Tensor};
 
 use super::median_ms;
-use super::train_step::{comparison_row, random_batch, reference_step, Measured, TrainStepBench};
+use super::train_step::{compare_with_reference, random_batch, Timed, TrainStepBench};
 use super::Comparison;
 use crate::bbox::rcnn::RoiSamplerKind;
 use crate::bbox::RpnCoder;
@@ -117,20 +117,13 @@ fn time_both(
         step += 1;
         Ok(())
     })?;
-    let tchcv_peak = crate::memory::peak_rss_mib();
-    let tchcv_device_peak = crate::memory::device_memory(device)?.map(|m| m.peak_allocated_mib());
     let named = case(images, truth);
     let refs: Vec<(&str, &Tensor)> = named.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let (pytorch_ms, pytorch_report) = reference_step(b, device, &refs, parameters)?;
-    let measured = Measured {
+    let timed = Timed {
         tchcv_ms,
-        tchcv_peak,
-        tchcv_device_peak,
         parameters,
-        pytorch_ms,
-        pytorch_report,
     };
-    Ok(comparison_row(b, spec, device, measured))
+    compare_with_reference(b, spec, device, timed, &refs)
 }
 
 /// The reference's batch file: `images`, and per image `boxes_{i}` `[K_i, 4]`, `labels_{i}`

@@ -601,7 +601,7 @@ impl Run {
         if let (Some(stage), Some(sums)) = (&self.second, second) {
             let global = stage.normalizer(self.group.as_ref(), &sums)?;
             stats = stats.with_second_stage(&global.stats());
-            total = total + global.finish(sums).total;
+            total = total.f_add(&global.finish(sums).total)?;
         }
         if !(stats.total.is_finite() && stats.loc_sum.is_finite() && stats.cls_sum.is_finite()) {
             return Ok(None);
