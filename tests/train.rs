@@ -898,6 +898,15 @@ fn faster_rcnn_second_stage_samplers_and_losses_train_and_fit_only_two_stage_spe
                 None => assert!(fg + bg > 128 * 8, "{sampler}: {}", fg + bg),
             }
         }
+        // `tchcv compare` names both stages' cures.
+        let report = ok(
+            &tchcv(&["compare", s(&out), "--out", s(&out.join("cmp"))]),
+            "compare",
+        );
+        assert!(
+            report.contains(&format!("RoIs: {sampler} sample")),
+            "{report}"
+        );
         let config = tchcv::train::saved_config(&out).unwrap();
         assert_eq!(config["roi_sampler"], sampler);
         assert_eq!(config["roi_loss"], loss.replace('-', "_"));

@@ -77,7 +77,26 @@ impl Cure {
             }
             o.insert("matching".into(), serde_json::to_value(&spec.matching)?);
         }
-        let label = cure_label(loss, &options, config.class_weights);
+        let mut label = cure_label(loss, &options, config.class_weights);
+        if let Some((sampler, roi_loss)) = config.second_stage(spec)? {
+            let kind = serde_json::to_value(sampler.kind)?;
+            let kind = kind.as_str().unwrap_or("?").to_string();
+            let cls = match &roi_loss.cls {
+                crate::loss::RcnnClsLoss::CrossEntropy => "cross entropy".to_string(),
+                crate::loss::RcnnClsLoss::SoftmaxFocal(f) => {
+                    format!("softmax focal, gamma {}", f.gamma)
+                }
+            };
+            label = format!("{label}; RoIs: {kind} sample, {cls}");
+            let mut sampler = serde_json::to_value(&sampler)?;
+            if let Some(o) = sampler.as_object_mut() {
+                o.remove("seed"); // the run's seed: runs of one cure differ in it
+            }
+            if let Some(o) = options.as_object_mut() {
+                o.insert("roi_sampler".into(), sampler);
+                o.insert("roi_loss".into(), serde_json::to_value(&roi_loss)?);
+            }
+        }
         Ok(Self {
             loss,
             options,
