@@ -145,18 +145,39 @@ impl AxisSamples {
         })
     }
 
-    /// The weights folded onto a window of pixels per RoI: `pixels [K, N]` i64, the RoI's
-    /// pixels `origin..origin + N` along the axis (clamped to the map; `N` the batch's widest
-    /// span of counted points), and `weights [K, P, N]`, per bin the summed weight its points
-    /// give each pixel.
-    fn window(&self, pooled: i64, extent: i64) -> Result<(Tensor, Tensor)> {
-        let (k, device) = (self.low.size()[0], self.low.device());
+    /// Each RoI's first counted pixel and the span of its counted points, `[K, 1]` i64 each
+    /// (origin 0 and span 1 for a RoI whose points all fall off the map).
+    fn extent(&self, extent: i64) -> (Tensor, Tensor) {
         let none = self.valid.logical_not();
         let first = self.low.masked_fill(&none, extent).amin(1, true);
         let last = self.high.masked_fill(&none, -1).amax(1, true);
         let empty = last.lt_tensor(&first);
         let origin = first.masked_fill(&empty, 0);
         let span = (last - &origin + 1).masked_fill(&empty, 1);
+        (origin, span)
+    }
+
+    /// The RoIs `rows` (`[k]` i64) of every per-RoI field.
+    fn select(&self, rows: &Tensor) -> Self {
+        let take = |t: &Tensor| t.index_select(0, rows);
+        Self {
+            low: take(&self.low),
+            high: take(&self.high),
+            w_low: take(&self.w_low),
+            w_high: take(&self.w_high),
+            valid: take(&self.valid),
+            grid: take(&self.grid),
+            max_grid: self.max_grid,
+        }
+    }
+
+    /// The weights folded onto a window of pixels per RoI: `pixels [K, N]` i64, the RoI's
+    /// pixels `origin..origin + N` along the axis (clamped to the map; `N` the batch's widest
+    /// span of counted points), and `weights [K, P, N]`, per bin the summed weight its points
+    /// give each pixel.
+    fn window(&self, pooled: i64, extent: i64) -> Result<(Tensor, Tensor)> {
+        let (k, device) = (self.low.size()[0], self.low.device());
+        let (origin, span) = self.extent(extent);
         let n = span.max().int64_value(&[]).max(1);
         let steps = Tensor::f_arange(n, (Kind::Int64, device))?.view([1, n]);
         let pixels = (&origin + steps).clamp_max(extent - 1);
@@ -247,30 +268,84 @@ pub fn roi_align(features: &Tensor, rois: &Tensor, config: &RoiAlignConfig) -> R
     }
     let (ys, xs, count) = tch::no_grad(|| geometry(rois, config, [h, w], kind))
         .context("roi_align: the sample points")?;
-    let ((rows, row_w), (cols, col_w)) =
-        tch::no_grad(|| -> Result<_> { Ok((ys.window(ph, h)?, xs.window(pw, w)?)) })?;
-    let (wy, wx) = (rows.size()[1], cols.size()[1]);
-    let per_roi = (wy * wx + ph * wx) * c;
-    let chunk = (GATHER_BUDGET / per_roi.max(1)).max(1);
+    // Each RoI's gather costs its window (rows x columns) and the row pass; RoIs go in chunks
+    // of similar windows, widest first, each chunk under the gather budget with its own window
+    // (one long thin RoI must not widen every other RoI's window).
+    let (order, spans) = tch::no_grad(|| -> Result<_> {
+        let (sy, sx) = (ys.extent(h).1.view([-1]), xs.extent(w).1.view([-1]));
+        let order = (&sy * &sx + &sx * ph).argsort(0, true);
+        let spans = Tensor::stack(&[sy, sx], 1).index_select(0, &order);
+        Ok((
+            order,
+            Vec::<i64>::try_from(spans.to_device(Device::Cpu).view([-1]))?,
+        ))
+    })?;
     let base = batch * (h * w);
     let mut outs = Vec::new();
     let mut start = 0;
     while start < k {
-        let n = chunk.min(k - start);
-        let part = |t: &Tensor| t.narrow(0, start, n);
-        let index = part(&base).view([n, 1, 1])
-            + (part(&rows) * w).view([n, wy, 1])
-            + part(&cols).view([n, 1, wx]);
-        let patch = table
-            .f_index_select(0, &index.view([-1]))?
-            .view([n, wy, wx, c]);
-        // Rows first (bins x window columns), then columns: [n, C, PH, PW].
-        let by_rows = Tensor::f_einsum("kpy,kyxc->kpxc", &[part(&row_w), patch], None::<i64>)?;
-        let pooled = Tensor::f_einsum("kpxc,kqx->kcpq", &[by_rows, part(&col_w)], None::<i64>)?;
-        outs.push(pooled / part(&count).view([-1, 1, 1, 1]));
+        let n = chunk_length(&spans, start as usize, [ph, c]).min((k - start) as usize) as i64;
+        let rows = order.narrow(0, start, n);
+        let pooled = pool_chunk(&table, &base, &ys, &xs, &rows, [ph, pw, h, w, c])?;
+        outs.push(pooled / count.index_select(0, &rows).view([-1, 1, 1, 1]));
         start += n;
     }
-    Ok(Tensor::f_cat(&outs, 0)?.to_kind(features.kind()))
+    let out = Tensor::f_cat(&outs, 0)?.f_index_select(0, &order.argsort(0, false))?;
+    Ok(out.to_kind(features.kind()))
+}
+
+/// How many RoIs from `start` on (`spans`: `[sy, sx]` per RoI, flattened, widest first) one
+/// gather takes: as many as the budget allows at the first one's cost, halved until the
+/// chunk's own window (its largest rows by its largest columns) fits (at least one).
+fn chunk_length(spans: &[i64], start: usize, [ph, c]: [i64; 2]) -> usize {
+    let cost = |sy: i64, sx: i64| (sy * sx + sx * ph) * c;
+    let k = spans.len() / 2;
+    let (sy, sx) = (spans[2 * start], spans[2 * start + 1]);
+    let mut n = ((GATHER_BUDGET / cost(sy, sx).max(1)).max(1) as usize).min(k - start);
+    while n > 1 {
+        let rows = &spans[2 * start..2 * (start + n)];
+        let my = rows.iter().step_by(2).copied().max().unwrap_or(1);
+        let mx = rows.iter().skip(1).step_by(2).copied().max().unwrap_or(1);
+        if cost(my, mx) <= GATHER_BUDGET {
+            break;
+        }
+        n /= 2;
+    }
+    n
+}
+
+/// The RoIs `rows` of a [`roi_align`] call pooled over their own window: gather each RoI's
+/// window of the `table` (`[B*H*W, C]`) at `base` (its image's first row), then the rows' and
+/// the columns' weights. Returns `[n, C, PH, PW]` (not yet divided by the sample count).
+fn pool_chunk(
+    table: &Tensor,
+    base: &Tensor,
+    ys: &AxisSamples,
+    xs: &AxisSamples,
+    rows: &Tensor,
+    [ph, pw, h, w, c]: [i64; 5],
+) -> Result<Tensor> {
+    let n = rows.size()[0];
+    let ((y_pix, row_w), (x_pix, col_w)) = tch::no_grad(|| -> Result<_> {
+        Ok((
+            ys.select(rows).window(ph, h)?,
+            xs.select(rows).window(pw, w)?,
+        ))
+    })?;
+    let (wy, wx) = (y_pix.size()[1], x_pix.size()[1]);
+    let index = base.index_select(0, rows).view([n, 1, 1])
+        + (y_pix * w).view([n, wy, 1])
+        + x_pix.view([n, 1, wx]);
+    let patch = table
+        .f_index_select(0, &index.view([-1]))?
+        .view([n, wy, wx, c]);
+    // Rows first (bins x window columns), then columns: [n, C, PH, PW].
+    let by_rows = Tensor::f_einsum("kpy,kyxc->kpxc", &[row_w, patch], None::<i64>)?;
+    Ok(Tensor::f_einsum(
+        "kpxc,kqx->kcpq",
+        &[by_rows, col_w],
+        None::<i64>,
+    )?)
 }
 
 /// The sample points of every RoI along y and x, and `count = max(grid_h * grid_w, 1)` `[K]`.
