@@ -13,7 +13,8 @@ network (the reference's RPN modules as its backbone and rpn.head, torchvision's
 RegionProposalNetwork, MultiScaleRoIAlign, TwoMLPHead, FastRCNNPredictor and RoIHeads with the
 spec's settings, the transform an identity at the spec's input size); the batch file then holds
 `images` and per image `boxes_{i}` (xyxy) and `labels_{i}` (0-based), and the step is
-`sum(model(images, targets).values())`: both stages' matching, sampling and losses inside it.
+`sum(model(images, targets).values())`: both stages' matching, sampling and losses inside it
+(torchvision's second stage: its random sampler and cross entropy, as tchcv's side times).
 
 --autocast bf16 runs the forward pass and the loss under torch.autocast (backward and the update
 outside it, as the PyTorch AMP recipe does); --channels-last converts the model and the images
@@ -82,7 +83,8 @@ def faster_rcnn(spec, classes):
     out = pool.get("output_size", [7, 7])
     width = roi.get("representation_size", 1024)
     rpn = dict(spec.get("rpn") or {})
-    tt = lambda k, d: (rpn.get(k) or d)  # noqa: E731
+    matching = spec.get("matching") or {}
+    tt = lambda k, d: dict(d, **(rpn.get(k) or {}))  # noqa: E731
     w, h = spec["input_size"]
     model = FasterRCNN(
         backbone, num_classes=None, min_size=h, max_size=max(w, h),
@@ -97,16 +99,18 @@ def faster_rcnn(spec, classes):
         rpn_batch_size_per_image=rpn.get("batch_size_per_image", 256),
         rpn_positive_fraction=rpn.get("positive_fraction", 0.5),
         rpn_score_thresh=rpn.get("score_threshold", 0.0),
+        rpn_fg_iou_thresh=matching.get("pos_iou", 0.7),
+        rpn_bg_iou_thresh=matching.get("neg_iou", 0.3),
         box_roi_pool=MultiScaleRoIAlign([str(i) for i in maps], out, pool.get("sampling_ratio", 2)),
         box_head=TwoMLPHead(channels[maps[0]] * out[0] * out[1], width),
         box_predictor=FastRCNNPredictor(width, classes + 1),
         box_batch_size_per_image=sampler.get("batch_size_per_image", 512),
         box_positive_fraction=sampler.get("positive_fraction", 0.25),
         box_fg_iou_thresh=sampler.get("fg_iou", 0.5), box_bg_iou_thresh=sampler.get("bg_iou_hi", 0.5))
-    if sampler.get("kind", "random") != "random" or (roi.get("loss") or {}).get("cls", {}).get(
-            "kind", "cross_entropy") != "cross_entropy":
-        raise SystemExit("the reference times torchvision's own second stage: the random sampler "
-                         "and cross entropy")
+    # torchvision pads to a multiple of 32: not here (the images are the spec's input size).
+    model.transform.size_divisible = 1
+    if sampler.get("bg_iou_lo", 0.0) > 0:
+        raise SystemExit("torchvision's RoIHeads has no bg_iou_lo band")
     return model
 
 

@@ -172,7 +172,7 @@ pub struct RoiSamplerConfig {
     pub ohem_nms: f64,
     /// OHEM: RoIs kept per image after the NMS.
     pub ohem_per_image: i64,
-    /// Seed of the random draws.
+    /// Seed of the random draws (training replaces it with the run's `--seed`).
     pub seed: u64,
 }
 

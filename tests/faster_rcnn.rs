@@ -394,3 +394,57 @@ fn the_roi_sample_is_keyed_by_the_step_and_the_place_in_the_global_batch() {
         "rank 1's image draws what image 1 of the whole batch draws"
     );
 }
+
+#[test]
+fn empty_samples_give_a_zero_loss_and_bad_layouts_are_named() {
+    // No RoIs at all (e.g. ohem_per_image 0): a zero loss, not an error.
+    let loss = RcnnLoss::new(RcnnLossConfig::default()).unwrap();
+    let rows = |n: i64, w: i64| Tensor::zeros([0, n * w], (Kind::Float, CPU));
+    let out = loss
+        .forward(&RcnnLossInputs {
+            class_logits: &rows(6, 1),
+            box_regression: &rows(6, 4),
+            labels: &Tensor::zeros([0], (Kind::Int64, CPU)),
+            regression_targets: &rows(1, 4),
+        })
+        .unwrap();
+    assert_eq!(out.total.double_value(&[]), 0.0);
+    assert_eq!(
+        loss.per_roi(&RcnnLossInputs {
+            class_logits: &rows(6, 1),
+            box_regression: &rows(6, 4),
+            labels: &Tensor::zeros([0], (Kind::Int64, CPU)),
+            regression_targets: &rows(1, 4),
+        })
+        .unwrap()
+        .size(),
+        [0]
+    );
+    // Pooling from maps of non-consecutive levels is refused at build, naming the field.
+    let mut spec = model_json("faster_rcnn_small.json");
+    spec["roi_heads"]["pool"]["maps"] = json!([1, 3]);
+    spec["network"] = json!({"width": 1.0});
+    let spec = ModelSpec::from_json_str(&spec.to_string(), "models/x.json").unwrap();
+    let vs = nn::VarStore::new(CPU);
+    let err = format!("{:#}", build(vs.root(), &spec, 5).unwrap_err());
+    assert!(err.contains("roi_heads.pool.maps"), "{err}");
+    // Ground truth for fewer images than the batch: a named error, no panic.
+    let vs = nn::VarStore::new(CPU);
+    let model = small_model(&vs);
+    let (images, boxes, labels, crowd) = small_batch(5);
+    let truth = BatchTruth {
+        boxes: &boxes[..1],
+        labels: &labels[..1],
+        crowd: &crowd[..1],
+    };
+    let sampler = sampler(RoiSamplerKind::Random);
+    let err = model
+        .two_stage()
+        .unwrap()
+        .forward_train(&images, truth, &sampler, &loss, &[0], [0, 1])
+        .unwrap_err();
+    assert!(
+        tchcv::is_bad_input(&err) && format!("{err:#}").contains("2 images"),
+        "{err:#}"
+    );
+}

@@ -684,6 +684,7 @@ fn focal_on_the_second_stage_is_the_softmax_focal_loss_on_those_rows() {
     let config = RcnnLossConfig {
         cls: RcnnClsLoss::SoftmaxFocal(focal.clone()),
         beta: 1.0 / 9.0,
+        ..Default::default()
     };
     let inputs = RcnnLossInputs {
         class_logits: &logits,

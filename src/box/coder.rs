@@ -362,7 +362,7 @@ pub fn decode_weighted(
     let heights = (col(&boxes, 3) - col(&boxes, 1)).unsqueeze(1);
     let ctr_x = col(&boxes, 0).unsqueeze(1) + &widths * 0.5;
     let ctr_y = col(&boxes, 1).unsqueeze(1) + &heights * 0.5;
-    let d = deltas.view([k, -1, 4]);
+    let d = deltas.f_view([k, size[1] / 4, 4])?;
     let part = |i: i64, w: f64| d.select(2, i) / w;
     let (dx, dy) = (part(0, weights[0]), part(1, weights[1]));
     let dw = part(2, weights[2]).clamp_max(clamp);

@@ -45,6 +45,9 @@ pub struct RcnnLossConfig {
     pub cls: RcnnClsLoss,
     /// Smooth-L1 transition point (torchvision: 1/9).
     pub beta: f64,
+    /// Fail on NaN or inf logits or deltas (training turns it off: it skips a non-finite step
+    /// itself, on every rank alike).
+    pub check_finite: bool,
 }
 
 impl Default for RcnnLossConfig {
@@ -52,6 +55,7 @@ impl Default for RcnnLossConfig {
         Self {
             cls: RcnnClsLoss::CrossEntropy,
             beta: 1.0 / 9.0,
+            check_finite: true,
         }
     }
 }
@@ -123,9 +127,10 @@ pub fn own_class_deltas(box_regression: &Tensor, labels: &Tensor) -> Result<Tens
     if labels.kind() != Kind::Int64 {
         bail_input!("labels: expected int64, got {:?}", labels.kind());
     }
+    let columns = box_regression.size().get(1).copied().unwrap_or(0) / 4;
     let index = labels.view([r, 1, 1]).expand([r, 1, 4], false);
     Ok(box_regression
-        .f_view([r, -1, 4])?
+        .f_view([r, columns, 4])?
         .f_gather(1, &index, false)?
         .squeeze_dim(1))
 }
@@ -137,6 +142,7 @@ impl RcnnLoss {
             RcnnClsLoss::CrossEntropy => None,
             RcnnClsLoss::SoftmaxFocal(f) => Some(SoftmaxFocalLoss::new(SoftmaxFocalLossConfig {
                 beta: config.beta,
+                check_finite: f.check_finite && config.check_finite,
                 ..f.clone()
             })?),
         };
@@ -181,7 +187,7 @@ impl RcnnLoss {
         if bad_labels > 0 {
             bail_input!("labels: {bad_labels} values outside 0..{c} (0 background, k class k)");
         }
-        if bad_values > 0 {
+        if bad_values > 0 && self.config.check_finite {
             bail_input!("class_logits, box_regression: {bad_values} values are NaN or inf");
         }
         let deltas = own_class_deltas(&in_compute_kind(inputs.box_regression), inputs.labels)?;

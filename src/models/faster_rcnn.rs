@@ -28,7 +28,7 @@
 use anyhow::{Context, Result};
 use tch::{nn, Device, Kind, Tensor};
 
-use super::roi_align::MultiScaleRoiAlign;
+use super::roi_align::{infer_scale, MultiScaleRoiAlign};
 use super::roi_heads::{PostprocessConfig, RoiBoxHead};
 use super::{flatten_maps, Detector, SpecDetector};
 use crate::bbox::rcnn::{label_proposals, ohem_select, sample_rois, RoiSample, RoiSamplerConfig};
@@ -89,8 +89,9 @@ impl FasterRcnn {
     ) -> Result<Self> {
         let settings = spec.roi_heads_or_default();
         let coder = RpnCoder::from_spec(spec)?;
-        let channels = map_channels(&rpn, spec)?;
+        let (channels, heights) = map_shapes(&rpn, spec)?;
         let maps = pooled_maps(&settings, &channels, origin)?;
+        check_levels(&maps, &heights, spec.input_size[1], origin)?;
         let pool = MultiScaleRoiAlign {
             output_size: settings.pool.output_size,
             sampling_ratio: settings.pool.sampling_ratio,
@@ -159,6 +160,13 @@ impl FasterRcnn {
         keys: &[u64],
         [rank, world]: [u64; 2],
     ) -> Result<TwoStageOutputs> {
+        let n = images.size().first().copied().unwrap_or(0) as usize;
+        let lengths = [truth.boxes.len(), truth.labels.len(), truth.crowd.len()];
+        if lengths.iter().any(|&l| l != n) {
+            crate::bail_input!(
+                "faster r-cnn: {n} images, but boxes, labels and crowd flags for {lengths:?}"
+            );
+        }
         let (features, rpn_deltas, objectness) = self.first_stage(images, true)?;
         let proposals = self.proposals(&rpn_deltas, &objectness, true)?;
         let mut samples = Vec::with_capacity(proposals.len());
@@ -328,13 +336,28 @@ fn index_image(features: &[Tensor], i: usize) -> Result<Vec<Tensor>> {
         .collect()
 }
 
-/// The channels of each of the RPN's feature maps (one zero image through it).
-fn map_channels(rpn: &SpecDetector, spec: &ModelSpec) -> Result<Vec<i64>> {
+/// The channels and heights of each of the RPN's feature maps (one zero image through it).
+fn map_shapes(rpn: &SpecDetector, spec: &ModelSpec) -> Result<(Vec<i64>, Vec<i64>)> {
     let probe = rpn.probe();
     let [w, h] = spec.input_size;
     let zeros = Tensor::f_zeros([1, 3, h, w], (probe.kind(), probe.device()))?;
     let (features, _) = tch::no_grad(|| rpn.features_maps_t(&zeros, false))?;
-    Ok(features.iter().map(|f| f.size()[1]).collect())
+    let size = |i: usize| features.iter().map(|f| f.size()[i]).collect();
+    Ok((size(1), size(2)))
+}
+
+/// `MultiScaleRoIAlign` assigns a box to a level between the first and the last pooled map's
+/// (`log2` of each map's scale): the pooled maps must be those levels, one each, finest first.
+fn check_levels(maps: &[usize], heights: &[i64], input_height: i64, origin: &str) -> Result<()> {
+    let level = |m: usize| -(infer_scale(heights[m], input_height) as f32).log2() as i64;
+    let levels: Vec<i64> = maps.iter().map(|&m| level(m)).collect();
+    if levels.windows(2).any(|w| w[1] != w[0] + 1) {
+        crate::bail_input!(
+            "{origin}: roi_heads.pool.maps {maps:?}: their levels (log2 of the stride) are \
+             {levels:?}; multi-scale RoIAlign needs consecutive levels, finest first"
+        );
+    }
+    Ok(())
 }
 
 /// The spec's `roi_heads.pool.maps` (default: every map), checked: in range, ascending, the

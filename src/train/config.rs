@@ -364,6 +364,8 @@ impl TrainConfig {
             }
             _ => {}
         }
+        // Training checks the loss value for NaN/inf itself and skips such steps.
+        loss.check_finite = false;
         crate::loss::RcnnLoss::new(loss.clone()).with_context(|| origin.clone())?;
         Ok(Some((sampler, loss)))
     }

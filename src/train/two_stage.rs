@@ -19,6 +19,10 @@ use crate::loss::{DetectionLoss, LossInputs, LossSums, RcnnLoss, RcnnLossInputs}
 use crate::models::faster_rcnn::{BatchTruth, FasterRcnn};
 use crate::spec::ModelSpec;
 
+/// The first key of the RoI sampler's draws ("RoI"), so they are not the RPN sampler's, which
+/// draw under the same seed, step and image.
+const ROI_STREAM: u64 = 0x52_6f_49;
+
 /// The second stage of a two-stage run: its sampler and loss, and this process's place.
 #[derive(Debug)]
 pub(super) struct SecondStage {
@@ -77,7 +81,7 @@ impl SecondStage {
             truth,
             &self.sampler,
             &self.loss,
-            &[step],
+            &[ROI_STREAM, step],
             self.shard,
         )?;
         let first = rpn_loss.sums(&LossInputs {
