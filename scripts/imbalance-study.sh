@@ -2,7 +2,8 @@
 # The imbalance cures on one dataset, one model, one schedule and the same seeds, then compared:
 #
 #   scripts/imbalance-study.sh DATA --sets SETS --test-sets SETS --model SPEC [--iters K]
-#       [--seeds 0,1,2] [--out DIR] [--cures a,b,...] [-- more tchcv train flags]
+#       [--seeds 0,1,2] [--out DIR] [--cures a,b,...] [--two-stage-model SPEC]
+#       [-- more tchcv train flags]
 #
 # Cures (each an ordinary `tchcv train` in DIR/<cure>/seed-<s>, so an interrupted study resumes
 # where it stopped, and a finished cure is not trained again):
@@ -15,7 +16,13 @@
 #   softmax-focal-dataset softmax focal loss, gamma 2, class weights from the training set's
 #                         histogram (background = foreground sum / 3)
 #   softmax-focal-batch   softmax focal loss, gamma 2, class weights from each batch
-# Then `tchcv compare` of every run writes DIR/compare.md, compare.json and the pictures.
+# and, asked for with --cures, Faster R-CNN (--two-stage-model SPEC, default
+# models/faster_rcnn_small.json) with torchvision's RPN sampler and, on the second stage:
+#   frcnn-random          torchvision's RoI sampler (up to 25% foreground), cross entropy
+#   frcnn-ohem            OHEM: the hardest RoIs after NMS 0.7, cross entropy
+#   frcnn-all-focal       every proposal, softmax focal loss (gamma 2)
+# Then `tchcv compare` of every run writes DIR/compare.md, compare.json and the pictures (the
+# two-stage runs, another network, in DIR/two-stage/).
 # Schedule defaults (a CPU study): batch 16, Adam lr 3e-3, no weight decay, warm-up 100, cosine.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -23,10 +30,11 @@ bin=${TCHCV_BIN:-target/release/tchcv}
 python=${TCHCV_PYTHON:-python3}
 [ -x .venv/bin/python ] && [ -z "${TCHCV_PYTHON:-}" ] && python=.venv/bin/python
 
-usage() { sed -n '2,6p' "$0" >&2; exit 2; }
+usage() { sed -n '2,7p' "$0" >&2; exit 2; }
 [ $# -ge 1 ] || usage
 data=$1; shift
 sets=trainval; test_sets=test; model=; iters=1000; seeds=0,1,2; out=; extra=()
+two_stage_model=models/faster_rcnn_small.json
 cures=ssd-hard,ssd-random,ssd-all,sigmoid-focal,softmax-focal-dataset,softmax-focal-batch
 while [ $# -gt 0 ]; do
     case $1 in
@@ -37,6 +45,7 @@ while [ $# -gt 0 ]; do
         --seeds) seeds=$2; shift 2 ;;
         --out) out=$2; shift 2 ;;
         --cures) cures=$2; shift 2 ;;
+        --two-stage-model) two_stage_model=$2; shift 2 ;;
         --) shift; extra=("$@"); break ;;
         *) echo "imbalance-study: unknown flag $1" >&2; usage ;;
     esac
@@ -71,16 +80,24 @@ cure_flags() {
         sigmoid-focal) echo "--model $focal_spec --loss focal" ;;
         softmax-focal-dataset) echo "--model $model --loss softmax-focal --class-weights dataset" ;;
         softmax-focal-batch) echo "--model $model --loss softmax-focal --class-weights batch" ;;
+        frcnn-random) echo "--model $two_stage_model --roi-sampler random --roi-loss cross-entropy" ;;
+        frcnn-ohem) echo "--model $two_stage_model --roi-sampler ohem --roi-loss cross-entropy" ;;
+        frcnn-all-focal) echo "--model $two_stage_model --roi-sampler all --roi-loss softmax-focal" ;;
         *) echo "imbalance-study: unknown cure $1" >&2; return 2 ;;
     esac
 }
 
-runs=()
+runs=(); two_stage_runs=()
 IFS=, read -ra cure_list <<<"$cures"
 IFS=, read -ra seed_list <<<"$seeds"
 for cure in "${cure_list[@]}"; do
     flags=$(cure_flags "$cure")
-    for s in "${seed_list[@]}"; do runs+=("$out/$cure/seed-$s"); done
+    for s in "${seed_list[@]}"; do
+        case $cure in
+            frcnn-*) two_stage_runs+=("$out/$cure/seed-$s") ;;
+            *) runs+=("$out/$cure/seed-$s") ;;
+        esac
+    done
     if [ -f "$out/$cure/compare.md" ]; then
         echo "== $cure: done before ($out/$cure)"
         continue
@@ -92,5 +109,11 @@ for cure in "${cure_list[@]}"; do
     "$bin" train "${common[@]}" $flags --seeds "$seeds" --out "$out/$cure" "${resume[@]}" "${extra[@]}"
 done
 
-echo "== compare"
-"$bin" compare "${runs[@]}" --out "$out"
+if [ ${#runs[@]} -gt 0 ]; then
+    echo "== compare"
+    "$bin" compare "${runs[@]}" --out "$out"
+fi
+if [ ${#two_stage_runs[@]} -gt 0 ]; then
+    echo "== compare the two-stage cures"
+    "$bin" compare "${two_stage_runs[@]}" --out "$out/two-stage"
+fi

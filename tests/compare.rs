@@ -251,3 +251,46 @@ fn proposal_networks_are_compared_by_recall() {
     }
     assert_eq!(report["experiments"].as_array().unwrap().len(), 2);
 }
+
+#[test]
+fn the_study_script_trains_every_cure_and_compares_each_kind() {
+    // scripts/imbalance-study.sh end to end at a toy size: the six one-stage cures and the three
+    // two-stage ones, one seed, two iterations each; then a second call finds them done.
+    let data = synth("study-data", 5);
+    let out = common::scratch("study-out");
+    let cures = "ssd-hard,ssd-random,ssd-all,sigmoid-focal,softmax-focal-dataset,\
+                 softmax-focal-batch,frcnn-random,frcnn-ohem,frcnn-all-focal";
+    let run = || {
+        Command::new("bash")
+            .arg(common::repo().join("scripts/imbalance-study.sh"))
+            .args([s(&data), "--model", "models/ssd_small.json", "--iters", "2"])
+            .args([
+                "--seeds",
+                "0",
+                "--out",
+                s(&out),
+                "--cures",
+                cures,
+                "--",
+                "--workers",
+                "1",
+            ])
+            .env("TCHCV_BIN", common::tchcv_bin())
+            .env("TCHCV_PYTHON", common::python())
+            .current_dir(common::repo())
+            .output()
+            .unwrap()
+    };
+    ok(&run(), "imbalance-study.sh");
+    let one: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("compare.json")).unwrap()).unwrap();
+    let two: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("two-stage/compare.json")).unwrap())
+            .unwrap();
+    let count = |v: &Value| v["experiments"].as_array().map_or(0, |a| a.len());
+    assert_eq!((count(&one), count(&two)), (6, 3), "{one}\n{two}");
+    let table = std::fs::read_to_string(out.join("two-stage/compare.md")).unwrap();
+    assert!(table.contains("RoIs: ohem sample"), "{table}");
+    let again = ok(&run(), "imbalance-study.sh again");
+    assert_eq!(again.matches("done before").count(), 9, "{again}");
+}
