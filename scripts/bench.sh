@@ -106,8 +106,12 @@ if [ "$device" = cuda ] || [ -n "${BENCH_QUICK:-}" ]; then
 fi
 run train_step_ssd_small train-step --model models/ssd_small.json --batch "$small_batch" "${small_repeat[@]}"
 echo "== Faster R-CNN training step: both stages' matching, sampling and losses, against torchvision's FasterRCNN"
-run train_step_faster_rcnn_small train-step --model models/faster_rcnn_small.json --classes 5 \
-    --batch "$small_batch" "${small_repeat[@]}"
+if "$python" -c 'import torchvision' 2>/dev/null; then
+    run train_step_faster_rcnn_small train-step --model models/faster_rcnn_small.json --classes 5 \
+        --batch "$small_batch" "${small_repeat[@]}"
+else
+    skip train_step_faster_rcnn_small "its reference is torchvision's FasterRCNN, which $python cannot import"
+fi
 if [ "$device" = cpu ]; then
     # On the CPU the variants are timed on the small SSD (SSD300 takes seconds per step).
     run train_step_ssd_small_bf16 train-step --model models/ssd_small.json --batch "$small_batch" \
