@@ -12,9 +12,10 @@ use common::detections::{assert_same_detections, Detection, DetectionTolerance};
 use serde_json::{json, Value};
 use tch::{nn, Device, Kind, Tensor};
 use tchcv::bbox::ops;
+use tchcv::bbox::rcnn::BatchTruth;
 use tchcv::bbox::rcnn::{ohem_select, RoiSamplerConfig, RoiSamplerKind};
 use tchcv::loss::{RcnnLoss, RcnnLossConfig, RcnnLossInputs};
-use tchcv::models::faster_rcnn::{BatchTruth, FasterRcnn, TwoStageOutputs};
+use tchcv::models::faster_rcnn::{FasterRcnn, TwoStageOutputs};
 use tchcv::models::{build, load_init, Detector, InitWeights};
 use tchcv::spec::ModelSpec;
 

@@ -30,8 +30,8 @@ use tch::{Device, Kind, Tensor};
 use tchcv::bbox::coder::decode_weighted;
 use tchcv::bbox::ops;
 use tchcv::bbox::rcnn::{
-    label_proposals, ohem_select, ohem_select_batch, sample_batch_rois, sample_rois, RoiSample,
-    RoiSamplerConfig, RoiSamplerKind,
+    label_proposals, ohem_select, ohem_select_batch, sample_batch_rois, sample_rois, BatchTruth,
+    RoiSample, RoiSamplerConfig, RoiSamplerKind,
 };
 use tchcv::loss::{
     own_class_deltas, DetectionLoss, LossInputs, RcnnClsLoss, RcnnLoss, RcnnLossConfig,
@@ -353,6 +353,17 @@ struct MatchCase {
     gt_labels: Vec<Vec<i64>>,
 }
 
+impl MatchCase {
+    /// The GT as the batch sampler takes it (no crowd regions).
+    fn truth(&self) -> BatchTruth<'_> {
+        BatchTruth {
+            boxes: &self.gt,
+            labels: &self.gt_labels,
+            crowd: &[],
+        }
+    }
+}
+
 fn match_case(seed: u64) -> MatchCase {
     let mut rng = Rng::keyed(seed, &[3]);
     let size = [200.0, 160.0];
@@ -495,7 +506,7 @@ fn sampler_counts_bands_and_determinism() {
         ..Default::default()
     };
     let draw = |config: &RoiSamplerConfig, keys: &[u64]| {
-        sample_batch_rois(&case.proposals, &case.gt, &case.gt_labels, config, keys).unwrap()
+        sample_batch_rois(&case.proposals, case.truth(), config, keys, [0, 1]).unwrap()
     };
     let a = draw(&base, &[0]);
     for (i, s) in a.iter().enumerate() {
@@ -576,8 +587,7 @@ fn loss_case(seed: u64, classes: i64) -> (Tensor, Tensor, Tensor, Tensor) {
         seed,
         ..Default::default()
     };
-    let samples =
-        sample_batch_rois(&case.proposals, &case.gt, &case.gt_labels, &config, &[0]).unwrap();
+    let samples = sample_batch_rois(&case.proposals, case.truth(), &config, &[0], [0, 1]).unwrap();
     let labels = Tensor::cat(
         &samples
             .iter()
@@ -729,8 +739,7 @@ fn ohem_keeps_the_top_b_by_loss_after_nms_as_torchvision() {
         ohem_per_image: 64,
         ..Default::default()
     };
-    let samples =
-        sample_batch_rois(&case.proposals, &case.gt, &case.gt_labels, &config, &[0]).unwrap();
+    let samples = sample_batch_rois(&case.proposals, case.truth(), &config, &[0], [0, 1]).unwrap();
     let mut tensors = Vec::new();
     let mut losses = Vec::new();
     let loss = RcnnLoss::new(RcnnLossConfig::default()).unwrap();

@@ -15,12 +15,13 @@ use tch::{nn, Device, Kind, Tensor};
 use super::median_ms;
 use super::train_step::{compare_with_reference, random_batch, Timed, TrainStepBench};
 use super::Comparison;
+use crate::bbox::rcnn::BatchTruth;
 use crate::bbox::rcnn::RoiSamplerKind;
 use crate::bbox::RpnCoder;
 use crate::device::{autocast, convert_variables, to_memory_format};
 use crate::loss::{DetectionLoss, LossInputs, LossKind, RcnnLoss, RcnnLossInputs};
 use crate::models::build;
-use crate::models::faster_rcnn::{BatchTruth, FasterRcnn};
+use crate::models::faster_rcnn::FasterRcnn;
 use crate::spec::ModelSpec;
 use crate::train::optim::{trainable_params, Optimizer, OptimizerConfig};
 

@@ -158,10 +158,7 @@ pub fn check_boxes(name: &str, t: &Tensor, dims: Option<usize>) -> Result<()> {
         };
         bail_input!("{name}: expected boxes of shape {want}, got {size:?}");
     }
-    if !matches!(
-        t.kind(),
-        Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16
-    ) {
+    if !crate::device::is_float(t.kind()) {
         bail_input!("{name}: expected a float tensor, got {:?}", t.kind());
     }
     Ok(())

@@ -122,11 +122,7 @@ fn check_inputs(
             objectness.size()
         );
     }
-    if !matches!(
-        objectness.kind(),
-        Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16
-    ) || objectness.device() != boxes.device()
-    {
+    if !crate::device::is_float(objectness.kind()) || objectness.device() != boxes.device() {
         bail_input!(
             "objectness: expected float logits on {:?}, got {:?} on {:?}",
             boxes.device(),

@@ -214,29 +214,57 @@ pub fn sample_rois(
     })
 }
 
-/// Label and sample a batch: per image its proposals `[P_i, 4]` (any device; read to the host),
-/// GT boxes and 0-based labels. Image `i` draws from `config.rng(keys, i)`. CPU tensors out.
+/// The ground truth of a batch, per image in model-input pixels.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchTruth<'a> {
+    /// Per image `[K_i]` xyxy boxes.
+    pub boxes: &'a [Vec<[f32; 4]>],
+    /// Per image `[K_i]` 0-based classes.
+    pub labels: &'a [Vec<i64>],
+    /// Per image `[K_i]` crowd flags (crowd regions are not matched); empty: no crowd.
+    pub crowd: &'a [Vec<bool>],
+}
+
+/// Label and sample a batch: per image its proposals `[P_i, 4]` (any device; read to the host)
+/// against its non-crowd GT. Image `i` of the batch of rank `rank` of `world` draws from
+/// `config.rng(keys, i * world + rank)`: its place in the global batch as the loader shards it,
+/// so the ranks of a data-parallel run draw as one process would. CPU tensors out.
 pub fn sample_batch_rois(
     proposals: &[Tensor],
-    gt: &[Vec<[f32; 4]>],
-    gt_labels: &[Vec<i64>],
+    truth: BatchTruth,
     config: &RoiSamplerConfig,
     keys: &[u64],
+    [rank, world]: [u64; 2],
 ) -> Result<Vec<RoiSample>> {
-    if gt.len() != proposals.len() || gt_labels.len() != proposals.len() {
+    let n = proposals.len();
+    let crowd_ok = truth.crowd.is_empty() || truth.crowd.len() == n;
+    if truth.boxes.len() != n || truth.labels.len() != n || !crowd_ok {
         bail_input!(
-            "roi sampling: {} proposal sets, {} GT box sets and {} GT label sets",
-            proposals.len(),
-            gt.len(),
-            gt_labels.len()
+            "roi sampling: {n} proposal sets, {} GT box sets, {} GT label sets and {} crowd flag \
+             sets",
+            truth.boxes.len(),
+            truth.labels.len(),
+            truth.crowd.len()
         );
     }
-    let mut out = Vec::with_capacity(proposals.len());
+    let mut out = Vec::with_capacity(n);
     for (i, p) in proposals.iter().enumerate() {
         let sample = (|| {
             ops::check_boxes("proposals", p, Some(2))?;
-            let labelled = label_proposals(&ops::host_boxes(p)?, &gt[i], &gt_labels[i], config)?;
-            sample_rois(&labelled, config, &mut config.rng(keys, i as u64))
+            let crowd = |k: usize| truth.crowd.get(i).and_then(|c| c.get(k)).copied() == Some(true);
+            let (boxes, labels) = (&truth.boxes[i], &truth.labels[i]);
+            let keep: Vec<usize> = (0..boxes.len()).filter(|&k| !crowd(k)).collect();
+            let gt: Vec<[f32; 4]> = keep.iter().map(|&k| boxes[k]).collect();
+            let gt_labels: Vec<i64> = keep
+                .iter()
+                .filter_map(|&k| labels.get(k).copied())
+                .collect();
+            let labelled = label_proposals(&ops::host_boxes(p)?, &gt, &gt_labels, config)?;
+            sample_rois(
+                &labelled,
+                config,
+                &mut config.rng(keys, i as u64 * world + rank),
+            )
         })()
         .with_context(|| format!("image {i}"))?;
         out.push(sample);

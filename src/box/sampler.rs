@@ -208,10 +208,7 @@ fn hardest_first(candidates: &mut [usize], loss: &[f32], k: usize) {
 /// `BCE(objectness, 0)` per anchor (`binary_cross_entropy_with_logits`, no reduction), on the
 /// host as f32: objectness `[N, A]` float -> `N * A` values. NaN or inf is bad input.
 pub fn negative_bce(objectness: &Tensor) -> Result<Vec<f32>> {
-    if !matches!(
-        objectness.kind(),
-        Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16
-    ) {
+    if !crate::device::is_float(objectness.kind()) {
         bail_input!(
             "objectness: expected a float tensor, got {:?}",
             objectness.kind()

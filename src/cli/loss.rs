@@ -163,10 +163,7 @@ impl Args {
 /// `t` on `device`, as a leaf that records its gradient. Only float tensors can: another dtype
 /// is an error naming the tensor (and the file), not tch's panic.
 fn differentiable(name: &str, t: Tensor, device: tch::Device, file: &Path) -> Result<Tensor> {
-    if !matches!(
-        t.kind(),
-        Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16
-    ) {
+    if !tchcv::device::is_float(t.kind()) {
         tchcv::bail_input!(
             "{}: {name}: expected a float tensor (f32, f64, f16 or bf16), got {:?} with shape {:?}",
             file.display(),

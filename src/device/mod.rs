@@ -20,6 +20,15 @@ pub use autocast::{autocast, AutocastDtype, AutocastGuard};
 pub use layout::{convert_variables, to_memory_format, MemoryFormat};
 pub use op_count::{count_ops, OpCounts};
 
+/// Whether tensors of `kind` are floating point (f32, f64, f16, bf16): what the losses, box
+/// operations and RoIAlign take.
+pub fn is_float(kind: tch::Kind) -> bool {
+    matches!(
+        kind,
+        tch::Kind::Float | tch::Kind::Double | tch::Kind::Half | tch::Kind::BFloat16
+    )
+}
+
 /// `auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`.
 pub fn parse_device(s: &str) -> Result<Device> {
     let device = match s {

@@ -53,15 +53,8 @@ pub(crate) struct Prepared {
     pub loc_sum: Tensor,
 }
 
-fn is_float(kind: Kind) -> bool {
-    matches!(
-        kind,
-        Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16
-    )
-}
-
 fn check_float(name: &str, t: &Tensor) -> Result<()> {
-    if !is_float(t.kind()) {
+    if !crate::device::is_float(t.kind()) {
         bail_input!(
             "{name}: expected a float tensor (f32, f64, f16 or bf16), got {:?} with shape {:?}",
             t.kind(),

@@ -92,10 +92,7 @@ fn check_inputs(inputs: &RcnnLossInputs) -> Result<(i64, i64)> {
     ];
     let device = inputs.class_logits.device();
     for (name, t, want) in floats {
-        if !matches!(
-            t.kind(),
-            Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16
-        ) {
+        if !crate::device::is_float(t.kind()) {
             bail_input!("{name}: expected a float tensor, got {:?}", t.kind());
         }
         if t.size() != want || t.device() != device {

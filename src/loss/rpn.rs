@@ -78,13 +78,6 @@ pub struct RpnLoss {
     pub config: RpnLossConfig,
 }
 
-fn is_float(t: &Tensor) -> bool {
-    matches!(
-        t.kind(),
-        Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16
-    )
-}
-
 /// Shapes, kinds and devices of the inputs; returns `(N, A)`.
 fn check_inputs(inputs: &RpnLossInputs) -> Result<(i64, i64)> {
     let o = inputs.objectness.size();
@@ -97,7 +90,7 @@ fn check_inputs(inputs: &RpnLossInputs) -> Result<(i64, i64)> {
         ("regression_targets", inputs.regression_targets),
     ];
     for (name, t) in [("objectness", inputs.objectness)].into_iter().chain(boxes) {
-        if !is_float(t) {
+        if !crate::device::is_float(t.kind()) {
             bail_input!("{name}: expected a float tensor, got {:?}", t.kind());
         }
     }

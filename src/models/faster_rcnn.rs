@@ -25,14 +25,17 @@
 //! `roi_heads.box_head.fc6`, `roi_heads.box_head.fc7`, `roi_heads.box_predictor.cls_score`,
 //! `roi_heads.box_predictor.bbox_pred`: torchvision's names, so converted weights load whole.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use tch::{nn, Device, Kind, Tensor};
 
 use super::roi_align::{infer_scale, MultiScaleRoiAlign};
 use super::roi_heads::{PostprocessConfig, RoiBoxHead};
 use super::{flatten_maps, Detector, SpecDetector};
-use crate::bbox::rcnn::{label_proposals, ohem_select, sample_rois, RoiSample, RoiSamplerConfig};
-use crate::bbox::{ops, Detections, RpnCoder};
+use crate::bbox::rcnn::RoiSamplerKind;
+use crate::bbox::rcnn::{
+    ohem_select_batch, sample_batch_rois, BatchTruth, RoiSample, RoiSamplerConfig,
+};
+use crate::bbox::{Detections, RpnCoder};
 use crate::loss::{RcnnLoss, RcnnLossInputs};
 use crate::spec::{ModelSpec, RoiHeadsSpec};
 
@@ -66,17 +69,6 @@ pub struct TwoStageOutputs {
     pub regression_targets: Tensor,
 }
 
-/// The ground truth of a training batch, per image in model-input pixels.
-#[derive(Debug, Clone, Copy)]
-pub struct BatchTruth<'a> {
-    /// Per image `[K_i]` xyxy boxes.
-    pub boxes: &'a [Vec<[f32; 4]>],
-    /// Per image `[K_i]` 0-based classes.
-    pub labels: &'a [Vec<i64>],
-    /// Per image `[K_i]` crowd flags (crowd regions are not matched).
-    pub crowd: &'a [Vec<bool>],
-}
-
 impl FasterRcnn {
     /// Wrap the spec's RPN (`rpn`, built at `path`) with a box head under `path / roi_heads`
     /// for `num_classes` foreground classes.
@@ -89,7 +81,13 @@ impl FasterRcnn {
     ) -> Result<Self> {
         let settings = spec.roi_heads_or_default();
         let coder = RpnCoder::from_spec(spec)?;
-        let (channels, heights) = map_shapes(&rpn, spec)?;
+        let channels = rpn.feature_channels().ok_or_else(|| {
+            crate::bad_input(format!(
+                "{origin}: the first stage gives no feature maps to pool"
+            ))
+        })?;
+        // The maps' sizes are the spec's: building the RPN checked them.
+        let heights: Vec<i64> = spec.feature_map_sizes().iter().map(|[h, _]| *h).collect();
         let maps = pooled_maps(&settings, &channels, origin)?;
         check_levels(&maps, &heights, spec.input_size[1], origin)?;
         let pool = MultiScaleRoiAlign {
@@ -158,48 +156,39 @@ impl FasterRcnn {
         sampler: &RoiSamplerConfig,
         loss: &RcnnLoss,
         keys: &[u64],
-        [rank, world]: [u64; 2],
+        shard: [u64; 2],
     ) -> Result<TwoStageOutputs> {
         let n = images.size().first().copied().unwrap_or(0) as usize;
-        let lengths = [truth.boxes.len(), truth.labels.len(), truth.crowd.len()];
-        if lengths.iter().any(|&l| l != n) {
+        if truth.boxes.len() != n {
             crate::bail_input!(
-                "faster r-cnn: {n} images, but boxes, labels and crowd flags for {lengths:?}"
+                "faster r-cnn: {n} images, but ground truth for {}",
+                truth.boxes.len()
             );
         }
         let (features, rpn_deltas, objectness) = self.first_stage(images, true)?;
         let proposals = self.proposals(&rpn_deltas, &objectness, true)?;
-        let mut samples = Vec::with_capacity(proposals.len());
-        for (i, p) in proposals.iter().enumerate() {
-            let rng = &mut sampler.rng(keys, i as u64 * world + rank);
-            let sample = sample_image_rois(p, truth, i, sampler, rng)
-                .with_context(|| format!("image {i} of the batch"))?;
-            samples.push(sample);
-        }
-        if sampler.kind == crate::bbox::rcnn::RoiSamplerKind::Ohem {
+        let mut samples = sample_batch_rois(&proposals, truth, sampler, keys, shard)?;
+        if sampler.kind == RoiSamplerKind::Ohem {
             samples = self.hardest(&features, samples, sampler, loss)?;
         }
         let device = rpn_deltas.device();
         let rois: Vec<Tensor> = samples.iter().map(|s| s.boxes.to_device(device)).collect();
         let sizes = self.image_sizes(rois.len());
         let (class_logits, box_regression) = self.box_head.forward(&features, &rois, &sizes)?;
-        let cat = |f: fn(&RoiSample) -> &Tensor| -> Result<Tensor> {
-            let parts: Vec<&Tensor> = samples.iter().map(f).collect();
-            Ok(Tensor::f_cat(&parts, 0)?.to_device(device))
-        };
         Ok(TwoStageOutputs {
             rois: Tensor::f_cat(&rois, 0)?,
             rpn_deltas,
             objectness,
             class_logits,
             box_regression,
-            labels: cat(|s| &s.labels)?,
-            regression_targets: cat(|s| &s.regression_targets)?,
+            labels: cat_rows(&samples, |s| &s.labels, device)?,
+            regression_targets: cat_rows(&samples, |s| &s.regression_targets, device)?,
         })
     }
 
     /// OHEM (Shrivastava et al.): every candidate's loss without gradient, then per image the
-    /// top `ohem_per_image` by loss after NMS at `ohem_nms` (kept in descending loss order).
+    /// top `ohem_per_image` by loss after NMS at `ohem_nms` ([`ohem_select_batch`], kept in
+    /// descending loss order).
     fn hardest(
         &self,
         features: &[Tensor],
@@ -209,26 +198,34 @@ impl FasterRcnn {
     ) -> Result<Vec<RoiSample>> {
         let _no_grad = tch::no_grad_guard();
         let device = features[0].device();
-        let mut kept = Vec::with_capacity(candidates.len());
-        for (i, c) in candidates.into_iter().enumerate() {
-            let rois = c.boxes.to_device(device);
-            let size = self.image_sizes(1);
-            let (logits, deltas) = self.box_head.forward(
-                &index_image(features, i)?,
-                &[rois.shallow_clone()],
-                &size,
-            )?;
-            let losses = loss.per_roi(&RcnnLossInputs {
-                class_logits: &logits,
-                box_regression: &deltas,
-                labels: &c.labels.to_device(device),
-                regression_targets: &c.regression_targets.to_device(device),
-            })?;
-            let keep = ohem_select(&rois, &losses, sampler.ohem_nms, sampler.ohem_per_image)?
-                .to_device(Device::Cpu);
-            kept.push(take_sample(&c, &keep));
+        let rois: Vec<Tensor> = candidates
+            .iter()
+            .map(|c| c.boxes.to_device(device))
+            .collect();
+        let sizes = self.image_sizes(rois.len());
+        let (logits, deltas) = self.box_head.forward(features, &rois, &sizes)?;
+        let losses = loss.per_roi(&RcnnLossInputs {
+            class_logits: &logits,
+            box_regression: &deltas,
+            labels: &cat_rows(&candidates, |c| &c.labels, device)?,
+            regression_targets: &cat_rows(&candidates, |c| &c.regression_targets, device)?,
+        })?;
+        let kept = ohem_select_batch(&candidates, &losses, sampler)?;
+        let kept = Vec::<i64>::try_from(kept.to_device(Device::Cpu))?;
+        // The kept rows of the concatenation, image by image: back to each image's rows.
+        let mut offset = 0;
+        let mut out = Vec::with_capacity(candidates.len());
+        for c in &candidates {
+            let r = c.boxes.size()[0];
+            let rows: Vec<i64> = kept
+                .iter()
+                .filter(|&&k| (offset..offset + r).contains(&k))
+                .map(|&k| k - offset)
+                .collect();
+            out.push(take_sample(c, &Tensor::from_slice(&rows)));
+            offset += r;
         }
-        Ok(kept)
+        Ok(out)
     }
 
     /// The eval-mode proposals per image `[P_i, 4]` (the spec's test settings, best first):
@@ -296,26 +293,6 @@ impl Detector for FasterRcnn {
     }
 }
 
-/// Label and sample image `i`'s proposals `[P, 4]` against its non-crowd GT.
-fn sample_image_rois(
-    proposals: &Tensor,
-    truth: BatchTruth,
-    i: usize,
-    sampler: &RoiSamplerConfig,
-    rng: &mut crate::rng::Rng,
-) -> Result<RoiSample> {
-    let crowd = |k: usize| truth.crowd.get(i).and_then(|c| c.get(k)).copied() == Some(true);
-    let (boxes, labels) = (&truth.boxes[i], &truth.labels[i]);
-    let keep: Vec<usize> = (0..boxes.len()).filter(|&k| !crowd(k)).collect();
-    let gt: Vec<[f32; 4]> = keep.iter().map(|&k| boxes[k]).collect();
-    let gt_labels: Vec<i64> = keep
-        .iter()
-        .filter_map(|&k| labels.get(k).copied())
-        .collect();
-    let labelled = label_proposals(&ops::host_boxes(proposals)?, &gt, &gt_labels, sampler)?;
-    sample_rois(&labelled, sampler, rng)
-}
-
 /// The rows `keep` (`[k]` i64, CPU) of a sample.
 fn take_sample(s: &RoiSample, keep: &Tensor) -> RoiSample {
     let num_pos = s.labels.index_select(0, keep).gt(0).sum(Kind::Int64);
@@ -328,22 +305,14 @@ fn take_sample(s: &RoiSample, keep: &Tensor) -> RoiSample {
     }
 }
 
-/// Image `i` of every map, `[1, C, h, w]`.
-fn index_image(features: &[Tensor], i: usize) -> Result<Vec<Tensor>> {
-    features
-        .iter()
-        .map(|f| Ok(f.f_narrow(0, i as i64, 1)?))
-        .collect()
-}
-
-/// The channels and heights of each of the RPN's feature maps (one zero image through it).
-fn map_shapes(rpn: &SpecDetector, spec: &ModelSpec) -> Result<(Vec<i64>, Vec<i64>)> {
-    let probe = rpn.probe();
-    let [w, h] = spec.input_size;
-    let zeros = Tensor::f_zeros([1, 3, h, w], (probe.kind(), probe.device()))?;
-    let (features, _) = tch::no_grad(|| rpn.features_maps_t(&zeros, false))?;
-    let size = |i: usize| features.iter().map(|f| f.size()[i]).collect();
-    Ok((size(1), size(2)))
+/// One field of every sample, concatenated (image by image) on `device`.
+fn cat_rows(
+    samples: &[RoiSample],
+    field: fn(&RoiSample) -> &Tensor,
+    device: Device,
+) -> Result<Tensor> {
+    let parts: Vec<&Tensor> = samples.iter().map(field).collect();
+    Ok(Tensor::f_cat(&parts, 0)?.to_device(device))
 }
 
 /// `MultiScaleRoIAlign` assigns a box to a level between the first and the last pooled map's

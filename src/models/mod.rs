@@ -89,6 +89,11 @@ pub trait MultiBoxNet: Send + std::fmt::Debug {
     ) -> Result<(Vec<Tensor>, Vec<MapOutput>)> {
         crate::bail_input!("only a region proposal network gives its feature maps")
     }
+
+    /// The channels of each map [`Self::features_heads_t`] gives (None: it gives none).
+    fn feature_channels(&self) -> Option<Vec<i64>> {
+        None
+    }
 }
 
 /// A [`MultiBoxNet`] with the spec's input size and class columns: the [`Detector`] that
@@ -125,9 +130,9 @@ impl SpecDetector {
         self.net.features_heads_t(images, train)
     }
 
-    /// A parameter of the network (its device and kind).
-    pub fn probe(&self) -> &Tensor {
-        self.net.probe()
+    /// The channels of each feature map ([`MultiBoxNet::feature_channels`]).
+    pub fn feature_channels(&self) -> Option<Vec<i64>> {
+        self.net.feature_channels()
     }
 
     fn check_images(&self, images: &Tensor) -> Result<()> {

@@ -201,10 +201,7 @@ fn check_rois(features: &Tensor, rois: &Tensor) -> Result<Tensor> {
         bail_input!("rois: expected [K, 5] (batch index, x1, y1, x2, y2), got {rs:?}");
     }
     for (name, t) in [("features", features), ("rois", rois)] {
-        if !matches!(
-            t.kind(),
-            Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16
-        ) {
+        if !crate::device::is_float(t.kind()) {
             bail_input!("{name}: expected a float tensor, got {:?}", t.kind());
         }
     }

@@ -184,6 +184,10 @@ impl MultiBoxNet for RpnSmall {
         with_features(self.backbone.forward_t(images, train)?, &self.heads)
     }
 
+    fn feature_channels(&self) -> Option<Vec<i64>> {
+        Some(self.backbone.out_channels().to_vec())
+    }
+
     fn probe(&self) -> &Tensor {
         self.backbone.probe()
     }
@@ -229,6 +233,8 @@ pub struct RpnResNetFpn {
     body: ResNet,
     fpn: TorchvisionFpn,
     heads: RpnHeads,
+    /// Each level's channels (the FPN's width).
+    channels: Vec<i64>,
 }
 
 impl RpnResNetFpn {
@@ -259,8 +265,14 @@ impl RpnResNetFpn {
         let (fpn_path, f) = (&backbone / "fpn", o.fpn_channels);
         let fpn = TorchvisionFpn::new(&fpn_path, &body.stage_channels(), f, levels == 5, o.init)?;
         let per_cell = spec.anchors_per_cell();
-        let heads = RpnHeads::new(path, &vec![f; levels], &per_cell, o.init)?;
-        Ok(Self { body, fpn, heads })
+        let channels = vec![f; levels];
+        let heads = RpnHeads::new(path, &channels, &per_cell, o.init)?;
+        Ok(Self {
+            body,
+            fpn,
+            heads,
+            channels,
+        })
     }
 }
 
@@ -288,6 +300,10 @@ impl MultiBoxNet for RpnResNetFpn {
         train: bool,
     ) -> Result<(Vec<Tensor>, Vec<MapOutput>)> {
         with_features(self.pyramid(images, train)?, &self.heads)
+    }
+
+    fn feature_channels(&self) -> Option<Vec<i64>> {
+        Some(self.channels.clone())
     }
 
     fn probe(&self) -> &Tensor {

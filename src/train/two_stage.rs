@@ -12,11 +12,12 @@ use anyhow::Result;
 use tch::Tensor;
 
 use super::TrainConfig;
+use crate::bbox::rcnn::BatchTruth;
 use crate::bbox::rcnn::RoiSamplerConfig;
 use crate::data::Batch;
 use crate::dist::{global_normalizer_by, GlobalNormalizer, ProcessGroup};
 use crate::loss::{DetectionLoss, LossInputs, LossSums, RcnnLoss, RcnnLossInputs};
-use crate::models::faster_rcnn::{BatchTruth, FasterRcnn};
+use crate::models::faster_rcnn::FasterRcnn;
 use crate::spec::ModelSpec;
 
 /// The first key of the RoI sampler's draws ("RoI"), so they are not the RPN sampler's, which
