@@ -16,10 +16,13 @@ detector, end to end, written for this project.
   learning rate set every iteration from tchcv's schedule (linear warm-up from
   `warmup_factor * lr`, then constant, cosine or steps: src/train/schedule.rs);
 - one log line per `--log-every` iterations (loc and cls loss per positive, as torchcv printed);
-- `--channels-last`: the model and the images in `torch.channels_last`.
+- `--channels-last`: the model and the images in `torch.channels_last`;
+- `--snapshot-every K`: the weights every K iterations (their saving outside the step times, as
+  `tchcv train --snapshot-every`), for the bench's mAP over training time.
 
     python bench/train_reference.py --spec models/ssd_small.json --list IMAGES.json \
-        --iters 100 --batch 32 --workers 1 --threads 2 [--init W.safetensors] [--save OUT.safetensors]
+        --iters 100 --batch 32 --workers 1 --threads 2 [--init W.safetensors] [--save OUT.safetensors] \
+        [--snapshot-every K --snapshot-dir DIR]
 
 IMAGES.json: {"classes": [...], "images": [{"path", "boxes": [[x0, y0, x1, y1], ...] (0-based
 pixels, difficult objects left out), "labels": [0-based class ids]}]}; `tchcv bench train`
@@ -216,7 +219,18 @@ def train(args, model, optimizer, loader, device, memory):
             print(f"iter {it + 1}/{args.iters} | loc_loss {last['loc_per_pos']:.3f} | cls_loss "
                   f"{last['cls_per_pos']:.3f} | pos {num_pos} | lr {lr:.2e} | "
                   f"{images.size(0) / seconds:.1f} img/s", flush=True)
+        if args.snapshot_every and (it + 1) % args.snapshot_every == 0:
+            saving = time.perf_counter()
+            save_weights(model, Path(args.snapshot_dir) / f"iter-{it + 1:06}.safetensors")
+            tick += time.perf_counter() - saving  # outside the step times, as tchcv's snapshots
     return steps, last
+
+
+def save_weights(model, path):
+    """The model's state under tchcv's variable names, as safetensors."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = ssd_net.tchcv_names(model.state_dict())
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(path))
 
 
 def parse_args():
@@ -244,9 +258,14 @@ def parse_args():
     p.add_argument("--init", help="initial weights (tchcv names)")
     p.add_argument("--save", help="write the trained weights here (tchcv names)")
     p.add_argument("--log-every", type=int, default=1)
+    p.add_argument("--snapshot-every", type=int, default=0,
+                   help="also save the weights every K iterations, as SNAPSHOT_DIR/iter-K.safetensors")
+    p.add_argument("--snapshot-dir")
     args = p.parse_args()
     if not (args.list or args.voc) or args.iters < 1 or args.batch < 1 or args.workers < 0:
         p.error("give --list or --voc, --iters >= 1, --batch >= 1, --workers >= 0")
+    if args.snapshot_every < 0 or (args.snapshot_every and not args.snapshot_dir):
+        p.error("--snapshot-every K needs K >= 0 and --snapshot-dir")
     return args
 
 
@@ -276,8 +295,7 @@ def main():
     if device.type == "cuda":
         report["peak_cuda_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
     if args.save:
-        state = ssd_net.tchcv_names(model.state_dict())
-        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, args.save)
+        save_weights(model, Path(args.save))
     print(json.dumps(report))
 
 

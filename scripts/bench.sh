@@ -126,15 +126,19 @@ if "$python" -c 'import PIL' 2>/dev/null; then
     train_data="$out/train-data"
     if [ -n "${BENCH_QUICK:-}" ]; then
         "$bin" synth --out "$train_data" --train 16 --test 8 --size 128x96 --seed 0 >/dev/null
-        e2e_small=(--batch 4 --iters 2 --seeds 0 --probe-iters 1)
+        e2e_small=(--batch 4 --iters 2 --seeds 0 --probe-iters 1 --snapshot-every 1)
         e2e_300=(--batch 2 --iters 2 --seeds 0 --probe-iters 1)
     else
         # make demo's data and recipe; BENCH_TRAIN_* shorten the runs (SSD300 takes seconds a step).
         "$bin" synth --out "$train_data" --train 2000 --test 200 --seed 0 >/dev/null
-        e2e_small=(--batch 32 --iters "${BENCH_TRAIN_ITERS_SMALL:-1500}" --seeds "${BENCH_TRAIN_SEEDS:-0,1,2}")
+        small_iters=${BENCH_TRAIN_ITERS_SMALL:-1500}
+        # Ten snapshots a run: the mAP over training time, and the time to reach it.
+        e2e_small=(--batch 32 --iters "$small_iters" --seeds "${BENCH_TRAIN_SEEDS:-0,1,2}"
+            --snapshot-every "$(( small_iters >= 10 ? small_iters / 10 : 1 ))")
         e2e_300=(--batch 8 --iters "${BENCH_TRAIN_ITERS_SSD300:-300}" --seeds "${BENCH_TRAIN_SEEDS_SSD300:-0}")
     fi
-    run train_e2e_ssd_small train --model models/ssd_small.json --data "$train_data" "${e2e_small[@]}"
+    run train_e2e_ssd_small train --model models/ssd_small.json --data "$train_data" "${e2e_small[@]}" \
+        --curve-chart "$out/time-to-map-ssd_small.png"
     run train_e2e_ssd300 train --model models/ssd300.json --data "$train_data" "${e2e_300[@]}"
     # Where one tchcv iteration's time goes (no PyTorch side, so no bar in the chart).
     run train_profile_ssd_small train --profile --model models/ssd_small.json --data "$train_data" \

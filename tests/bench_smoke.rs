@@ -232,8 +232,9 @@ fn benchmarks_find_the_project_venv() {
 }
 
 /// `tchcv bench train` end to end at a tiny size: a synthetic VOC folder, both sides trained
-/// (after a one-iteration probe of each of two splits per side) and scored; every field of the
-/// report is there and finite (no speed is asserted).
+/// (after a one-iteration probe of each of two splits per side) and scored, with a snapshot of
+/// each side's weights at iteration 2 of 3; every field of the report is there and finite (no
+/// speed is asserted), and the mAP-over-time curves start from the same initial weights.
 #[test]
 fn train_benchmark_runs_both_sides() {
     let data = common::scratch("bench-train-data");
@@ -249,6 +250,7 @@ fn train_benchmark_runs_both_sides() {
         "{}",
         String::from_utf8_lossy(&synth.stderr)
     );
+    let chart = common::scratch("bench-train-chart").join("time-to-map.png");
     let row = bench(
         "train",
         &[
@@ -258,7 +260,11 @@ fn train_benchmark_runs_both_sides() {
             "--data",
             data.to_str().unwrap(),
             "--iters",
+            "3",
+            "--snapshot-every",
             "2",
+            "--curve-chart",
+            chart.to_str().unwrap(),
             "--batch",
             "4",
             "--probe-iters",
@@ -287,8 +293,8 @@ fn train_benchmark_runs_both_sides() {
         assert!((0.0..=1.0).contains(&wait), "{side}: data wait {wait}");
         let map = s["map_voc07_mean"].as_f64().unwrap_or(f64::NAN);
         assert!((0.0..=1.0).contains(&map), "{side}: mAP {map}");
-        assert_eq!(s["iterations"], 2, "{side}: {s}");
-        assert_eq!(s["images"], 8, "{side}: {s}");
+        assert_eq!(s["iterations"], 3, "{side}: {s}");
+        assert_eq!(s["images"], 12, "{side}: {s}");
         assert!(s["peak_total_mib"].as_f64().unwrap() > 0.0, "{side}: {s}");
         assert!(s["peak_cuda_allocated_mib"].is_null(), "{side}: {s}");
         assert!(
@@ -298,4 +304,47 @@ fn train_benchmark_runs_both_sides() {
     }
     assert_eq!(extra["probes"].as_array().unwrap().len(), 4, "{row}");
     assert_eq!(extra["test_images"], 6, "{row}");
+    check_time_to_map(extra, &chart);
+}
+
+/// The curves of `bench train --snapshot-every 2 --iters 3`: points at iterations 0 (the
+/// initial weights, the same on both sides), 2 (the snapshot) and 3 (the trained weights), at
+/// increasing seconds; the last point is the side's reported mAP; the chart is written.
+fn check_time_to_map(extra: &Value, chart: &std::path::Path) {
+    let t = &extra["time_to_map"];
+    let mut start = Vec::new();
+    for side in ["tchcv", "pytorch"] {
+        let curve = t[side].as_array().unwrap_or_else(|| panic!("{side}: {t}"));
+        let iterations: Vec<u64> = curve
+            .iter()
+            .map(|p| p["iteration"].as_u64().unwrap())
+            .collect();
+        assert_eq!(iterations, [0, 2, 3], "{side}: {t}");
+        let seconds: Vec<f64> = curve
+            .iter()
+            .map(|p| p["seconds"].as_f64().unwrap())
+            .collect();
+        assert!(
+            seconds[0] == 0.0 && seconds[1] > 0.0 && seconds[2] > seconds[1],
+            "{side}: {seconds:?}"
+        );
+        for p in curve {
+            let m = p["map_mean"].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&m), "{side}: {p}");
+        }
+        start.push(curve[0]["map_mean"].as_f64().unwrap());
+        let last = curve[2]["map_mean"].as_f64().unwrap();
+        let reported = extra[side]["map_voc07_mean"].as_f64().unwrap();
+        assert!(
+            (last - reported).abs() < 1e-12,
+            "{side}: {last} vs {reported}"
+        );
+    }
+    assert_eq!(
+        start[0], start[1],
+        "the initial weights scored differently per side: {t}"
+    );
+    let target = t["target_map"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&target), "{t}");
+    assert!(chart.is_file(), "{} not written", chart.display());
 }

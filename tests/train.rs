@@ -233,11 +233,31 @@ fn resume_repeats_an_uninterrupted_run_exactly() {
 fn checkpoint_round_trips_and_evaluates_and_detects() {
     let data = synth("train-ckpt");
     let out = common::scratch("train-ckpt-run");
-    let args = train_args(s(&data), s(&out), &["--iters", "6", "--test-sets", "test"]);
-    ok(&tchcv(&args), "train");
+    let extra = [
+        "--iters",
+        "6",
+        "--test-sets",
+        "test",
+        "--snapshot-every",
+        "4",
+    ];
+    ok(&tchcv(&train_args(s(&data), s(&out), &extra)), "train");
     let ckpt = out.join("best.safetensors");
     let loaded = tchcv::train::checkpoint::load(&ckpt).unwrap();
     assert_eq!(loaded.state.iteration, 6);
+    // The snapshot of iteration 4: that iteration's weights and state, no optimizer state, and
+    // a detector of its own (the weights moved in iterations 5 and 6).
+    let snapshot = tchcv::train::snapshot_path(&out, 4);
+    let kept = tchcv::train::checkpoint::load(&snapshot).unwrap();
+    assert_eq!(kept.state.iteration, 4);
+    assert!(kept.optim.is_empty(), "{:?}", kept.optim.keys());
+    assert!(!tchcv::train::snapshot_path(&out, 6).exists());
+    let moved = kept
+        .model
+        .iter()
+        .any(|(name, t)| !t.equal(&loaded.model[name]));
+    assert!(moved, "the snapshot holds the final weights");
+    tchcv::train::checkpoint::load_detector(&snapshot, tch::Device::Cpu).unwrap();
     assert_eq!(
         loaded.state.classes,
         ["circle", "cross", "square", "star", "triangle"]

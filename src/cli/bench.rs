@@ -48,7 +48,7 @@ enum Work {
     /// A whole training run against the ordinary PyTorch script: images/s, start-up, data
     /// wait, peak memory and the VOC07 mAP after equal iterations (--profile: where one tchcv
     /// iteration's time goes).
-    Train(tchcv::bench::train::TrainBench),
+    Train(Box<tchcv::bench::train::TrainBench>),
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {

@@ -155,6 +155,10 @@ pub struct Args {
     /// Also checkpoint every K iterations.
     #[arg(long)]
     checkpoint_every: Option<u64>,
+    /// Also keep the weights every K iterations, in OUT/snapshots/iter-K.safetensors (model and
+    /// run state, no optimizer state: `tchcv eval --checkpoint` reads them, `--resume` does not).
+    #[arg(long)]
+    snapshot_every: Option<u64>,
     /// Stop after this many non-finite losses in a row (default: 5).
     #[arg(long)]
     max_nonfinite: Option<u32>,
@@ -252,6 +256,7 @@ impl Args {
             out,
             eval_every,
             checkpoint_every,
+            snapshot_every,
             max_nonfinite,
             world_size,
             rank,

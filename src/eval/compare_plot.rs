@@ -128,11 +128,25 @@ fn smoothed(metrics: &Metrics, value: fn(&super::plot::StepRecord) -> f64) -> Ve
         .collect()
 }
 
-/// One panel of overlaid per-run lines over the iterations.
+/// A chart of overlaid lines `(name, [(x, y)])` alone, in a 1200 x 720 PNG (`tchcv bench
+/// train`'s mAP over training time).
+pub fn plot_lines(
+    lines: &[(String, Vec<(f64, f64)>)],
+    [title, x_desc, y_desc]: [&str; 3],
+    path: &Path,
+) -> Result<()> {
+    if lines.iter().all(|(_, p)| p.is_empty()) {
+        bail_input!("{}: no points to plot", path.display());
+    }
+    render_png(path, (1200, 720), |root| {
+        curve_panel(root, [title, x_desc, y_desc], lines, true)
+    })
+}
+
+/// One panel of overlaid per-run lines, titled `[title, x axis, y axis]`.
 fn curve_panel(
     area: &Area,
-    title: &str,
-    y_desc: &str,
+    [title, x_desc, y_desc]: [&str; 3],
     lines: &[(String, Vec<(f64, f64)>)],
     markers: bool,
 ) -> Result<()> {
@@ -151,7 +165,7 @@ fn curve_panel(
         .map_err(plot_err)?;
     chart
         .configure_mesh()
-        .x_desc("iteration")
+        .x_desc(x_desc)
         .y_desc(y_desc)
         .x_label_formatter(&|v| format!("{v:.0}"))
         .label_style(font(14.0))
@@ -211,20 +225,23 @@ pub fn plot_loss_curves(runs: &[RunCurve], path: &Path) -> Result<()> {
         let panels = root.split_evenly((if with_map { 3 } else { 2 }, 1));
         curve_panel(
             &panels[0],
-            "loc loss per positive (smoothed)",
-            "loss",
+            ["loc loss per positive (smoothed)", "iteration", "loss"],
             &lines(|s| s.loc_per_pos),
             false,
         )?;
         curve_panel(
             &panels[1],
-            "cls loss per positive (smoothed)",
-            "loss",
+            ["cls loss per positive (smoothed)", "iteration", "loss"],
             &lines(|s| s.cls_per_pos),
             false,
         )?;
         if with_map {
-            curve_panel(&panels[2], "mAP VOC07 during training", "mAP", &maps, true)?;
+            curve_panel(
+                &panels[2],
+                ["mAP VOC07 during training", "iteration", "mAP"],
+                &maps,
+                true,
+            )?;
         }
         Ok(())
     })

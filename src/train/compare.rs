@@ -277,6 +277,7 @@ impl RunFolder {
                 "workers",
                 "device",
                 "checkpoint_every",
+                "snapshot_every",
                 "world_size",
                 "rank",
                 "master",

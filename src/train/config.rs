@@ -147,6 +147,9 @@ pub struct TrainConfig {
     pub eval_every: u64,
     /// Also checkpoint every this many iterations (0: at epoch ends only).
     pub checkpoint_every: u64,
+    /// Keep the model's weights every this many iterations in `OUT/snapshots/` (0: none):
+    /// the run's progress for `tchcv eval`, or for `tchcv bench train`'s time to mAP.
+    pub snapshot_every: u64,
     /// Stop the run after this many non-finite losses in a row.
     pub max_nonfinite: u32,
     pub augment: AugmentConfig,
@@ -205,6 +208,7 @@ impl Default for TrainConfig {
             out: PathBuf::from("runs/train"),
             eval_every: 0,
             checkpoint_every: 0,
+            snapshot_every: 0,
             max_nonfinite: 5,
             augment: AugmentConfig::default(),
             decode: DecodeConfig::default(),

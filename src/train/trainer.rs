@@ -145,6 +145,17 @@ pub fn last_checkpoint(out: &Path) -> PathBuf {
     out.join("last.safetensors")
 }
 
+/// The weights kept at `iteration` by `snapshot_every`.
+pub fn snapshot_path(out: &Path, iteration: u64) -> PathBuf {
+    out.join("snapshots")
+        .join(format!("iter-{iteration:06}.safetensors"))
+}
+
+/// Whether iteration `it` is one of every `k` (never for k = 0).
+fn every(it: u64, k: u64) -> bool {
+    k > 0 && it.is_multiple_of(k)
+}
+
 /// The best checkpoint (highest VOC07 mAP, or lowest epoch loss without a test set).
 pub fn best_checkpoint(out: &Path) -> PathBuf {
     out.join("best.safetensors")
@@ -468,16 +479,18 @@ impl Run {
                 ));
                 return Ok(EpochEnd::Interrupted);
             }
+            let saving = Instant::now();
             // (At an epoch's last batch the epoch end saves anyway.)
-            if self.config.checkpoint_every > 0
-                && self
-                    .state
-                    .iteration
-                    .is_multiple_of(self.config.checkpoint_every)
+            if every(self.state.iteration, self.config.checkpoint_every)
                 && self.state.next_batch < iters_per_epoch
             {
                 self.save(false)?;
             }
+            if every(self.state.iteration, self.config.snapshot_every) {
+                self.snapshot()?;
+            }
+            // Checkpoints and snapshots stay out of the step times, as the epoch end's do.
+            tick += saving.elapsed();
         }
         drop(batches);
         Ok(if exhausted || self.state.next_batch >= iters_per_epoch {
@@ -545,8 +558,7 @@ impl Run {
         self.state.epoch += 1;
         self.state.next_batch = 0;
         self.epoch_summary(epoch, &progress);
-        let eval_due =
-            self.config.eval_every > 0 && self.state.epoch.is_multiple_of(self.config.eval_every);
+        let eval_due = every(self.state.epoch, self.config.eval_every);
         let is_last = self.state.iteration >= self.total_iters;
         if eval_due && !is_last {
             *eval = self.evaluate()?.or(eval.take());
@@ -868,6 +880,20 @@ impl Run {
                     &self.state,
                 )?;
             }
+        }
+        self.wait_for_main()
+    }
+
+    /// The model's weights and the run state (no optimizer state) at this iteration, in
+    /// [`snapshot_path`].
+    fn snapshot(&mut self) -> Result<()> {
+        if self.main() {
+            let path = snapshot_path(&self.config.out, self.state.iteration);
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+            }
+            checkpoint::save(&path, &self.vs.variables(), &[], &self.state)?;
         }
         self.wait_for_main()
     }

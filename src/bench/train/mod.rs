@@ -25,6 +25,7 @@
 //! its loader (tchcv's worker threads, PyTorch's DataLoader processes) and its step. With
 //! several `--seeds` the two sides alternate which runs first.
 
+mod curve;
 pub mod profile;
 mod sides;
 
@@ -184,6 +185,17 @@ pub struct TrainBench {
     /// Only run tchcv.
     #[arg(long)]
     pub no_reference: bool,
+    /// Both sides keep their weights every K iterations; each is scored, giving the mAP over
+    /// training time and the time each side takes to reach --target-map.
+    #[arg(long, default_value_t = 0)]
+    pub snapshot_every: u64,
+    /// The mAP whose time to reach is reported (default: 0.9 x the lower of the two sides'
+    /// final mean mAP). Needs --snapshot-every.
+    #[arg(long)]
+    pub target_map: Option<f64>,
+    /// Draw both sides' mAP over training time here (PNG). Needs --snapshot-every.
+    #[arg(long)]
+    pub curve_chart: Option<PathBuf>,
     /// Keep the runs (configurations, logs, weights) in this folder; default: a temporary one,
     /// removed at the end.
     #[arg(long)]
@@ -276,6 +288,7 @@ impl<'a> Context<'a> {
             out: out.to_path_buf(),
             augment: self.augment.clone(),
             channels_last: b.channels_last,
+            snapshot_every: plan.snapshot_every,
             ..TrainConfig::default()
         })
     }
@@ -323,6 +336,12 @@ impl<'a> Context<'a> {
         if b.channels_last {
             args.push("--channels-last".into());
         }
+        if plan.snapshot_every > 0 {
+            args.push("--snapshot-every".into());
+            args.push(plan.snapshot_every.to_string());
+            args.push("--snapshot-dir".into());
+            args.push(sides::pytorch_snapshots(plan).display().to_string());
+        }
         Ok(args)
     }
 
@@ -368,6 +387,14 @@ fn validate(b: &TrainBench) -> Result<()> {
         crate::bail_input!("--lr must be a positive number, got {}", b.lr);
     }
     b.lr_schedule.parse::<crate::train::schedule::Decay>()?;
+    if b.snapshot_every == 0 && (b.target_map.is_some() || b.curve_chart.is_some()) {
+        crate::bail_input!("--target-map and --curve-chart need --snapshot-every K");
+    }
+    if let Some(t) = b.target_map {
+        if !(0.0..=1.0).contains(&t) {
+            crate::bail_input!("--target-map must be an mAP in [0, 1], got {t}");
+        }
+    }
     Ok(())
 }
 
@@ -424,6 +451,7 @@ fn choose_split(ctx: &Context, side: Side, candidates: &[Split]) -> Result<(Spli
             split,
             seed: ctx.bench.seeds[0],
             iters: ctx.bench.probe_iters,
+            snapshot_every: 0,
             dir: ctx.scratch.join(format!("probe-{}-{k}", side.name())),
         };
         let run = sides::run_side(ctx, &plan)?;
@@ -464,6 +492,7 @@ fn compare(ctx: &Context) -> Result<Comparison> {
             split,
             seed,
             iters: ctx.bench.iters,
+            snapshot_every: ctx.bench.snapshot_every,
             dir: ctx.scratch.join(format!("{}-seed{seed}", side.name())),
         };
         let tchcv_first = k % 2 == 0;
@@ -513,16 +542,47 @@ impl Scorer {
         })
     }
 
-    /// The VOC07 mAP of a run's trained weights (as `tchcv train --test-sets` scores a run).
-    fn map_voc07(&self, ctx: &Context, run: &SideRun) -> Result<f64> {
-        let weights: HashMap<String, Tensor> = match run.side {
-            Side::Tchcv => crate::train::checkpoint::load(&run.weights)?.model,
-            Side::PyTorch => crate::io::read_tensors(&run.weights)?,
-        };
+    /// `run`'s VOC07 mAP at each of its weights files ([`SideRun::weights_over_training`]),
+    /// after `start` (the initial weights' score, when the curve is asked for).
+    fn over_training(
+        &self,
+        ctx: &Context,
+        run: &SideRun,
+        start: Option<(u64, f64)>,
+    ) -> Result<Vec<(u64, f64)>> {
+        let mut scores: Vec<(u64, f64)> = start.into_iter().collect();
+        for (iteration, path) in run.weights_over_training() {
+            let weights: HashMap<String, Tensor> = match run.side {
+                Side::Tchcv => crate::train::checkpoint::load(path)?.model,
+                Side::PyTorch => crate::io::read_tensors(path)?,
+            };
+            let origin = format!("{} weights {}", run.side.name(), path.display());
+            scores.push((iteration, self.map_voc07(ctx, &weights, &origin)?));
+        }
+        Ok(scores)
+    }
+
+    /// With `--snapshot-every`, the mAP of seed `seed`'s initial weights (both sides' start).
+    fn initial(&self, ctx: &Context, seed: u64) -> Result<Option<(u64, f64)>> {
+        if ctx.bench.snapshot_every == 0 {
+            return Ok(None);
+        }
+        let path = ctx.init_weights(seed)?;
+        let weights = crate::io::read_tensors(&path)?;
+        let origin = format!("initial weights {}", path.display());
+        Ok(Some((0, self.map_voc07(ctx, &weights, &origin)?)))
+    }
+
+    /// The VOC07 mAP of `weights` (as `tchcv train --test-sets` scores a run).
+    fn map_voc07(
+        &self,
+        ctx: &Context,
+        weights: &HashMap<String, Tensor>,
+        origin: &str,
+    ) -> Result<f64> {
         let vs = nn::VarStore::new(ctx.device);
         let model = crate::models::build(vs.root(), &ctx.spec, ctx.classes.len() as i64)?;
-        let origin = format!("{} weights {}", run.side.name(), run.weights.display());
-        crate::io::load_into_varstore(&vs, &weights, false, &origin)?;
+        crate::io::load_into_varstore(&vs, weights, false, origin)?;
         let voc = VocEvalConfig::default();
         let (result, _) = evaluate_detector(
             model.as_ref(),
@@ -563,8 +623,7 @@ fn summarize(runs: &[&SideRun], maps: Vec<f64>) -> SideSummary {
     let images: usize = runs.iter().map(|r| r.images()).sum();
     let wait: f64 = runs.iter().map(|r| r.data_wait_seconds()).sum();
     let max = |f: fn(&SideRun) -> Option<f64>| runs.iter().filter_map(|r| f(r)).reduce(f64::max);
-    let mean = maps.iter().sum::<f64>() / maps.len().max(1) as f64;
-    let var = maps.iter().map(|m| (m - mean).powi(2)).sum::<f64>() / (maps.len().max(2) - 1) as f64;
+    let (mean, std) = curve::mean_std(&maps);
     SideSummary {
         split: runs[0].split,
         iterations: runs.iter().map(|r| r.steps.len()).sum(),
@@ -579,8 +638,35 @@ fn summarize(runs: &[&SideRun], maps: Vec<f64>) -> SideSummary {
         peak_cuda_allocated_mib: max(|r| r.peak_cuda_allocated_mib),
         map_voc07: maps,
         map_voc07_mean: mean,
-        map_voc07_std: var.sqrt(),
+        map_voc07_std: std,
     }
+}
+
+/// Each run's VOC07 mAP over training (`(iteration, mAP)`: the initial weights and the
+/// snapshots with `--snapshot-every`, the trained weights last), tchcv's and PyTorch's.
+#[allow(clippy::type_complexity)]
+fn score_runs(
+    ctx: &Context,
+    scorer: &Scorer,
+    runs: &[SeedRuns],
+) -> Result<(Vec<Vec<(u64, f64)>>, Vec<Vec<(u64, f64)>>)> {
+    let (mut tchcv, mut pytorch) = (Vec::new(), Vec::new());
+    for r in runs {
+        let start = scorer.initial(ctx, r.tchcv.seed)?;
+        tchcv.push(scorer.over_training(ctx, &r.tchcv, start)?);
+        if let Some(p) = &r.pytorch {
+            pytorch.push(scorer.over_training(ctx, p, start)?);
+        }
+    }
+    Ok((tchcv, pytorch))
+}
+
+/// The trained weights' mAP of each run.
+fn final_maps(scores: &[Vec<(u64, f64)>]) -> Vec<f64> {
+    scores
+        .iter()
+        .map(|s| s.last().map_or(f64::NAN, |l| l.1))
+        .collect()
 }
 
 /// Score every run and make the report's row.
@@ -590,18 +676,19 @@ fn report(
     runs: &[SeedRuns],
     probes: Vec<Probe>,
 ) -> Result<Comparison> {
-    let mut tchcv_maps = Vec::new();
-    let mut pytorch_maps = Vec::new();
-    for r in runs {
-        tchcv_maps.push(scorer.map_voc07(ctx, &r.tchcv)?);
-        if let Some(p) = &r.pytorch {
-            pytorch_maps.push(scorer.map_voc07(ctx, p)?);
-        }
-    }
     let tchcv_runs: Vec<&SideRun> = runs.iter().map(|r| &r.tchcv).collect();
     let pytorch_runs: Vec<&SideRun> = runs.iter().filter_map(|r| r.pytorch.as_ref()).collect();
-    let tchcv = summarize(&tchcv_runs, tchcv_maps);
-    let pytorch = (!pytorch_runs.is_empty()).then(|| summarize(&pytorch_runs, pytorch_maps));
+    let (tchcv_scores, pytorch_scores) = score_runs(ctx, scorer, runs)?;
+    let tchcv = summarize(&tchcv_runs, final_maps(&tchcv_scores));
+    let pytorch =
+        (!pytorch_runs.is_empty()).then(|| summarize(&pytorch_runs, final_maps(&pytorch_scores)));
+    let time_to_map = (ctx.bench.snapshot_every > 0).then(|| {
+        curve::TimeToMap::new(
+            ctx.bench.target_map,
+            curve::side_curve(&tchcv_runs, &tchcv_scores),
+            (!pytorch_runs.is_empty()).then(|| curve::side_curve(&pytorch_runs, &pytorch_scores)),
+        )
+    });
     let ms_per_iter = |s: &SideSummary| s.loop_seconds * 1e3 / s.iterations.max(1) as f64;
     let [w, h] = ctx.spec.input_size;
     let b = ctx.bench;
@@ -617,12 +704,22 @@ fn report(
         ms_per_iter(&tchcv),
         pytorch.as_ref().map(ms_per_iter),
     );
-    row.detail = Some(detail(
-        &tchcv,
-        pytorch.as_ref(),
-        scorer.loader.dataset().len(),
-    ));
+    let mut lines = detail(&tchcv, pytorch.as_ref(), scorer.loader.dataset().len());
+    if let Some(t) = &time_to_map {
+        lines += &format!("\n    {}", t.line());
+        if let Some(path) = &b.curve_chart {
+            let title = format!(
+                "{}: VOC07 mAP over training time ({} seed(s), {})",
+                ctx.spec.name,
+                b.seeds.len(),
+                crate::device::device_name(ctx.device)
+            );
+            t.plot(&title, path)?;
+        }
+    }
+    row.detail = Some(lines);
     row.extra = serde_json::json!({
+        "time_to_map": time_to_map,
         "tchcv": tchcv,
         "pytorch": pytorch,
         "images_per_s_ratio": pytorch.as_ref().map(|p| tchcv.images_per_s / p.images_per_s),

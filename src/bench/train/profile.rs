@@ -124,6 +124,7 @@ fn setup(ctx: &Context, split: Split) -> Result<Setup> {
         split,
         seed: ctx.bench.seeds[0],
         iters: ctx.bench.iters,
+        snapshot_every: 0,
         dir: ctx.scratch.join("profile"),
     };
     let config = ctx.train_config(&plan, &plan.dir)?;

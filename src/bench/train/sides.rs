@@ -65,6 +65,9 @@ pub struct SideRun {
     pub peak_cuda_allocated_mib: Option<f64>,
     /// The trained weights (tchcv's checkpoint, or the script's safetensors).
     pub weights: PathBuf,
+    /// The weights kept on the way (`--snapshot-every`): `(iteration, file)`, ascending, the
+    /// last iteration's being `weights`.
+    pub snapshots: Vec<(u64, PathBuf)>,
 }
 
 impl SideRun {
@@ -87,6 +90,10 @@ impl SideRun {
             peak_rss_mib: rss,
             peak_total_mib: with_workers,
             peak_cuda_allocated_mib: cuda,
+            snapshots: plan
+                .snapshot_iterations()
+                .map(|k| (k, snapshot_file(plan, k)))
+                .collect(),
             weights,
         }
     }
@@ -94,6 +101,25 @@ impl SideRun {
     /// Seconds in the training loop (the sum of the steps).
     pub fn loop_seconds(&self) -> f64 {
         self.steps.iter().map(|s| s.seconds).sum()
+    }
+
+    /// Seconds in the training loop up to and including the `iteration`-th step.
+    pub fn loop_seconds_through(&self, iteration: u64) -> f64 {
+        let n = (iteration as usize).min(self.steps.len());
+        // (A fold from +0: an empty f64 sum is -0.)
+        self.steps[..n].iter().fold(0.0, |t, s| t + s.seconds)
+    }
+
+    /// The weights files of the run with their iteration: the snapshots, then the trained
+    /// weights at the last step.
+    pub fn weights_over_training(&self) -> Vec<(u64, &Path)> {
+        let snapshots = self.snapshots.iter().map(|(k, p)| (*k, p.as_path()));
+        snapshots
+            .chain(std::iter::once((
+                self.steps.len() as u64,
+                self.weights.as_path(),
+            )))
+            .collect()
     }
 
     pub fn images(&self) -> usize {
@@ -147,7 +173,39 @@ pub struct RunPlan {
     pub split: Split,
     pub seed: u64,
     pub iters: u64,
+    /// Keep the weights every this many iterations (0: none).
+    pub snapshot_every: u64,
     pub dir: PathBuf,
+}
+
+impl RunPlan {
+    /// The iterations the run keeps a snapshot at: every `snapshot_every` before the last.
+    pub fn snapshot_iterations(&self) -> impl Iterator<Item = u64> {
+        let every = self.snapshot_every;
+        let last = if every == 0 { 0 } else { self.iters };
+        (1..)
+            .map(move |k| k * every.max(1))
+            .take_while(move |&it| it < last)
+    }
+}
+
+/// Where side `plan.side` keeps its snapshot of `iteration`: tchcv's
+/// [`crate::train::snapshot_path`] in its run folder, the script's `--snapshot-dir`.
+fn snapshot_file(plan: &RunPlan, iteration: u64) -> PathBuf {
+    match plan.side {
+        Side::Tchcv => crate::train::snapshot_path(&tchcv_out(plan), iteration),
+        Side::PyTorch => pytorch_snapshots(plan).join(format!("iter-{iteration:06}.safetensors")),
+    }
+}
+
+/// tchcv's run folder.
+fn tchcv_out(plan: &RunPlan) -> PathBuf {
+    plan.dir.join("run")
+}
+
+/// The script's `--snapshot-dir`.
+pub fn pytorch_snapshots(plan: &RunPlan) -> PathBuf {
+    plan.dir.join("snapshots")
 }
 
 /// Train as `plan` says and measure it.
@@ -163,7 +221,7 @@ pub fn run_side(ctx: &Context, plan: &RunPlan) -> Result<SideRun> {
 /// `tchcv train --config` (the run's [`crate::train::TrainConfig`]) with the split's workers
 /// and libtorch threads ([`crate::data::loader::TORCH_THREADS_VAR`]).
 fn run_tchcv(ctx: &Context, plan: &RunPlan) -> Result<SideRun> {
-    let out = plan.dir.join("run");
+    let out = tchcv_out(plan);
     let config = ctx.train_config(plan, &out)?;
     let config_path = plan.dir.join("config.json");
     crate::io::write_bytes_atomic(
