@@ -229,6 +229,19 @@ fn resume_repeats_an_uninterrupted_run_exactly() {
     assert_eq!(best(&whole), best(&split));
 }
 
+/// The snapshot of iteration `at` in run `out`: that iteration's weights and state, no
+/// optimizer state, and a detector of its own (the weights moved after it: they differ from
+/// `last`'s).
+fn check_snapshot(out: &Path, at: u64, last: &std::collections::HashMap<String, tch::Tensor>) {
+    let snapshot = tchcv::train::snapshot_path(out, at);
+    let kept = tchcv::train::checkpoint::load(&snapshot).unwrap();
+    assert_eq!(kept.state.iteration, at);
+    assert!(kept.optim.is_empty(), "{:?}", kept.optim.keys());
+    let moved = kept.model.iter().any(|(name, t)| !t.equal(&last[name]));
+    assert!(moved, "the snapshot holds the final weights");
+    tchcv::train::checkpoint::load_detector(&snapshot, tch::Device::Cpu).unwrap();
+}
+
 #[test]
 fn checkpoint_round_trips_and_evaluates_and_detects() {
     let data = synth("train-ckpt");
@@ -245,19 +258,8 @@ fn checkpoint_round_trips_and_evaluates_and_detects() {
     let ckpt = out.join("best.safetensors");
     let loaded = tchcv::train::checkpoint::load(&ckpt).unwrap();
     assert_eq!(loaded.state.iteration, 6);
-    // The snapshot of iteration 4: that iteration's weights and state, no optimizer state, and
-    // a detector of its own (the weights moved in iterations 5 and 6).
-    let snapshot = tchcv::train::snapshot_path(&out, 4);
-    let kept = tchcv::train::checkpoint::load(&snapshot).unwrap();
-    assert_eq!(kept.state.iteration, 4);
-    assert!(kept.optim.is_empty(), "{:?}", kept.optim.keys());
+    check_snapshot(&out, 4, &loaded.model);
     assert!(!tchcv::train::snapshot_path(&out, 6).exists());
-    let moved = kept
-        .model
-        .iter()
-        .any(|(name, t)| !t.equal(&loaded.model[name]));
-    assert!(moved, "the snapshot holds the final weights");
-    tchcv::train::checkpoint::load_detector(&snapshot, tch::Device::Cpu).unwrap();
     assert_eq!(
         loaded.state.classes,
         ["circle", "cross", "square", "star", "triangle"]

@@ -65,8 +65,8 @@ pub struct SideRun {
     pub peak_cuda_allocated_mib: Option<f64>,
     /// The trained weights (tchcv's checkpoint, or the script's safetensors).
     pub weights: PathBuf,
-    /// The weights kept on the way (`--snapshot-every`): `(iteration, file)`, ascending, the
-    /// last iteration's being `weights`.
+    /// The weights kept on the way (`--snapshot-every`): `(iteration, file)`, ascending,
+    /// before the last iteration (whose weights are `weights`).
     pub snapshots: Vec<(u64, PathBuf)>,
 }
 
