@@ -24,6 +24,10 @@
 //! What differs, on purpose: each side's own random streams (data order, augmentation draws),
 //! its loader (tchcv's worker threads, PyTorch's DataLoader processes) and its step. With
 //! several `--seeds` the two sides alternate which runs first.
+//!
+//! With `--snapshot-every K` both sides also keep their weights every K iterations (outside the
+//! step times) and every snapshot is scored the same way: the mAP over training time, and the
+//! training seconds each side takes to reach a target mAP (`curve.rs`).
 
 mod curve;
 pub mod profile;
@@ -714,7 +718,11 @@ fn report(
                 b.seeds.len(),
                 crate::device::device_name(ctx.device)
             );
-            t.plot(&title, path)?;
+            // The row is the product of a long run: a chart that cannot be drawn (no font, say)
+            // is a warning, not the loss of the row.
+            if let Err(e) = t.plot(&title, path) {
+                eprintln!("warning: --curve-chart {}: {e:#}", path.display());
+            }
         }
     }
     row.detail = Some(lines);
