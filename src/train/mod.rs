@@ -15,6 +15,6 @@ mod two_stage;
 
 pub use config::{ClassWeightsMode, EvalMetric, OptimizerKind, RoiLossKind, TrainConfig};
 pub use trainer::{
-    best_checkpoint, last_checkpoint, saved_config, snapshot_path, train, TrainOptions,
-    TrainSummary,
+    best_checkpoint, last_checkpoint, saved_config, snapshot_dir, snapshot_path, train,
+    TrainOptions, TrainSummary,
 };

@@ -145,10 +145,14 @@ pub fn last_checkpoint(out: &Path) -> PathBuf {
     out.join("last.safetensors")
 }
 
+/// The folder of a run's snapshots (`snapshot_every`).
+pub fn snapshot_dir(out: &Path) -> PathBuf {
+    out.join("snapshots")
+}
+
 /// The weights kept at `iteration` by `snapshot_every`.
 pub fn snapshot_path(out: &Path, iteration: u64) -> PathBuf {
-    out.join("snapshots")
-        .join(format!("iter-{iteration:06}.safetensors"))
+    snapshot_dir(out).join(format!("iter-{iteration:06}.safetensors"))
 }
 
 /// Whether iteration `it` is one of every `k` (never for k = 0).
@@ -888,11 +892,9 @@ impl Run {
     /// [`snapshot_path`].
     fn snapshot(&mut self) -> Result<()> {
         if self.main() {
+            let dir = snapshot_dir(&self.config.out);
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let path = snapshot_path(&self.config.out, self.state.iteration);
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("creating {}", dir.display()))?;
-            }
             checkpoint::save(&path, &self.vs.variables(), &[], &self.state)?;
         }
         self.wait_for_main()

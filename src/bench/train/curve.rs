@@ -8,6 +8,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use super::sides::SideRun;
+use crate::train::compare::Stat;
 
 /// One point of a side's curve: its seeds' runs at `iteration`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -22,13 +23,10 @@ pub struct CurvePoint {
     pub map_std: f64,
 }
 
-/// Mean and sample standard deviation (0 for fewer than two values).
+/// Mean and sample standard deviation over the seeds ([`Stat`]; a spread of 0 for one seed).
 pub fn mean_std(values: &[f64]) -> (f64, f64) {
-    let n = values.len();
-    let mean = values.iter().sum::<f64>() / n.max(1) as f64;
-    let var =
-        values.iter().map(|m| (m - mean).powi(2)).sum::<f64>() / n.max(2).saturating_sub(1) as f64;
-    (mean, var.sqrt())
+    let stat = Stat::of(values.iter().copied());
+    (stat.mean, stat.spread.unwrap_or(0.0))
 }
 
 /// The curve of one side: `maps[r]` holds run `runs[r]`'s `(iteration, mAP)` scores, every run

@@ -181,20 +181,20 @@ pub struct RunPlan {
 impl RunPlan {
     /// The iterations the run keeps a snapshot at: every `snapshot_every` before the last.
     pub fn snapshot_iterations(&self) -> impl Iterator<Item = u64> {
-        let every = self.snapshot_every;
-        let last = if every == 0 { 0 } else { self.iters };
+        let (every, iters) = (self.snapshot_every, self.iters);
         (1..)
-            .map(move |k| k * every.max(1))
-            .take_while(move |&it| it < last)
+            .map(move |k| k * every)
+            .take_while(move |&it| every > 0 && it < iters)
     }
 }
 
-/// Where side `plan.side` keeps its snapshot of `iteration`: tchcv's
-/// [`crate::train::snapshot_path`] in its run folder, the script's `--snapshot-dir`.
+/// Where side `plan.side` keeps its snapshot of `iteration`: [`crate::train::snapshot_path`] of
+/// tchcv's run folder, or of the run's folder for the script (whose `--snapshot-dir` is
+/// [`pytorch_snapshots`], named the same way).
 fn snapshot_file(plan: &RunPlan, iteration: u64) -> PathBuf {
     match plan.side {
         Side::Tchcv => crate::train::snapshot_path(&tchcv_out(plan), iteration),
-        Side::PyTorch => pytorch_snapshots(plan).join(format!("iter-{iteration:06}.safetensors")),
+        Side::PyTorch => crate::train::snapshot_path(&plan.dir, iteration),
     }
 }
 
@@ -205,7 +205,7 @@ fn tchcv_out(plan: &RunPlan) -> PathBuf {
 
 /// The script's `--snapshot-dir`.
 pub fn pytorch_snapshots(plan: &RunPlan) -> PathBuf {
-    plan.dir.join("snapshots")
+    crate::train::snapshot_dir(&plan.dir)
 }
 
 /// Train as `plan` says and measure it.
