@@ -348,3 +348,28 @@ fn check_time_to_map(extra: &Value, chart: &std::path::Path) {
     assert!((0.0..=1.0).contains(&target), "{t}");
     assert!(chart.is_file(), "{} not written", chart.display());
 }
+
+/// `bench train`'s curve options are checked before anything trains: each bad combination
+/// exits 2 naming the flag.
+#[test]
+fn train_benchmark_curve_options_are_checked_first() {
+    let cases: [(&[&str], &str); 3] = [
+        (&["--curve-chart", "c.png"], "--snapshot-every"),
+        (&["--target-map", "0.5"], "--snapshot-every"),
+        (
+            &["--snapshot-every", "1", "--target-map", "1.5"],
+            "--target-map",
+        ),
+    ];
+    for (extra, needle) in cases {
+        let out = Command::new(common::tchcv_bin())
+            .args(["bench", "train", "--data", "no-such-folder", "--iters", "2"])
+            .args(extra)
+            .current_dir(common::repo())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {stderr}");
+        assert!(stderr.contains(needle), "{extra:?}: {stderr}");
+    }
+}
